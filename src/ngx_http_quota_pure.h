@@ -1,0 +1,93 @@
+
+/*
+ * Pure helpers of ngx_http_quota_module: route templates, billing period
+ * math, cost and tenant parsing.
+ *
+ * Nothing here includes nginx headers or allocates memory, so the same
+ * objects are linked into the module and into the C unit tests and fuzzers
+ * under t/unit/ (see t/000-unit.t).
+ */
+
+#ifndef _NGX_HTTP_QUOTA_PURE_H_INCLUDED_
+#define _NGX_HTTP_QUOTA_PURE_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+/* route templates */
+
+#define QUOTA_TPL_MAX_SEGMENTS   64
+
+#define QUOTA_SEG_LITERAL        0      /* "tests": exact text              */
+#define QUOTA_SEG_PARAM          1      /* ":id" or "{id}": one segment     */
+#define QUOTA_SEG_REST           2      /* "**" (last only): zero or more   */
+
+typedef struct {
+    unsigned char   type;
+    const char     *data;       /* points into the template; name for PARAM */
+    size_t          len;
+} quota_tpl_seg_t;
+
+/*
+ * Parses "/api/v2/:project/tests/{id}/**" into segments.
+ * Returns 0, or -1 with *err pointing to a static message.
+ */
+int quota_tpl_parse(const char *s, size_t len, quota_tpl_seg_t *segs,
+    size_t max, size_t *nsegs, const char **err);
+
+/* 1 if the (already normalized, query-less) path matches, else 0 */
+int quota_tpl_match(const quota_tpl_seg_t *segs, size_t nsegs,
+    const char *path, size_t len);
+
+/*
+ * Specificity order: < 0 if a is more specific than b, 0 if neither is,
+ * > 0 if b is more specific.  Compared segment by segment from the left:
+ * literal beats :name beats **; a template that has ended beats "**".
+ */
+int quota_tpl_compare(const quota_tpl_seg_t *a, size_t na,
+    const quota_tpl_seg_t *b, size_t nb);
+
+
+/* billing periods, all instants in seconds since the epoch, UTC */
+
+typedef struct {
+    int64_t   start;            /* first second of the period              */
+    int64_t   end;              /* first second of the next period         */
+} quota_period_t;
+
+/*
+ * The billing month containing "now" for a billing-cycle day "anchor"
+ * (1-31, clamped to the last day of each month; 1 = calendar month).
+ */
+int quota_period_month(int64_t now, int anchor, quota_period_t *p);
+
+/* the UTC day containing "now" */
+int quota_period_day(int64_t now, quota_period_t *p);
+
+#define QUOTA_ISO8601_LEN   20  /* "2026-12-01T00:00:00Z"                  */
+#define QUOTA_DATE_LEN      10  /* "2026-12-01"                            */
+
+/* write exactly QUOTA_ISO8601_LEN / QUOTA_DATE_LEN bytes, no NUL */
+void quota_format_iso8601(int64_t t, char *buf);
+void quota_format_date(int64_t t, char *buf);
+
+
+/* request values */
+
+#define QUOTA_COST_MAX      9007199254740991LL     /* 2^53 - 1 */
+#define QUOTA_TENANT_MAX    256
+
+/* decimal digits only, 0 .. 2^53-1; returns 0 or -1 */
+int quota_parse_cost(const char *s, size_t len, int64_t *out);
+
+/*
+ * A raw (non-hashed) tenant id: 1-256 bytes of printable ASCII other than
+ * space, '{' and '}' (braces would break the Redis Cluster hash tag).
+ * Returns 1 if valid.
+ */
+int quota_tenant_valid(const char *s, size_t len);
+
+
+#endif /* _NGX_HTTP_QUOTA_PURE_H_INCLUDED_ */
