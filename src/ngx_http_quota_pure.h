@@ -31,7 +31,8 @@ typedef struct {
 } quota_tpl_seg_t;
 
 /*
- * Parses "/api/v2/:project/tests/{id}/**" into segments.
+ * Parses a template such as "/api/v2/:project/tests/{id}", whose last
+ * segment may be "**", into segments.
  * Returns 0, or -1 with *err pointing to a static message.
  */
 int quota_tpl_parse(const char *s, size_t len, quota_tpl_seg_t *segs,
