@@ -1,0 +1,474 @@
+
+/*
+ * ngx_http_quota_module: usage-based quotas enforced at the gateway.
+ *
+ * Module definition: command table, configuration create/merge,
+ * postconfiguration and per-worker init/exit.  The work is done by the
+ * files under src/ (see src/ngx_http_quota_module.h for the map).
+ *
+ * Why the precontent phase: a dynamically loaded ACCESS handler runs before
+ * allow/deny, auth_basic and auth_request (handlers of a phase run in
+ * reverse registration order and dynamic modules register last), so it
+ * would charge requests that are about to be refused.  ngx_module_order can
+ * move it behind them under "satisfy all", but under "satisfy any" the
+ * access phase stops at the first handler that grants access, so the quota
+ * handler would be skipped for every allowed request.  PRECONTENT runs
+ * after all access checks in both modes, sees auth_request_set variables,
+ * and still runs before proxy_pass or any content handler touches the
+ * upstream.
+ */
+
+
+#include "ngx_http_quota_module.h"
+
+
+static ngx_int_t ngx_http_quota_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_quota_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_quota_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_quota_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_quota_enable(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_quota_header_name(ngx_conf_t *cf, ngx_str_t *prefix,
+    const char *suffix, ngx_str_t *name);
+static ngx_int_t ngx_http_quota_init_process(ngx_cycle_t *cycle);
+static void ngx_http_quota_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_quota_failure_modes[] = {
+    { ngx_string("open"), NGX_HTTP_QUOTA_FAIL_OPEN },
+    { ngx_string("closed"), NGX_HTTP_QUOTA_FAIL_CLOSED },
+    { ngx_null_string, 0 }
+};
+
+
+/* like limit_req_status: only error statuses make sense */
+static ngx_conf_num_bounds_t  ngx_http_quota_status_bounds = {
+    ngx_conf_check_num_bounds, 400, 599
+};
+
+
+/* where the first "quota on" is, to point at it when quota_redis is missing */
+static ngx_str_t   ngx_http_quota_on_file;
+static ngx_uint_t  ngx_http_quota_on_line;
+
+
+static ngx_command_t  ngx_http_quota_commands[] = {
+
+    { ngx_string("quota_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_quota_redis_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_redis_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, prefix),
+      NULL },
+
+    { ngx_string("quota_metric"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_quota_metric_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_plan"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_quota_plan_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_default_plan"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_default_plan_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_http_quota_enable,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("quota_failure_mode"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, failure_mode),
+      &ngx_http_quota_failure_modes },
+
+    { ngx_string("quota_tenant"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_quota_tenant_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_route"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_2MORE,
+      ngx_http_quota_route_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_apikey_header"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, apikey_header),
+      NULL },
+
+    { ngx_string("quota_api_version"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, api_version),
+      NULL },
+
+    { ngx_string("quota_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, status),
+      &ngx_http_quota_status_bounds },
+
+    { ngx_string("quota_rate_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, rate_status),
+      &ngx_http_quota_status_bounds },
+
+    { ngx_string("quota_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, headers),
+      NULL },
+
+    { ngx_string("quota_header_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, header_prefix),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_quota_module_ctx = {
+    ngx_http_quota_preconfiguration,       /* preconfiguration */
+    ngx_http_quota_postconfiguration,      /* postconfiguration */
+
+    ngx_http_quota_create_main_conf,       /* create main configuration */
+    ngx_http_quota_init_main_conf,         /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_quota_create_loc_conf,        /* create location configuration */
+    ngx_http_quota_merge_loc_conf          /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_quota_module = {
+    NGX_MODULE_V1,
+    &ngx_http_quota_module_ctx,            /* module context */
+    ngx_http_quota_commands,               /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_quota_init_process,           /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_quota_exit_process,           /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_quota_preconfiguration(ngx_conf_t *cf)
+{
+    ngx_str_null(&ngx_http_quota_on_file);
+    ngx_http_quota_on_line = 0;
+
+    return ngx_http_quota_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_quota_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt         *h;
+    ngx_http_core_main_conf_t   *cmcf;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+    if (qmcf->enabled_somewhere && !qmcf->redis_configured) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"quota on\" in %V:%ui needs \"quota_redis\" "
+                      "in the http block",
+                      &ngx_http_quota_on_file, ngx_http_quota_on_line);
+        return NGX_ERROR;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_quota_handler;
+
+    return ngx_http_quota_headers_init(cf);
+}
+
+
+static void *
+ngx_http_quota_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_quota_main_conf_t));
+    if (qmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     qmcf->redis_host = { 0, NULL };
+     *     qmcf->redis_unix = { 0, NULL };
+     *     qmcf->redis_password = { 0, NULL };
+     *     qmcf->redis_configured = 0;
+     *     qmcf->prefix = { 0, NULL };
+     *     qmcf->enabled_somewhere = 0;
+     *     qmcf->worker = NULL;
+     */
+
+    qmcf->redis_port = NGX_CONF_UNSET;
+    qmcf->redis_db = 0;
+    qmcf->redis_timeout = 100;
+    qmcf->redis_connect_timeout = 1000;
+    qmcf->redis_pool = 1;
+    qmcf->default_plan = -1;
+
+    if (ngx_array_init(&qmcf->metrics, cf->pool, 4,
+                       sizeof(ngx_http_quota_metric_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (ngx_array_init(&qmcf->plans, cf->pool, 4,
+                       sizeof(ngx_http_quota_plan_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return qmcf;
+}
+
+
+static char *
+ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_quota_main_conf_t  *qmcf = conf;
+
+    if (qmcf->prefix.data == NULL) {
+        ngx_str_set(&qmcf->prefix, "quota:");
+    }
+
+    if (ngx_http_quota_script_init(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_quota_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_quota_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_quota_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->tenant = NULL;
+     *     conf->rules = NULL;
+     *     conf->apikey_header = { 0, NULL };
+     *     conf->api_version = NULL;
+     *     conf->header_prefix = { 0, NULL };
+     */
+
+    conf->enable = NGX_CONF_UNSET;
+    conf->failure_mode = NGX_CONF_UNSET_UINT;
+    conf->tenant_hash = NGX_CONF_UNSET;
+    conf->status = NGX_CONF_UNSET_UINT;
+    conf->rate_status = NGX_CONF_UNSET_UINT;
+    conf->headers = NGX_CONF_UNSET;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_quota_loc_conf_t *prev = parent;
+    ngx_http_quota_loc_conf_t *conf = child;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+    ngx_conf_merge_uint_value(conf->failure_mode, prev->failure_mode,
+                              NGX_HTTP_QUOTA_FAIL_OPEN);
+
+    if (conf->tenant == NULL) {
+        conf->tenant = prev->tenant;
+        conf->tenant_hash = prev->tenant_hash;
+    }
+
+    ngx_conf_merge_value(conf->tenant_hash, prev->tenant_hash, 0);
+
+    /* a level's own rules replace the inherited ones, as add_header does */
+    if (conf->rules == NULL) {
+        conf->rules = prev->rules;
+    }
+
+    ngx_conf_merge_str_value(conf->apikey_header, prev->apikey_header,
+                             "X-API-Key");
+
+    if (conf->api_version == NULL) {
+        conf->api_version = prev->api_version;
+    }
+
+    ngx_conf_merge_uint_value(conf->status, prev->status, 402);
+    ngx_conf_merge_uint_value(conf->rate_status, prev->rate_status, 429);
+    ngx_conf_merge_value(conf->headers, prev->headers, 1);
+    ngx_conf_merge_str_value(conf->header_prefix, prev->header_prefix,
+                             "X-Quota-");
+
+    if (conf->header_prefix.data == prev->header_prefix.data
+        && prev->hdr_limit.data != NULL)
+    {
+        conf->hdr_limit = prev->hdr_limit;
+        conf->hdr_remaining = prev->hdr_remaining;
+        conf->hdr_reset = prev->hdr_reset;
+        conf->hdr_used = prev->hdr_used;
+
+    } else {
+        if (ngx_http_quota_header_name(cf, &conf->header_prefix, "Limit",
+                                       &conf->hdr_limit) != NGX_CONF_OK
+            || ngx_http_quota_header_name(cf, &conf->header_prefix,
+                                          "Remaining", &conf->hdr_remaining)
+               != NGX_CONF_OK
+            || ngx_http_quota_header_name(cf, &conf->header_prefix, "Reset",
+                                          &conf->hdr_reset) != NGX_CONF_OK
+            || ngx_http_quota_header_name(cf, &conf->header_prefix, "Used",
+                                          &conf->hdr_used) != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_quota_header_name(ngx_conf_t *cf, ngx_str_t *prefix,
+    const char *suffix, ngx_str_t *name)
+{
+    size_t  len;
+
+    len = ngx_strlen(suffix);
+
+    name->len = prefix->len + len;
+    name->data = ngx_pnalloc(cf->pool, name->len);
+    if (name->data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(ngx_cpymem(name->data, prefix->data, prefix->len), suffix, len);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_quota_enable(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char                        *rv;
+    ngx_http_quota_loc_conf_t   *qlcf = conf;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    rv = ngx_conf_set_flag_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (qlcf->enable) {
+        qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+        if (!qmcf->enabled_somewhere) {
+            qmcf->enabled_somewhere = 1;
+            ngx_http_quota_on_file = cf->conf_file->file.name;
+            ngx_http_quota_on_line = cf->conf_file->line;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    qmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_quota_module);
+
+    if (qmcf == NULL || !qmcf->redis_configured || !qmcf->enabled_somewhere) {
+        return NGX_OK;
+    }
+
+    return ngx_http_quota_redis_init_worker(cycle, qmcf);
+}
+
+
+static void
+ngx_http_quota_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_quota_module);
+
+    if (qmcf != NULL && qmcf->worker != NULL) {
+        ngx_http_quota_redis_exit_worker(qmcf);
+    }
+}

@@ -1,0 +1,808 @@
+
+/*
+ * Directive parsers: quota_redis, quota_metric, quota_plan { }, 
+ * quota_default_plan, quota_tenant, quota_route.
+ *
+ * Names are resolved as they are parsed (a metric or plan must be declared
+ * before it is used), so every error points at the line that is wrong.
+ */
+
+
+#include "ngx_http_quota_module.h"
+
+
+static char *ngx_http_quota_plan_statement(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static ngx_int_t ngx_http_quota_parse_name(ngx_str_t *name);
+static char *ngx_http_quota_route_methods(ngx_conf_t *cf,
+    ngx_http_quota_rule_t *rule, ngx_str_t *value);
+static char *ngx_http_quota_route_charge(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_http_quota_rule_t *rule,
+    ngx_str_t *value);
+static void ngx_http_quota_insert_rule(ngx_array_t *rules,
+    ngx_http_quota_rule_t *rule);
+
+
+static ngx_str_t  ngx_http_quota_auth_names[] = {
+    ngx_string("any"),          /* NGX_HTTP_QUOTA_AUTH_ANY */
+    ngx_string("header"),       /* NGX_HTTP_QUOTA_AUTH_HEADER */
+    ngx_string("cookie"),       /* NGX_HTTP_QUOTA_AUTH_COOKIE */
+    ngx_string("apikey"),       /* NGX_HTTP_QUOTA_AUTH_APIKEY */
+    ngx_string("none"),         /* NGX_HTTP_QUOTA_AUTH_NONE */
+    ngx_null_string
+};
+
+
+char *
+ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    u_char      *p;
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_url_t    u;
+    ngx_uint_t   i;
+    ngx_msec_t   ms;
+
+    if (qmcf->redis_configured) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        if (value[1].len <= 5) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty unix socket path in \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        /* hiredis wants a NUL-terminated path */
+        qmcf->redis_unix.len = value[1].len - 5;
+        qmcf->redis_unix.data = ngx_pnalloc(cf->pool, qmcf->redis_unix.len + 1);
+        if (qmcf->redis_unix.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(qmcf->redis_unix.data, value[1].data + 5,
+                   qmcf->redis_unix.len);
+        qmcf->redis_unix.data[qmcf->redis_unix.len] = '\0';
+
+    } else {
+        /*
+         * Resolve now: hiredis would call getaddrinfo() from the worker,
+         * which blocks the event loop on DNS.  We hand it numeric text.
+         */
+
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[1];
+        u.default_port = 6379;
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            if (u.err) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%s in \"quota_redis %V\"", u.err,
+                                   &u.url);
+            }
+
+            return NGX_CONF_ERROR;
+        }
+
+        if (u.naddrs == 0 || u.addrs == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "host not found in \"quota_redis %V\"", &u.url);
+            return NGX_CONF_ERROR;
+        }
+
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        qmcf->redis_host.len = ngx_sock_ntop(u.addrs[0].sockaddr,
+                                             u.addrs[0].socklen, p,
+                                             NGX_SOCKADDR_STRLEN, 0);
+        p[qmcf->redis_host.len] = '\0';
+        qmcf->redis_host.data = p;
+        qmcf->redis_port = u.port ? u.port : 6379;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            qmcf->redis_password.len = value[i].len - 9;
+            qmcf->redis_password.data = value[i].data + 9;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            n = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (n == NGX_ERROR) {
+                goto invalid;
+            }
+
+            qmcf->redis_db = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.len = value[i].len - 8;
+            s.data = value[i].data + 8;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            qmcf->redis_timeout = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+            s.len = value[i].len - 16;
+            s.data = value[i].data + 16;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                goto invalid;
+            }
+
+            qmcf->redis_connect_timeout = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n == NGX_ERROR || n < 1 || n > 64) {
+                goto invalid;
+            }
+
+            qmcf->redis_pool = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    qmcf->redis_configured = 1;
+    qmcf->redis_conf_file = cf->conf_file->file.name;
+    qmcf->redis_conf_line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf, ngx_str_t *name)
+{
+    ngx_uint_t                i;
+    ngx_http_quota_metric_t  *m;
+
+    m = qmcf->metrics.elts;
+
+    for (i = 0; i < qmcf->metrics.nelts; i++) {
+        if (m[i].name.len == name->len
+            && ngx_strncmp(m[i].name.data, name->data, name->len) == 0)
+        {
+            return i;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* metric and plan names end up in Redis fields, JSON and Prometheus labels */
+static ngx_int_t
+ngx_http_quota_parse_name(ngx_str_t *name)
+{
+    u_char  *p, *last;
+
+    if (name->len == 0 || name->len > 64) {
+        return NGX_ERROR;
+    }
+
+    last = name->data + name->len;
+
+    for (p = name->data; p < last; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+            || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'
+            || *p == '.')
+        {
+            continue;
+        }
+
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_quota_metric_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    ngx_str_t                *value;
+    ngx_http_quota_metric_t  *m;
+
+    value = cf->args->elts;
+
+    if (ngx_http_quota_parse_name(&value[1]) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid metric name \"%V\" (use letters, digits, "
+                           "\"_\", \"-\" and \".\", at most 64)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_quota_metric_index(qmcf, &value[1]) != NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate metric \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    m = ngx_array_push(&qmcf->metrics);
+    if (m == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    m->name = value[1];
+    m->period = NGX_HTTP_QUOTA_PERIOD_MONTH;
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strcmp(value[2].data, "period=month") == 0) {
+            m->period = NGX_HTTP_QUOTA_PERIOD_MONTH;
+
+        } else if (ngx_strcmp(value[2].data, "period=day") == 0) {
+            m->period = NGX_HTTP_QUOTA_PERIOD_DAY;
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", "
+                               "expected \"period=month\" or \"period=day\"",
+                               &value[2]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    char                   *rv;
+    ngx_str_t              *value;
+    ngx_uint_t              i;
+    ngx_conf_t              save;
+    ngx_http_quota_plan_t  *plan;
+
+    value = cf->args->elts;
+
+    if (ngx_http_quota_parse_name(&value[1]) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid plan name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    plan = qmcf->plans.elts;
+
+    for (i = 0; i < qmcf->plans.nelts; i++) {
+        if (plan[i].name.len == value[1].len
+            && ngx_strncmp(plan[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate plan \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    plan = ngx_array_push(&qmcf->plans);
+    if (plan == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    plan->name = value[1];
+
+    if (ngx_array_init(&plan->limits, cf->pool, 4,
+                       sizeof(ngx_http_quota_limit_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    save = *cf;
+    cf->handler = ngx_http_quota_plan_statement;
+    cf->handler_conf = (void *) plan;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    return rv;
+}
+
+
+static char *
+ngx_http_quota_plan_statement(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_quota_plan_t  *plan = conf;
+
+    int64_t                      n;
+    ngx_int_t                    metric;
+    ngx_str_t                   *value;
+    ngx_uint_t                   i;
+    ngx_http_quota_limit_t      *limit;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    value = cf->args->elts;
+
+    if (value[0].len == 5 && ngx_strncmp(value[0].data, "limit", 5) == 0) {
+
+        if (cf->args->nelts != 3 && cf->args->nelts != 4) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid number of arguments in \"limit\", "
+                               "expected \"limit METRIC N [per_seat]\"");
+            return NGX_CONF_ERROR;
+        }
+
+        qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+        metric = ngx_http_quota_metric_index(qmcf, &value[1]);
+        if (metric == NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown metric \"%V\" in plan \"%V\" "
+                               "(declare it with quota_metric first)",
+                               &value[1], &plan->name);
+            return NGX_CONF_ERROR;
+        }
+
+        if (quota_parse_cost((char *) value[2].data, value[2].len, &n) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid limit \"%V\" (an integer from 0 to "
+                               "2^53-1)", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (cf->args->nelts == 4) {
+            if (ngx_strcmp(value[3].data, "per_seat") != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid parameter \"%V\"", &value[3]);
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"per_seat\" is not supported yet");
+            return NGX_CONF_ERROR;
+        }
+
+        limit = plan->limits.elts;
+
+        for (i = 0; i < plan->limits.nelts; i++) {
+            if (limit[i].metric == (ngx_uint_t) metric) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate limit for metric \"%V\"",
+                                   &value[1]);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        limit = ngx_array_push(&plan->limits);
+        if (limit == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        limit->metric = metric;
+        limit->limit = n;
+
+        return NGX_CONF_OK;
+    }
+
+    if ((value[0].len == 4 && ngx_strncmp(value[0].data, "rate", 4) == 0)
+        || (value[0].len == 11
+            && ngx_strncmp(value[0].data, "concurrency", 11) == 0)
+        || (value[0].len == 5 && ngx_strncmp(value[0].data, "grace", 5) == 0)
+        || (value[0].len == 7
+            && ngx_strncmp(value[0].data, "overage", 7) == 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" in quota_plan is not supported yet",
+                           &value[0]);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown directive \"%V\" in quota_plan", &value[0]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+char *
+ngx_http_quota_default_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    ngx_str_t              *value;
+    ngx_uint_t              i;
+    ngx_http_quota_plan_t  *plan;
+
+    if (qmcf->default_plan != -1) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    plan = qmcf->plans.elts;
+
+    for (i = 0; i < qmcf->plans.nelts; i++) {
+        if (plan[i].name.len == value[1].len
+            && ngx_strncmp(plan[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            qmcf->default_plan = i;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown plan \"%V\" (define it with quota_plan first)",
+                       &value[1]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+char *
+ngx_http_quota_tenant_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (qlcf->tenant != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    qlcf->tenant = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (qlcf->tenant == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = qlcf->tenant;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    qlcf->tenant_hash = 0;
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strcmp(value[2].data, "hash") != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", expected \"hash\"",
+                               &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        qlcf->tenant_hash = 1;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    size_t                       nsegs;
+    ngx_str_t                   *value;
+    ngx_uint_t                   i, k;
+    const char                  *err;
+    quota_tpl_seg_t              segs[QUOTA_TPL_MAX_SEGMENTS];
+    ngx_http_quota_rule_t        rule;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+    value = cf->args->elts;
+
+    ngx_memzero(&rule, sizeof(ngx_http_quota_rule_t));
+
+    if (ngx_http_quota_route_methods(cf, &rule, &value[1]) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (quota_tpl_parse((char *) value[2].data, value[2].len, segs,
+                        QUOTA_TPL_MAX_SEGMENTS, &nsegs, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid route template \"%V\": %s",
+                           &value[2], err);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the segments point into value[2], which lives in cf->pool */
+    rule.template = value[2];
+    rule.nsegs = nsegs;
+    rule.segs = ngx_palloc(cf->pool, (nsegs ? nsegs : 1)
+                                     * sizeof(quota_tpl_seg_t));
+    if (rule.segs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(rule.segs, segs, nsegs * sizeof(quota_tpl_seg_t));
+
+    rule.charges = ngx_palloc(cf->pool, NGX_HTTP_QUOTA_MAX_CHARGES
+                                        * sizeof(ngx_http_quota_charge_t));
+    if (rule.charges == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "auth=", 5) == 0) {
+            for (k = 0; ngx_http_quota_auth_names[k].len; k++) {
+                if (value[i].len - 5 == ngx_http_quota_auth_names[k].len
+                    && ngx_strncmp(value[i].data + 5,
+                                   ngx_http_quota_auth_names[k].data,
+                                   value[i].len - 5) == 0)
+                {
+                    break;
+                }
+            }
+
+            if (ngx_http_quota_auth_names[k].len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\", expected auth=header, "
+                                   "cookie, apikey, none or any", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rule.auth = k;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "version=", 8) == 0) {
+            if (value[i].len == 8) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty \"version=\"");
+                return NGX_CONF_ERROR;
+            }
+
+            rule.version.len = value[i].len - 8;
+            rule.version.data = value[i].data + 8;
+            continue;
+        }
+
+        if (ngx_http_quota_route_charge(cf, qmcf, &rule, &value[i])
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (rule.ncharges == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "quota_route \"%V\" charges no metric, "
+                           "expected METRIC=COST", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (qlcf->rules == NULL) {
+        qlcf->rules = ngx_array_create(cf->pool, 4,
+                                       sizeof(ngx_http_quota_rule_t));
+        if (qlcf->rules == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (ngx_array_push(qlcf->rules) == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    qlcf->rules->nelts--;
+    ngx_http_quota_insert_rule(qlcf->rules, &rule);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_quota_route_methods(ngx_conf_t *cf, ngx_http_quota_rule_t *rule,
+    ngx_str_t *value)
+{
+    u_char      *p, *last, *start;
+    ngx_uint_t   n;
+
+    if (value->len == 1 && value->data[0] == '*') {
+        rule->methods = NULL;
+        rule->nmethods = 0;
+        return NGX_CONF_OK;
+    }
+
+    n = 1;
+    last = value->data + value->len;
+
+    for (p = value->data; p < last; p++) {
+        if (*p == ',') {
+            n++;
+        }
+    }
+
+    rule->methods = ngx_palloc(cf->pool, n * sizeof(ngx_str_t));
+    if (rule->methods == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    start = value->data;
+
+    for (p = value->data; p <= last; p++) {
+        if (p < last && *p != ',') {
+            if ((*p >= 'A' && *p <= 'Z') || *p == '_' || *p == '-') {
+                continue;
+            }
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid method list \"%V\", expected \"*\" "
+                               "or upper-case methods separated by \",\"",
+                               value);
+            return NGX_CONF_ERROR;
+        }
+
+        if (p == start) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty method in \"%V\"", value);
+            return NGX_CONF_ERROR;
+        }
+
+        rule->methods[rule->nmethods].data = start;
+        rule->methods[rule->nmethods].len = p - start;
+        rule->nmethods++;
+
+        start = p + 1;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_quota_route_charge(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_rule_t *rule, ngx_str_t *value)
+{
+    u_char                            *eq;
+    ngx_int_t                          metric;
+    ngx_str_t                          name, cost;
+    ngx_uint_t                         i;
+    ngx_http_quota_charge_t           *charge;
+    ngx_http_compile_complex_value_t   ccv;
+
+    eq = ngx_strlchr(value->data, value->data + value->len, '=');
+
+    if (eq == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\", expected METRIC=COST, "
+                           "auth=TYPE or version=V", value);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value->data;
+    name.len = eq - value->data;
+    cost.data = eq + 1;
+    cost.len = value->data + value->len - cost.data;
+
+    metric = ngx_http_quota_metric_index(qmcf, &name);
+    if (metric == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown metric \"%V\" in quota_route "
+                           "(declare it with quota_metric first)", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 0; i < rule->ncharges; i++) {
+        if (rule->charges[i].metric == (ngx_uint_t) metric) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "metric \"%V\" is charged twice in one rule",
+                               &name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (rule->ncharges == NGX_HTTP_QUOTA_MAX_CHARGES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many metrics in one rule (at most %d)",
+                           NGX_HTTP_QUOTA_MAX_CHARGES);
+        return NGX_CONF_ERROR;
+    }
+
+    charge = &rule->charges[rule->ncharges];
+    charge->metric = metric;
+    charge->cost = 0;
+    charge->value = NULL;
+
+    if (ngx_http_script_variables_count(&cost) == 0) {
+        if (quota_parse_cost((char *) cost.data, cost.len, &charge->cost)
+            != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid cost \"%V\" for metric \"%V\" "
+                               "(an integer from 0 to 2^53-1, or a variable)",
+                               &cost, &name);
+            return NGX_CONF_ERROR;
+        }
+
+    } else {
+        charge->value = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+        if (charge->value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &cost;
+        ccv.complex_value = charge->value;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rule->ncharges++;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Keep rules sorted most specific first; a rule goes after every rule that
+ * is at least as specific, so equal templates keep configuration order and
+ * the handler can take the first rule that matches.
+ */
+static void
+ngx_http_quota_insert_rule(ngx_array_t *rules, ngx_http_quota_rule_t *rule)
+{
+    ngx_uint_t              i;
+    ngx_http_quota_rule_t  *r;
+
+    r = rules->elts;
+
+    for (i = 0; i < rules->nelts; i++) {
+        if (quota_tpl_compare(rule->segs, rule->nsegs, r[i].segs, r[i].nsegs)
+            < 0)
+        {
+            break;
+        }
+    }
+
+    ngx_memmove(&r[i + 1], &r[i], (rules->nelts - i) * sizeof(*rule));
+    r[i] = *rule;
+    rules->nelts++;
+}

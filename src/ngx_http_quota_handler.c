@@ -1,0 +1,503 @@
+
+/*
+ * The precontent-phase handler: SPEC section 4 in order, one Redis round
+ * trip for a metered request, none for the rest.
+ *
+ * A metered request is suspended while its EVALSHA is in flight:
+ *
+ *   first entry   classify, send, arm the timeout, r->main->count++,
+ *                 return NGX_DONE (the phase engine stops);
+ *   reply in      the hiredis callback stores the decision and posts
+ *                 ctx->wake (no request code runs inside hiredis' loop);
+ *   wake          count--, restore the handlers, run the phases again;
+ *   second entry  act on the stored decision: decline (let the request
+ *                 go on) or answer 402/400/503 with JSON.
+ *
+ * The ctx lives in a pool cleanup as well as in r->ctx: an internal
+ * redirect (error_page, try_files fallback) wipes r->ctx and runs this
+ * handler again, and the cleanup lets us find the decision instead of
+ * charging twice.  The same cleanup detaches a pending Redis operation and
+ * deletes our timer and posted event when the request goes away early
+ * (client closed the connection while Redis was answering).
+ */
+
+
+#include "ngx_http_quota_module.h"
+
+
+static ngx_int_t ngx_http_quota_evaluate(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf);
+static ngx_http_quota_rule_t *ngx_http_quota_match(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf);
+static ngx_int_t ngx_http_quota_auth_holds(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf, ngx_uint_t auth);
+static ngx_int_t ngx_http_quota_has_cookie(ngx_http_request_t *r);
+static ngx_int_t ngx_http_quota_has_header(ngx_http_request_t *r,
+    ngx_str_t *name);
+static ngx_int_t ngx_http_quota_costs(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+static ngx_int_t ngx_http_quota_act(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
+static ngx_http_quota_ctx_t *ngx_http_quota_create_ctx(ngx_http_request_t *r);
+static void ngx_http_quota_cleanup(void *data);
+static void ngx_http_quota_wake_handler(ngx_event_t *ev);
+static void ngx_http_quota_timeout_handler(ngx_event_t *ev);
+
+
+ngx_int_t
+ngx_http_quota_handler(ngx_http_request_t *r)
+{
+    ngx_http_quota_ctx_t       *ctx;
+    ngx_http_quota_loc_conf_t  *qlcf;
+
+    /* auth_request's subrequest and SSI includes are never metered */
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    ctx = ngx_http_quota_get_ctx(r);
+
+    if (ctx != NULL) {
+        switch (ctx->state) {
+
+        case NGX_HTTP_QUOTA_CTX_DECIDED:
+            ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
+            return ngx_http_quota_act(r, ctx, qlcf);
+
+        case NGX_HTTP_QUOTA_CTX_WAITING:
+            /* nothing runs the phases while we wait; be safe anyway */
+            return NGX_DONE;
+
+        default:
+            /* decided before an internal redirect: never charge twice */
+            return NGX_DECLINED;
+        }
+    }
+
+    if (!qlcf->enable) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_quota_evaluate(r, qlcf);
+}
+
+
+static ngx_int_t
+ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_int_t                    rc;
+    ngx_str_t                    value;
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_rule_t       *rule;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (qlcf->tenant == NULL || qlcf->rules == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_complex_value(r, qlcf->tenant, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (value.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    rule = ngx_http_quota_match(r, qlcf);
+    if (rule == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_quota_create_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->rule = rule;
+    ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
+
+    rc = ngx_http_quota_tenant_id(r, qlcf, &value, &ctx->tenant);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
+        return ngx_http_quota_send_rejection(r, ctx, "BAD_TENANT",
+                                             NGX_HTTP_BAD_REQUEST);
+    }
+
+    if (ngx_http_quota_costs(r, ctx) != NGX_OK) {
+        ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
+        return ngx_http_quota_send_rejection(r, ctx, "BAD_COST",
+                                             NGX_HTTP_BAD_REQUEST);
+    }
+
+    rc = ngx_http_quota_script_charge(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        /* no connection to Redis right now: no waiting, straight to policy */
+        ctx->redis_failed = 1;
+        return ngx_http_quota_act(r, ctx, qlcf);
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    ctx->state = NGX_HTTP_QUOTA_CTX_WAITING;
+    ngx_add_timer(&ctx->timeout, qmcf->redis_timeout);
+
+    /*
+     * Hold the request while Redis answers; a client that hangs up is
+     * noticed by ngx_http_test_reading() and finalized with 499.
+     */
+
+    r->main->count++;
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_DONE;
+}
+
+
+/*
+ * Rules are sorted most specific first at configuration time, so the first
+ * rule whose template and conditions hold is the one SPEC 4a asks for.
+ */
+static ngx_http_quota_rule_t *
+ngx_http_quota_match(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_str_t               version;
+    ngx_uint_t              i, m, have_version;
+    ngx_http_quota_rule_t  *rule;
+
+    rule = qlcf->rules->elts;
+    have_version = 0;
+    ngx_str_null(&version);
+
+    for (i = 0; i < qlcf->rules->nelts; i++, rule++) {
+
+        if (rule->methods) {
+            for (m = 0; m < rule->nmethods; m++) {
+                if (rule->methods[m].len == r->method_name.len
+                    && ngx_strncmp(rule->methods[m].data, r->method_name.data,
+                                   r->method_name.len) == 0)
+                {
+                    break;
+                }
+            }
+
+            if (m == rule->nmethods) {
+                continue;
+            }
+        }
+
+        if (!quota_tpl_match(rule->segs, rule->nsegs, (char *) r->uri.data,
+                             r->uri.len))
+        {
+            continue;
+        }
+
+        if (rule->auth != NGX_HTTP_QUOTA_AUTH_ANY
+            && !ngx_http_quota_auth_holds(r, qlcf, rule->auth))
+        {
+            continue;
+        }
+
+        if (rule->version.len) {
+            if (!have_version) {
+                have_version = 1;
+
+                if (qlcf->api_version == NULL
+                    || ngx_http_complex_value(r, qlcf->api_version, &version)
+                       != NGX_OK)
+                {
+                    ngx_str_null(&version);
+                }
+            }
+
+            if (version.len != rule->version.len
+                || ngx_strncmp(version.data, rule->version.data, version.len)
+                   != 0)
+            {
+                continue;
+            }
+        }
+
+        return rule;
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_quota_auth_holds(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf, ngx_uint_t auth)
+{
+    ngx_uint_t  authorization;
+
+    authorization = (r->headers_in.authorization != NULL);
+
+    switch (auth) {
+
+    case NGX_HTTP_QUOTA_AUTH_HEADER:
+        return authorization;
+
+    case NGX_HTTP_QUOTA_AUTH_COOKIE:
+        return !authorization && ngx_http_quota_has_cookie(r);
+
+    case NGX_HTTP_QUOTA_AUTH_APIKEY:
+        return ngx_http_quota_has_header(r, &qlcf->apikey_header);
+
+    case NGX_HTTP_QUOTA_AUTH_NONE:
+        return !authorization && !ngx_http_quota_has_cookie(r)
+               && !ngx_http_quota_has_header(r, &qlcf->apikey_header);
+
+    default:
+        return 1;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_quota_has_cookie(ngx_http_request_t *r)
+{
+#if (nginx_version >= 1023000)
+    return r->headers_in.cookie != NULL;
+#else
+    return r->headers_in.cookies.nelts != 0;
+#endif
+}
+
+
+static ngx_int_t
+ngx_http_quota_has_header(ngx_http_request_t *r, ngx_str_t *name)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == name->len
+            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+        {
+            return 1;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_quota_costs(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_str_t                 value;
+    ngx_uint_t                i;
+    ngx_http_quota_charge_t  *charge;
+
+    charge = ctx->rule->charges;
+
+    for (i = 0; i < ctx->rule->ncharges; i++) {
+
+        if (charge[i].value == NULL) {
+            ctx->costs[i] = charge[i].cost;
+            continue;
+        }
+
+        if (ngx_http_complex_value(r, charge[i].value, &value) != NGX_OK
+            || quota_parse_cost((char *) value.data, value.len,
+                                &ctx->costs[i])
+               != 0)
+        {
+            ctx->reject_index = i;
+
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "quota: invalid cost \"%V\"", &value);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_loc_conf_t *qlcf)
+{
+    if (ctx->redis_failed) {
+        if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED) {
+            ctx->status = NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS;
+            return ngx_http_quota_send_rejection(r, ctx, "QUOTA_UNAVAILABLE",
+                                       NGX_HTTP_SERVICE_UNAVAILABLE);
+        }
+
+        ctx->status = NGX_HTTP_QUOTA_FAIL_OPEN_STATUS;
+        return NGX_DECLINED;
+    }
+
+    switch (ctx->status) {
+
+    case NGX_HTTP_QUOTA_REJECTED_QUOTA:
+        return ngx_http_quota_send_rejection(r, ctx, "QUOTA_EXCEEDED",
+                                             qlcf->status);
+
+    default:
+        return NGX_DECLINED;
+    }
+}
+
+
+ngx_http_quota_ctx_t *
+ngx_http_quota_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t    *cln;
+    ngx_http_quota_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_quota_module);
+
+    if (ctx == NULL && (r->internal || r->filter_finalize)) {
+
+        /* r->ctx was wiped by an internal redirect; the cleanup still has it */
+
+        for (cln = r->pool->cleanup; cln; cln = cln->next) {
+            if (cln->handler == ngx_http_quota_cleanup) {
+                ctx = cln->data;
+                ngx_http_set_ctx(r, ctx, ngx_http_quota_module);
+                break;
+            }
+        }
+    }
+
+    return ctx;
+}
+
+
+static ngx_http_quota_ctx_t *
+ngx_http_quota_create_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t    *cln;
+    ngx_http_quota_ctx_t  *ctx;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_quota_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = cln->data;
+    ngx_memzero(ctx, sizeof(ngx_http_quota_ctx_t));
+
+    ctx->request = r;
+
+    ctx->timeout.handler = ngx_http_quota_timeout_handler;
+    ctx->timeout.data = ctx;
+    ctx->timeout.log = r->connection->log;
+
+    ctx->wake.handler = ngx_http_quota_wake_handler;
+    ctx->wake.data = ctx;
+    ctx->wake.log = r->connection->log;
+
+    cln->handler = ngx_http_quota_cleanup;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_quota_module);
+
+    return ctx;
+}
+
+
+/* the request is being freed, whatever the reason */
+static void
+ngx_http_quota_cleanup(void *data)
+{
+    ngx_http_quota_ctx_t  *ctx = data;
+
+    if (ctx->op) {
+        ngx_http_quota_redis_detach(ctx->op);
+        ctx->op = NULL;
+    }
+
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+
+    if (ctx->wake.posted) {
+        ngx_delete_posted_event(&ctx->wake);
+    }
+}
+
+
+static void
+ngx_http_quota_wake_handler(ngx_event_t *ev)
+{
+    ngx_connection_t      *c;
+    ngx_http_request_t    *r;
+    ngx_http_quota_ctx_t  *ctx;
+
+    ctx = ev->data;
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "quota: resuming request");
+
+    r->main->count--;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_quota_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    ctx = ev->data;
+
+    qmcf = ngx_http_get_module_main_conf(ctx->request, ngx_http_quota_module);
+
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "quota: redis did not answer within %Mms", 
+                  qmcf->redis_timeout);
+
+    /*
+     * The script may still run in Redis: it is never sent again (that could
+     * charge twice); its reply, if it comes, is dropped.
+     */
+
+    if (ctx->op) {
+        ngx_http_quota_redis_detach(ctx->op);
+        ctx->op = NULL;
+    }
+
+    ctx->redis_failed = 1;
+    ctx->state = NGX_HTTP_QUOTA_CTX_DECIDED;
+
+    ngx_http_quota_wake_handler(&ctx->wake);
+}

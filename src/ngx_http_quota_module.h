@@ -1,0 +1,282 @@
+
+/*
+ * ngx_http_quota_module: types shared by the files under src/.
+ *
+ * The module is split by concern:
+ *
+ *   ngx_http_quota_module.c      module definition, conf create/merge,
+ *                                postconfiguration, worker init/exit
+ *   ngx_http_quota_conf.c        directive parsers
+ *   ngx_http_quota_handler.c     the precontent-phase handler: decision
+ *                                order, suspend/resume, failure mode
+ *   ngx_http_quota_redis.c       hiredis async contexts bound to nginx events
+ *   ngx_http_quota_script.c      the charge script, its argv and EVALSHA
+ *   ngx_http_quota_reply.c       strict decoding of the script's reply
+ *   ngx_http_quota_headers.c     X-Quota-* headers (header filter)
+ *   ngx_http_quota_json.c        every JSON body, through yajl_gen
+ *   ngx_http_quota_variables.c   $quota_* variables
+ *   ngx_http_quota_tenant.c      tenant value, SHA-256, key names
+ *   ngx_http_quota_{template,period,parse}.c
+ *                                nginx-independent helpers (unit-tested)
+ */
+
+#ifndef _NGX_HTTP_QUOTA_MODULE_H_INCLUDED_
+#define _NGX_HTTP_QUOTA_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+#include "ngx_http_quota_pure.h"
+
+
+#define NGX_HTTP_QUOTA_PERIOD_MONTH      0
+#define NGX_HTTP_QUOTA_PERIOD_DAY        1
+
+#define NGX_HTTP_QUOTA_FAIL_OPEN         0
+#define NGX_HTTP_QUOTA_FAIL_CLOSED       1
+
+#define NGX_HTTP_QUOTA_AUTH_ANY          0
+#define NGX_HTTP_QUOTA_AUTH_HEADER       1
+#define NGX_HTTP_QUOTA_AUTH_COOKIE       2
+#define NGX_HTTP_QUOTA_AUTH_APIKEY       3
+#define NGX_HTTP_QUOTA_AUTH_NONE         4
+
+/* a rule charges at most this many metrics (the script's argv is sized by it) */
+#define NGX_HTTP_QUOTA_MAX_CHARGES       8
+
+/* no limit for a metric in a plan */
+#define NGX_HTTP_QUOTA_UNLIMITED         (-1)
+
+/* counters outlive their period by this much, so last period stays readable */
+#define NGX_HTTP_QUOTA_KEEP_AFTER_PERIOD (62 * 86400)
+
+
+/* $quota_status values, in the order of ngx_http_quota_status_names[] */
+typedef enum {
+    NGX_HTTP_QUOTA_UNMETERED = 0,
+    NGX_HTTP_QUOTA_ALLOWED,
+    NGX_HTTP_QUOTA_REJECTED_QUOTA,
+    NGX_HTTP_QUOTA_REJECTED_RATE,
+    NGX_HTTP_QUOTA_REJECTED_CONCURRENCY,
+    NGX_HTTP_QUOTA_REJECTED_CAP,
+    NGX_HTTP_QUOTA_REJECTED_SUSPENDED,
+    NGX_HTTP_QUOTA_REJECTED_UNKNOWN,
+    NGX_HTTP_QUOTA_BAD_REQUEST,
+    NGX_HTTP_QUOTA_BYPASS,
+    NGX_HTTP_QUOTA_DRY_RUN_REJECT,
+    NGX_HTTP_QUOTA_FAIL_OPEN_STATUS,
+    NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS,
+    NGX_HTTP_QUOTA_STATUS_COUNT
+} ngx_http_quota_status_e;
+
+extern ngx_str_t  ngx_http_quota_status_names[];
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_uint_t                   period;      /* NGX_HTTP_QUOTA_PERIOD_* */
+} ngx_http_quota_metric_t;
+
+
+typedef struct {
+    ngx_uint_t                   metric;      /* index into qmcf->metrics */
+    int64_t                      limit;
+} ngx_http_quota_limit_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_array_t                  limits;      /* ngx_http_quota_limit_t */
+    int64_t                     *limit_by_metric;  /* dense, built at init */
+} ngx_http_quota_plan_t;
+
+
+/* one METRIC=COST of a rule */
+typedef struct {
+    ngx_uint_t                   metric;
+    int64_t                      cost;        /* literal cost */
+    ngx_http_complex_value_t    *value;       /* or evaluated per request */
+} ngx_http_quota_charge_t;
+
+
+/* one quota_route */
+typedef struct {
+    ngx_str_t                   *methods;     /* NULL: "*" */
+    ngx_uint_t                   nmethods;
+    quota_tpl_seg_t             *segs;
+    ngx_uint_t                   nsegs;
+    ngx_uint_t                   auth;        /* NGX_HTTP_QUOTA_AUTH_* */
+    ngx_str_t                    version;     /* empty: any */
+    ngx_http_quota_charge_t     *charges;
+    ngx_uint_t                   ncharges;
+    ngx_str_t                    template;    /* as written, for logs */
+} ngx_http_quota_rule_t;
+
+
+typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
+
+
+typedef struct {
+    /* quota_redis */
+    ngx_str_t                    redis_host;  /* numeric, resolved at conf time */
+    ngx_int_t                    redis_port;
+    ngx_str_t                    redis_unix;  /* unix socket path, or empty */
+    ngx_str_t                    redis_password;
+    ngx_int_t                    redis_db;
+    ngx_msec_t                   redis_timeout;
+    ngx_msec_t                   redis_connect_timeout;
+    ngx_uint_t                   redis_pool;
+    ngx_flag_t                   redis_configured;
+    ngx_str_t                    redis_conf_file;   /* where quota_redis is */
+    ngx_uint_t                   redis_conf_line;
+
+    ngx_str_t                    prefix;      /* quota_redis_prefix */
+
+    ngx_array_t                  metrics;     /* ngx_http_quota_metric_t */
+    ngx_array_t                  plans;       /* ngx_http_quota_plan_t */
+    ngx_int_t                    default_plan;  /* index or -1 */
+
+    ngx_flag_t                   enabled_somewhere;  /* "quota on" seen */
+
+    /* script source and its SHA1 (hex), for EVALSHA and the EVAL fallback */
+    ngx_str_t                    script;
+    u_char                       script_sha1[40];
+
+    ngx_http_quota_worker_t     *worker;      /* per-process Redis state */
+} ngx_http_quota_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                   enable;
+    ngx_uint_t                   failure_mode;
+    ngx_http_complex_value_t    *tenant;
+    ngx_flag_t                   tenant_hash;
+    ngx_array_t                 *rules;       /* ngx_http_quota_rule_t, sorted */
+    ngx_str_t                    apikey_header;
+    ngx_http_complex_value_t    *api_version;
+    ngx_uint_t                   status;
+    ngx_uint_t                   rate_status;
+    ngx_flag_t                   headers;
+    ngx_str_t                    header_prefix;
+
+    /* header names built from header_prefix at merge time */
+    ngx_str_t                    hdr_limit;
+    ngx_str_t                    hdr_remaining;
+    ngx_str_t                    hdr_reset;
+    ngx_str_t                    hdr_used;
+} ngx_http_quota_loc_conf_t;
+
+
+typedef enum {
+    NGX_HTTP_QUOTA_CTX_NEW = 0,
+    NGX_HTTP_QUOTA_CTX_WAITING,       /* EVALSHA sent, request suspended  */
+    NGX_HTTP_QUOTA_CTX_DECIDED,       /* reply in, handler must act on it */
+    NGX_HTTP_QUOTA_CTX_FINISHED       /* acted on; later entries decline  */
+} ngx_http_quota_ctx_state_e;
+
+
+typedef struct ngx_http_quota_op_s  ngx_http_quota_op_t;
+
+
+/* per-request state; survives internal redirects via its pool cleanup */
+typedef struct {
+    ngx_http_request_t          *request;
+    ngx_http_quota_ctx_state_e   state;
+    ngx_http_quota_status_e      status;
+
+    ngx_str_t                    tenant;      /* id used in Redis (maybe hashed) */
+    ngx_http_quota_rule_t       *rule;
+    int64_t                      costs[NGX_HTTP_QUOTA_MAX_CHARGES];
+
+    /* the rule's first metric after the charge, for headers and variables */
+    unsigned                     have_usage:1;
+    unsigned                     eval_retried:1;  /* NOSCRIPT answered once */
+    unsigned                     redis_failed:1;
+    ngx_uint_t                   reject_index;    /* charge that failed */
+    int64_t                      used[NGX_HTTP_QUOTA_MAX_CHARGES];
+    int64_t                      limit[NGX_HTTP_QUOTA_MAX_CHARGES];
+    quota_period_t               period;          /* of the first metric */
+    ngx_int_t                    rc;              /* status to answer */
+
+    /* the script's argv, kept for the one EVAL fallback on NOSCRIPT */
+    ngx_uint_t                   argc;
+    const char                 **argv;
+    size_t                      *argvlen;
+
+    ngx_http_quota_op_t         *op;          /* pending Redis operation */
+    ngx_event_t                  timeout;     /* quota_redis timeout= */
+    ngx_event_t                  wake;        /* posted when the reply is in */
+} ngx_http_quota_ctx_t;
+
+
+/* called with reply NULL when the connection failed or closed */
+typedef void (*ngx_http_quota_reply_pt)(void *data, redisReply *reply);
+
+
+extern ngx_module_t  ngx_http_quota_module;
+
+
+/* ngx_http_quota_conf.c */
+char *ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_metric_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_default_plan_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_quota_tenant_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *name);
+
+/* ngx_http_quota_handler.c */
+ngx_int_t ngx_http_quota_handler(ngx_http_request_t *r);
+ngx_http_quota_ctx_t *ngx_http_quota_get_ctx(ngx_http_request_t *r);
+
+/* ngx_http_quota_redis.c */
+ngx_int_t ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
+    ngx_http_quota_main_conf_t *qmcf);
+void ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf);
+ngx_http_quota_op_t *ngx_http_quota_redis_send(
+    ngx_http_quota_main_conf_t *qmcf, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_quota_reply_pt handler, void *data);
+void ngx_http_quota_redis_detach(ngx_http_quota_op_t *op);
+
+/* ngx_http_quota_script.c */
+ngx_int_t ngx_http_quota_script_init(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+
+/* ngx_http_quota_reply.c */
+ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);
+ngx_int_t ngx_http_quota_reply_decode(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, redisReply *reply);
+
+/* ngx_http_quota_headers.c */
+ngx_int_t ngx_http_quota_headers_init(ngx_conf_t *cf);
+
+/* ngx_http_quota_json.c */
+ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, const char *error, ngx_uint_t status);
+
+/* ngx_http_quota_variables.c */
+ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);
+
+/* ngx_http_quota_tenant.c */
+ngx_int_t ngx_http_quota_tenant_id(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf, ngx_str_t *value, ngx_str_t *id);
+u_char *ngx_http_quota_key(ngx_pool_t *pool, ngx_str_t *prefix,
+    ngx_str_t *tenant, const char *suffix, size_t suffix_len,
+    const u_char *tail, size_t tail_len, size_t *len);
+
+
+#endif /* _NGX_HTTP_QUOTA_MODULE_H_INCLUDED_ */

@@ -1,0 +1,208 @@
+
+/*
+ * $quota_status, $quota_tenant, $quota_metric, $quota_cost, $quota_used,
+ * $quota_limit, $quota_remaining, $quota_percent, $quota_reset.
+ *
+ * All describe the rule's first metric.  They are not cacheable: the
+ * access log reads them after the decision, a map may read them before.
+ */
+
+
+#include "ngx_http_quota_module.h"
+
+
+#define NGX_HTTP_QUOTA_VAR_STATUS      0
+#define NGX_HTTP_QUOTA_VAR_TENANT      1
+#define NGX_HTTP_QUOTA_VAR_METRIC      2
+#define NGX_HTTP_QUOTA_VAR_COST        3
+#define NGX_HTTP_QUOTA_VAR_USED        4
+#define NGX_HTTP_QUOTA_VAR_LIMIT       5
+#define NGX_HTTP_QUOTA_VAR_REMAINING   6
+#define NGX_HTTP_QUOTA_VAR_PERCENT     7
+#define NGX_HTTP_QUOTA_VAR_RESET       8
+
+
+static ngx_int_t ngx_http_quota_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+ngx_str_t  ngx_http_quota_status_names[] = {
+    ngx_string("UNMETERED"),
+    ngx_string("ALLOWED"),
+    ngx_string("REJECTED_QUOTA"),
+    ngx_string("REJECTED_RATE"),
+    ngx_string("REJECTED_CONCURRENCY"),
+    ngx_string("REJECTED_CAP"),
+    ngx_string("REJECTED_SUSPENDED"),
+    ngx_string("REJECTED_UNKNOWN"),
+    ngx_string("BAD_REQUEST"),
+    ngx_string("BYPASS"),
+    ngx_string("DRY_RUN_REJECT"),
+    ngx_string("FAIL_OPEN"),
+    ngx_string("FAIL_CLOSED"),
+    ngx_null_string
+};
+
+
+static ngx_http_variable_t  ngx_http_quota_vars[] = {
+
+    { ngx_string("quota_status"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_STATUS, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_tenant"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_TENANT, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_metric"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_METRIC, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_cost"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_COST, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_used"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_USED, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_limit"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_LIMIT, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_remaining"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_REMAINING, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_percent"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_PERCENT, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("quota_reset"), NULL, ngx_http_quota_variable,
+      NGX_HTTP_QUOTA_VAR_RESET, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+ngx_int_t
+ngx_http_quota_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_quota_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    u_char                      *p;
+    int64_t                      n, used, limit;
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_metric_t     *m;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    ctx = ngx_http_quota_get_ctx(r->main);
+
+    if (data == NGX_HTTP_QUOTA_VAR_STATUS) {
+        p = ngx_http_quota_status_names[ctx ? ctx->status
+                                            : NGX_HTTP_QUOTA_UNMETERED].data;
+        v->len = ngx_strlen(p);
+        v->data = p;
+        goto found;
+    }
+
+    if (ctx == NULL || ctx->rule == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_QUOTA_VAR_TENANT:
+        v->len = ctx->tenant.len;
+        v->data = ctx->tenant.data;
+        goto found;
+
+    case NGX_HTTP_QUOTA_VAR_METRIC:
+        qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+        m = qmcf->metrics.elts;
+        v->len = m[ctx->rule->charges[0].metric].name.len;
+        v->data = m[ctx->rule->charges[0].metric].name.data;
+        goto found;
+
+    case NGX_HTTP_QUOTA_VAR_COST:
+        n = ctx->costs[0];
+        goto number;
+    }
+
+    if (!ctx->have_usage) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    used = ctx->used[0];
+    limit = ctx->limit[0];
+
+    switch (data) {
+
+    case NGX_HTTP_QUOTA_VAR_USED:
+        n = used;
+        goto number;
+
+    case NGX_HTTP_QUOTA_VAR_RESET:
+        p = ngx_pnalloc(r->pool, QUOTA_ISO8601_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        quota_format_iso8601(ctx->period.end, (char *) p);
+        v->len = QUOTA_ISO8601_LEN;
+        v->data = p;
+        goto found;
+    }
+
+    /* limit, remaining and percent mean nothing for an unlimited metric */
+
+    if (limit < 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_QUOTA_VAR_LIMIT:
+        n = limit;
+        break;
+
+    case NGX_HTTP_QUOTA_VAR_REMAINING:
+        n = limit > used ? limit - used : 0;
+        break;
+
+    default: /* NGX_HTTP_QUOTA_VAR_PERCENT */
+        n = (limit == 0) ? (used > 0 ? 100 : 0) : used * 100 / limit;
+        break;
+    }
+
+number:
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%L", n) - p;
+    v->data = p;
+
+found:
+
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
