@@ -1,0 +1,123 @@
+# Bad configuration fails "nginx -t" with the file, the line and a clear
+# message.  Each case is an http{} body; the marker line "#HERE" is where the
+# error must point.
+
+use strict;
+use warnings;
+use Test::More;
+use File::Temp qw(tempdir);
+
+my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
+
+sub nginx_t {
+    my ($http) = @_;
+    my $dir = tempdir(CLEANUP => 1);
+    mkdir "$dir/conf"; mkdir "$dir/logs";
+    my $conf = join('', map { "load_module $_;\n" } @modules)
+        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
+        . "events { worker_connections 64; }\n"
+        . "http {\n$http\n}\n";
+    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
+    print $fh $conf;
+    close $fh;
+    my ($line) = grep { (split /\n/, $conf)[$_ - 1] =~ /#HERE/ } 1 .. scalar(split /\n/, $conf);
+    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
+    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
+}
+
+my $base = <<'_EOC_';
+    quota_redis 127.0.0.1:6379;
+    quota_metric api_requests;
+_EOC_
+
+my @cases = (
+    [ 'undeclared metric in quota_route',
+      $base . "server { listen 127.0.0.1:1; quota on; quota_tenant x;\n quota_route POST /a nope=1; #HERE\n }",
+      qr/unknown metric "nope" in quota_route/ ],
+    [ 'undeclared metric in a plan',
+      $base . "quota_plan p {\n limit nope 5; #HERE\n }",
+      qr/unknown metric "nope" in plan "p"/ ],
+    [ 'undefined plan',
+      $base . "quota_default_plan gold; #HERE",
+      qr/unknown plan "gold"/ ],
+    [ 'bad template: ** not last',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a/**/b api_requests=1; #HERE\n }",
+      qr/invalid route template "\/a\/\*\*\/b": / ],
+    [ 'bad template: no leading slash',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST a/b api_requests=1; #HERE\n }",
+      qr/invalid route template "a\/b"/ ],
+    [ 'bad template: empty parameter name',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST \"/a/{}\" api_requests=1; #HERE\n }",
+      qr/invalid route template/ ],
+    [ 'duplicate quota_metric',
+      $base . "quota_metric api_requests; #HERE",
+      qr/duplicate metric "api_requests"/ ],
+    [ 'missing quota_redis when quota is on',
+      "quota_metric a;\n server { listen 127.0.0.1:1;\n quota on; #HERE\n }",
+      qr/"quota on" in \S+nginx\.conf:(\d+) needs "quota_redis"/, 'own-line' ],
+    [ 'invalid literal cost',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a api_requests=-1; #HERE\n }",
+      qr/invalid cost "-1" for metric "api_requests"/ ],
+    [ 'non-numeric cost',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a api_requests=abc; #HERE\n }",
+      qr/invalid cost "abc"/ ],
+    [ 'cost above 2^53-1',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a api_requests=9007199254740992; #HERE\n }",
+      qr/invalid cost "9007199254740992"/ ],
+    [ 'rule without a metric',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a auth=header; #HERE\n }",
+      qr/charges no metric/ ],
+    [ 'bad auth type',
+      $base . "server { listen 127.0.0.1:1;\n quota_route POST /a api_requests=1 auth=magic; #HERE\n }",
+      qr/invalid "auth=magic"/ ],
+    [ 'bad method list',
+      $base . "server { listen 127.0.0.1:1;\n quota_route post,GET /a api_requests=1; #HERE\n }",
+      qr/invalid method list "post,GET"/ ],
+    [ 'duplicate quota_redis',
+      $base . "quota_redis 127.0.0.1:6380; #HERE",
+      qr/"quota_redis" directive is duplicate/ ],
+    [ 'bad quota_redis parameter',
+      "quota_redis 127.0.0.1:6379 timeout=abc; #HERE",
+      qr/invalid parameter "timeout=abc"/ ],
+    [ 'bad failure mode',
+      $base . "quota_failure_mode sometimes; #HERE",
+      qr/invalid value "sometimes"/ ],
+    [ 'plan statement not supported yet',
+      $base . "quota_plan p {\n rate 5r/m; #HERE\n }",
+      qr/"rate" in quota_plan is not supported yet/ ],
+    [ 'quota_status out of range',
+      $base . "quota_status 200; #HERE",
+      qr/value must be between 400 and 599|must be equal or more than 400/ ],
+);
+
+for my $c (@cases) {
+    my ($name, $http, $re, $own) = @$c;
+    my ($rc, $out, $file, $line) = nginx_t($http);
+    isnt($rc, 0, "$name: nginx -t fails");
+    like($out, $re, "$name: clear message");
+    if ($own) {
+        my ($l) = $out =~ $re;
+        is($l, $line, "$name: points at the \"quota on\" line");
+    } else {
+        like($out, qr/\Q$file\E:$line\b/, "$name: file:line") or diag $out;
+    }
+}
+
+# and a good configuration passes
+my ($rc, $out) = nginx_t($base . <<'_EOC_');
+    quota_plan free { limit api_requests 5; }
+    quota_default_plan free;
+    server {
+        listen 127.0.0.1:1;
+        quota on;
+        quota_tenant $http_x_api_key hash;
+        quota_route POST,PATCH /api/v2/:project/tests api_requests=1;
+        quota_route * "/api/{project}/tests/{id}" api_requests=$http_x_cost auth=header version=1;
+        quota_route POST /api/reporter/** api_requests=1;
+        location / { return 200; }
+    }
+_EOC_
+is($rc, 0, 'a good configuration passes nginx -t') or diag $out;
+
+done_testing();
