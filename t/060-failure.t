@@ -1,0 +1,227 @@
+# Redis trouble follows quota_failure_mode, never a crash: unreachable,
+# slow (timeout), restarted (reconnect without reload), script cache
+# flushed (NOSCRIPT answered by one EVAL), and a client that leaves while
+# its reply is pending.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+
+# a server block metering POST /api/** for tenant $http_x_api_key
+sub server_config {
+    return <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api_requests=1;
+
+    location /api/ {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /closed/ {
+        quota_failure_mode closed;
+        quota_route POST /closed/** api_requests=1;
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+_EOC_
+}
+
+sub http_config {
+    my ($port, $timeout) = @_;
+    return <<"_EOC_";
+    quota_redis 127.0.0.1:$port timeout=$timeout;
+    quota_metric api_requests;
+    quota_plan free { limit api_requests 100; }
+    quota_default_plan free;
+_EOC_
+}
+
+sub post {
+    my ($port, $path, $tenant, $timeout) = @_;
+    my $t0 = time;
+    my $res = http_request($port, 'POST', $path, { 'X-API-Key' => $tenant },
+                           '', $timeout || 10);
+    $res->{elapsed} = time - $t0;
+    return $res;
+}
+
+# DEBUG SLEEP from a child with its own connection, so the test goes on
+sub redis_sleep {
+    my ($port, $secs) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port) or POSIX::_exit(1);
+        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+                 . "\r\n$secs\r\n";
+        my $line = <$s>;
+        POSIX::_exit(0);
+    }
+    sleep 0.05;    # let the sleep begin
+    return $pid;
+}
+
+my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+my $slack = $valgrind ? 3 : 1;
+
+
+# 1. nothing listens on the Redis port: open passes at once, closed is 503
+{
+    my $dead = free_port();
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => http_config($dead, '100ms'),
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            sleep 0.1;    # the first connect attempt has failed by now
+            my $r = post($port, '/api/x', 'down');
+            is($r->{status}, 200, 'unreachable, open: 200');
+            is($r->{headers}{'x-status'}, 'FAIL_OPEN', 'unreachable, open: FAIL_OPEN');
+            ok(!exists $r->{headers}{'x-quota-used'}, 'unreachable, open: no usage headers');
+            ok($r->{elapsed} < 0.1 * $slack + 0.2, 'unreachable, open: no waiting')
+                or diag "took $r->{elapsed}s";
+
+            $r = post($port, '/closed/x', 'down');
+            is($r->{status}, 503, 'unreachable, closed: 503');
+            is($r->{headers}{'x-status'}, 'FAIL_CLOSED', 'unreachable, closed: FAIL_CLOSED');
+            is($r->{headers}{'content-type'}, 'application/json', 'unreachable, closed: JSON');
+            like($r->{body}, qr/^\{"error":"QUOTA_UNAVAILABLE","message":"[^"]+"\}$/,
+                 'unreachable, closed: QUOTA_UNAVAILABLE body');
+        },
+    );
+    like($log, qr/quota: redis connect failed/, 'unreachable: logged');
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'unreachable: no alert');
+}
+
+
+# 2. Redis answers too late: the timeout decides, the late reply is dropped
+{
+    my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => http_config($rs->{port}, '200ms'),
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            my $r = post($port, '/api/x', 'slow');
+            is($r->{headers}{'x-status'}, 'ALLOWED', 'slow: first request charged');
+
+            my $pid = redis_sleep($rs->{port}, 1);
+            $r = post($port, '/api/x', 'slow');
+            is($r->{status}, 200, 'slow, open: 200');
+            is($r->{headers}{'x-status'}, 'FAIL_OPEN', 'slow, open: FAIL_OPEN');
+            ok($r->{elapsed} >= 0.15 && $r->{elapsed} < 0.2 + $slack,
+               'slow, open: answered after the 200ms timeout')
+                or diag "took $r->{elapsed}s";
+
+            $r = post($port, '/closed/x', 'slow');
+            is($r->{status}, 503, 'slow, closed: 503');
+            waitpid($pid, 0);
+
+            # Redis is back: the late replies were dropped, new ones count
+            $r = post($port, '/api/x', 'slow');
+            is($r->{headers}{'x-status'}, 'ALLOWED', 'slow: charging goes on after the stall');
+        },
+    );
+    like($log, qr/quota: redis did not answer within 200ms/, 'slow: timeout logged');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'slow: no alert, no crash');
+    stop_redis($rs);
+}
+
+
+# 3. Redis restarts: charging resumes without a reload; SCRIPT FLUSH is
+#    invisible to clients
+{
+    my $rs = start_redis();
+    my $rport = $rs->{port};
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => http_config($rport, '1s'),
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            my $r = post($port, '/api/x', 'restart');
+            is($r->{headers}{'x-quota-used'}, 1, 'restart: charged before');
+
+            $rs->cmd('SCRIPT', 'FLUSH');
+            $r = post($port, '/api/x', 'restart');
+            is($r->{status}, 200, 'script flush: 200');
+            is($r->{headers}{'x-quota-used'}, 2, 'script flush: charged once');
+
+            stop_redis($rs);
+            $r = post($port, '/api/x', 'restart');
+            is($r->{headers}{'x-status'}, 'FAIL_OPEN', 'restart: FAIL_OPEN while down');
+
+            $rs = start_redis(port => $rport);
+            my $status = '';
+            my $deadline = time + 5;
+            while (time < $deadline) {
+                $r = post($port, '/api/x', 'restart');
+                $status = $r->{headers}{'x-status'} // '';
+                last if $status eq 'ALLOWED';
+                sleep 0.1;
+            }
+            is($status, 'ALLOWED', 'restart: charging resumes without a reload');
+            is($r->{headers}{'x-quota-used'}, 1, 'restart: new server, new count');
+        },
+    );
+    like($log, qr/NOSCRIPT, sending EVAL/, 'script flush: EVAL fallback used');
+    like($log, qr/redis connection lost/, 'restart: loss logged');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'restart: no alert, no crash');
+    stop_redis($rs);
+}
+
+
+# 4. the client leaves while its reply is pending
+{
+    my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => http_config($rs->{port}, '3s'),
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            my $r = post($port, '/api/x', 'leaver');
+            is($r->{headers}{'x-quota-used'}, 1, 'leaver: connected');
+
+            my $pid = redis_sleep($rs->{port}, '0.6');
+            for (1 .. 5) {
+                my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                              PeerPort => $port) or die $!;
+                print $c "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: leaver\r\n"
+                         . "Content-Length: 0\r\n\r\n";
+                sleep 0.02;
+                close $c;    # gone before Redis answers
+            }
+            waitpid($pid, 0);
+            sleep 0.2;
+
+            $r = post($port, '/api/x', 'leaver');
+            is($r->{status}, 200, 'leaver: the worker still serves');
+            is($r->{headers}{'x-status'}, 'ALLOWED', 'leaver: and still charges');
+        },
+    );
+    like($log, qr/client prematurely closed connection/, 'leaver: 499 noticed while waiting');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal|\[error\]/, 'leaver: no alert, no error');
+    stop_redis($rs);
+}
+
+done_testing();
