@@ -34,8 +34,14 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_int_t  rc;
     ngx_str_t  body;
 
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "quota: %s for tenant \"%V\"", error, &ctx->tenant);
+    if (ctx->tenant.len) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "quota: %s for tenant \"%V\"", error, &ctx->tenant);
+
+    } else {
+        /* a rejected raw tenant value is not logged: it may be a secret */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "quota: %s", error);
+    }
 
     if (ngx_http_quota_has_error_page(r, status)) {
         return status;
