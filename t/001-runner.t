@@ -1,0 +1,436 @@
+# Self-test of the test runner on plain nginx (no quota module needed):
+# every section the suite relies on, then a nested run of deliberately
+# failing blocks to prove that failures are detected.
+# Passes with the real Test::Nginx::Socket too (the nested run is skipped).
+
+use strict; use warnings;
+use FindBin; BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::Nginx::Socket 'no_plan';
+use QuotaTest;
+use IO::Socket::INET;
+use Time::HiRes qw(time);
+use File::Temp ();
+
+# an upstream that accepts connections and never answers: lets a request
+# hang so that --- timeout / --- abort can be exercised without any module
+my $blackhole = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                      Listen => 128, Proto => 'tcp')
+    or die "blackhole: $!";
+$ENV{TEST_NGINX_BLACKHOLE_PORT} = $blackhole->sockport;
+$ENV{TEST_NGINX_GREETING} = 'hello';
+
+our $fallback = !$INC{'Test/Nginx/Socket.pm'}
+                || $INC{'Test/Nginx/Socket.pm'} =~ m{\Q$FindBin::Bin\E/lib/};
+
+no_root_location();
+log_level('info');
+run_tests();
+
+# --- the runner must catch failures: run failing blocks in a child ----------
+SKIP: {
+    skip 'negative self-test only for the fallback runner', 1 unless $fallback;
+
+    my $dir = File::Temp::tempdir('quota-runner-XXXXXX', TMPDIR => 1,
+                                  CLEANUP => 1);
+    my $file = "$dir/neg.pl";
+    open my $fh, '>', $file or die "$file: $!";
+    print {$fh} <<'_EOT_';
+use strict; use warnings;
+use Test::Nginx::Socket 'no_plan';
+run_tests();
+__DATA__
+
+=== TEST 1: wrong status
+--- config
+    location = /t { return 404; }
+--- request
+GET /t
+
+=== TEST 2: wrong body and header
+--- config
+    location = /t { add_header X-A 1; return 200 "a\n"; }
+--- request
+GET /t
+--- response_headers
+X-A: 2
+--- response_body
+b
+
+=== TEST 3: error_log misses, no_error_log hits
+--- config
+    location = /t { return 200; }
+--- request
+GET /t
+--- error_log
+no such line
+--- no_error_log
+[notice]
+
+=== TEST 4: timeout without abort
+--- http_config
+    upstream bh { server 127.0.0.1:$TEST_NGINX_BLACKHOLE_PORT; }
+--- config
+    location = /t { proxy_pass http://bh; }
+--- request
+GET /t
+--- timeout: 0.3
+--- ignore_response
+
+=== TEST 5: nginx does not start
+--- config
+    no_such_directive;
+--- request
+GET /t
+--- error_logg
+typo in a section name
+_EOT_
+    close $fh;
+
+    my $out = do {
+        local $ENV{TEST_NGINX_SERVROOT} = "$dir/servroot";
+        local $ENV{TEST_NGINX_SERVER_PORT};
+        delete $ENV{TEST_NGINX_SERVER_PORT};
+        local $ENV{TEST_NGINX_USE_VALGRIND};
+        delete $ENV{TEST_NGINX_USE_VALGRIND};
+        `$^X -I$FindBin::Bin/lib $file 2>&1`;
+    };
+    my %want = (
+        'TEST 1: wrong status - status code ok' => 1,
+        'TEST 2: wrong body and header - header X-A ok' => 1,
+        'TEST 2: wrong body and header - response_body - response is expected' => 1,
+        'TEST 3: error_log misses, no_error_log hits - pattern "no such line" matches a line in error.log' => 1,
+        'TEST 3: error_log misses, no_error_log hits - pattern "[notice]" should not match any line in error.log' => 1,
+        'ERROR: client socket timed out - TEST 4: timeout without abort' => 1,
+        'TEST 5: nginx does not start - nginx started' => 1,
+    );
+    my @failed = $out =~ /^not ok \d+ - (.*)$/mg;
+    my %got = map { $_ => 1 } @failed;
+    is_deeply(\%got, \%want, 'negative self-test: exactly the expected failures')
+        or diag($out);
+    like($out, qr/unknown directive "no_such_directive"/,
+         'negative self-test: start failure shows the error.log tail');
+    like($out, qr/section "error_logg" is not supported/,
+         'negative self-test: unknown sections are reported');
+    like($out, qr/HTTP\/1\.1 404 Not Found/,
+         'negative self-test: failure shows the response');
+    my @left = grep {
+        open my $c, '<', $_ or next;
+        local $/; my $cmd = <$c> // ''; index($cmd, "$dir/servroot") >= 0;
+    } glob('/proc/[0-9]*/cmdline');
+    ok(!@left, 'negative self-test: no nginx left running');
+}
+
+# --- QuotaTest helpers -------------------------------------------------------
+{
+    # nginx_run + http_concurrent: 600 connections at once on 2 workers
+    my $t0 = time;
+    my @codes;
+    my $log = nginx_run(
+        workers => 2,
+        config  => '    location = /c { return 200 "c\n"; }',
+        code    => sub {
+            my ($port) = @_;
+            my $c0 = time;
+            @codes = http_concurrent($port, 600, "GET /c");
+            Test::More::note(sprintf 'http_concurrent(600): %.3fs', time - $c0);
+            my $r = http_request($port, 'POST', '/c', { 'X-A' => 1 }, 'body');
+            is($r->{status}, 200, 'nginx_run: http_request status');
+            is($r->{body}, "c\n", 'nginx_run: http_request body');
+            is(http_get($port, '/none')->{status}, 404, 'nginx_run: http_get');
+        },
+    );
+    is(scalar(grep { $_ eq '200' } @codes), 600,
+       'http_concurrent: 600 concurrent requests all got 200');
+    cmp_ok(time - $t0, '<', 10, 'http_concurrent: within the time bound');
+    like($log, qr/worker process \d+ exited/, 'nginx_run: returns error.log');
+
+    # valgrind log classification (synthetic logs)
+    my $vdir = File::Temp::tempdir('quota-vg-XXXXXX', TMPDIR => 1,
+                                   CLEANUP => 1);
+    mkdir "$vdir/logs";
+    open my $v, '>', "$vdir/logs/valgrind.1.log" or die $!;
+    print {$v} <<'_EOV_';
+==1== 8 bytes in 1 blocks are definitely lost in loss record 1 of 9
+==1==    at 0x48417B4: malloc (in /usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so)
+==1==    by 0x12E404: ngx_set_environment (in /usr/sbin/nginx)
+==1==
+==1== 16 bytes in 1 blocks are definitely lost in loss record 2 of 9
+==1==    at 0x48417B4: malloc (in /usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so)
+==1==    by 0x4A0001: ngx_http_quota_redis_connect (ngx_http_quota_redis.c:42)
+==1==
+==1== Invalid read of size 4
+==1==    at 0x15B2B5: ngx_http_core_run_phases (in /usr/sbin/nginx)
+==1==
+_EOV_
+    close $v;
+    my @p = QuotaTest::valgrind_problems($vdir);
+    is(scalar(@p), 2, 'valgrind_problems: module leak and invalid read, not the core leak');
+
+    # redis: private servers (restart/outage tests) and the shared one
+    SKIP: {
+        skip 'no redis-server', 4
+            unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
+        my $r = start_redis();
+        is($r->cmd('SET', 'k', "v\r\n1"), 'OK', 'start_redis: SET');
+        is_deeply($r->cmd('MGET', 'k', 'nope'), ["v\r\n1", undef],
+                  'start_redis: arrays and nil');
+        ok(!eval { $r->cmd('INCR', 'k'); 1 } && $@ =~ /^ERR/,
+           'redis errors die with the message');
+        my $pid = $r->{pid};
+        stop_redis($r);
+        ok(!kill(0, $pid) && !eval { $r->cmd('PING') },
+           'stop_redis: stopped');
+    }
+    SKIP: {
+        skip 'TEST_NGINX_REDIS_PORT not set', 2 unless $ENV{TEST_NGINX_REDIS_PORT};
+        redis_flush();
+        is(redis('INCRBY', 'quota:test', 5), 5, 'redis: integer reply');
+        is(redis('DBSIZE'), 1, 'redis: flush, then one key');
+        redis_flush();
+    }
+}
+
+__DATA__
+
+=== TEST 1: config, request, status, exact body
+--- config
+    location = /t {
+        return 200 "ok\n";
+    }
+--- request
+GET /t
+--- error_code: 200
+--- response_body
+ok
+
+
+
+=== TEST 2: main_config, http_config and $TEST_NGINX_ variables
+--- main_config
+    worker_rlimit_nofile 4096;
+--- http_config
+    map $uri $greeting {
+        default "$TEST_NGINX_GREETING";
+    }
+--- config
+    location = /t {
+        return 200 "$greeting from $TEST_NGINX_SERVER_PORT\n";
+    }
+--- request
+GET /t
+--- response_body_like: ^hello from \d+$
+
+
+
+=== TEST 3: more_headers, response_headers (exact, absent), headers_like
+--- config
+    location = /t {
+        add_header X-Echo $http_x_in;
+        add_header X-Num "n-42";
+        return 201 "$http_x_in|$http_x_other\n";
+    }
+--- more_headers
+X-In: abc
+X-Other: def
+--- request
+GET /t
+--- error_code: 201
+--- response_headers
+X-Echo: abc
+!X-Missing
+content-type: text/plain
+--- response_headers_like
+X-Num: n-\d+
+--- response_body
+abc|def
+
+
+
+=== TEST 4: POST body gets a Content-Length, trimmed like Test::Nginx
+--- config
+    location = /t {
+        client_body_buffer_size 1m;
+        return 200 "len=$content_length\n";
+    }
+--- request
+POST /t
+hello world
+--- response_body
+len=11
+
+
+
+=== TEST 5: request eval array with per-request status, headers and bodies
+--- config
+    location = /a { return 200 "A\n"; }
+    location = /b { add_header X-B yes always; return 403 "B\n"; }
+--- request eval
+["GET /a", "GET /b", "GET /c"]
+--- error_code eval
+[200, 403, 404]
+--- response_headers eval
+["!X-B", "X-B: yes", "!X-B"]
+--- response_body_like eval
+["^A\$", "^B\$", "404 Not Found"]
+
+
+
+=== TEST 6: response_body eval array
+--- config
+    location = /a { return 200 "one"; }
+    location = /b { return 200 "two"; }
+--- request eval
+["GET /a", "GET /b"]
+--- response_body eval
+["one", "two"]
+
+
+
+=== TEST 7: chunked response is decoded
+--- config
+    location = /t {
+        sub_filter_types *;
+        sub_filter world nginx;
+        return 200 "hello world\n";
+    }
+--- request
+GET /t
+--- response_headers
+Transfer-Encoding: chunked
+!Content-Length
+--- response_body
+hello nginx
+
+
+
+=== TEST 8: error_log (lines) and no_error_log
+--- config
+    location = /t {
+        return 404;
+    }
+--- request
+GET /t/nothing
+--- error_code: 404
+--- error_log
+open()
+No such file or directory
+--- no_error_log
+[alert]
+[emerg]
+
+
+
+=== TEST 9: error_log and no_error_log as eval arrays with regexes
+--- config
+    location = /t { return 404; }
+--- request
+GET /nothing
+--- error_code: 404
+--- error_log eval
+[qr/\[error\] \d+#\d+: \*\d+ open\(\)/, "nothing"]
+--- no_error_log eval
+[qr/\[crit\]/, "segmentation"]
+
+
+
+=== TEST 10: init runs after nginx started, before the request
+--- config
+    location = /t {
+        root $TEST_NGINX_HTML_DIR;
+        try_files /init.txt =404;
+    }
+--- init
+open my $fh, '>', "$ENV{TEST_NGINX_HTML_DIR}/init.txt" or die $!;
+print {$fh} "written by init\n";
+close $fh;
+--- request
+GET /t
+--- response_body
+written by init
+
+
+
+=== TEST 11: timeout + abort: client gives up, not a failure
+--- http_config
+    upstream bh {
+        server 127.0.0.1:$TEST_NGINX_BLACKHOLE_PORT;
+    }
+--- config
+    location = /t {
+        proxy_read_timeout 30s;
+        proxy_pass http://bh;
+    }
+--- request
+GET /t
+--- timeout: 0.3
+--- abort
+--- ignore_response
+--- wait: 0.1
+--- error_log
+client prematurely closed connection
+--- no_error_log
+[alert]
+
+
+
+=== TEST 12: raw_request, sent as is
+--- config
+    location = /t { return 200 "raw $request_method $server_protocol\n"; }
+--- raw_request eval
+"GET /t HTTP/1.0\r\nHost: x\r\n\r\n"
+--- response_body
+raw GET HTTP/1.0
+
+
+
+=== TEST 13: raw_request in pieces with a delay
+--- config
+    location = /t { return 200 "pieces\n"; }
+--- raw_request eval
+["GET /t HTT", "P/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"]
+--- raw_request_middle_delay: 0.05
+--- response_body
+pieces
+
+
+
+=== TEST 14: more_headers eval
+--- config
+    location = /t { return 200 "$http_x_a\n"; }
+--- more_headers eval
+"X-A: " . (6 * 7)
+--- request
+GET /t
+--- response_body
+42
+
+
+
+=== TEST 15: SKIP is honoured
+--- SKIP
+--- config
+    location = /t { return 500; }
+--- request
+GET /t
+
+
+
+=== TEST 16: no_check_leak is accepted and ignored
+--- config
+    location = /t { return 204; }
+--- request
+GET /t
+--- no_check_leak
+--- error_code: 204
+--- response_body eval
+""
+
+
+
+=== TEST 17: must_die: nginx refuses the config, error_log sees why
+--- config
+    location = /t { return 200; }
+    location = /t { return 200; }
+--- must_die
+--- error_log
+duplicate location "/t"
