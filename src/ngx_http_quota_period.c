@@ -93,6 +93,73 @@ quota_period_month(int64_t now, int anchor, quota_period_t *p)
 
 
 int
+quota_calendar(int64_t now, quota_calendar_t *cal)
+{
+    int      m, d, i;
+    int64_t  y, cy;
+    int      cm;
+
+    if (now < QUOTA_TIME_MIN || now > QUOTA_TIME_MAX) {
+        return -1;
+    }
+
+    quota_civil_from_days(quota_floor_div(now, QUOTA_DAY), &y, &m, &d);
+
+    for (i = 0; i < 3; i++) {
+        /* month m - 1 + i, carried across year ends */
+        cm = m - 1 + i;
+        cy = y;
+
+        if (cm == 0) {
+            cm = 12;
+            cy--;
+
+        } else if (cm == 13) {
+            cm = 1;
+            cy++;
+        }
+
+        cal->month_start[i] = quota_days_from_civil(cy, cm, 1) * QUOTA_DAY;
+        cal->days[i] = quota_days_in_month(cy, cm);
+    }
+
+    return 0;
+}
+
+
+int
+quota_period_from_calendar(const quota_calendar_t *cal, int64_t now,
+    int anchor, quota_period_t *p)
+{
+    int64_t  start_here;
+
+    if (anchor < 1 || anchor > 31) {
+        return -1;
+    }
+
+#define quota_clamped_start(i)                                               \
+    (cal->month_start[i]                                                     \
+     + (int64_t) ((anchor < cal->days[i] ? anchor : cal->days[i]) - 1)       \
+       * QUOTA_DAY)
+
+    start_here = quota_clamped_start(1);
+
+    if (now >= start_here) {
+        p->start = start_here;
+        p->end = quota_clamped_start(2);
+
+    } else {
+        p->start = quota_clamped_start(0);
+        p->end = start_here;
+    }
+
+#undef quota_clamped_start
+
+    return 0;
+}
+
+
+int
 quota_period_day(int64_t now, quota_period_t *p)
 {
     if (now < QUOTA_TIME_MIN || now > QUOTA_TIME_MAX) {

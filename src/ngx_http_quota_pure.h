@@ -64,6 +64,24 @@ typedef struct {
  */
 int quota_period_month(int64_t now, int anchor, quota_period_t *p);
 
+/*
+ * What the charge script needs to find a billing month for an anchor it
+ * reads from the account: the first second and the length in days of the
+ * calendar months before, at and after "now".  The calendar stays in C
+ * (unit-tested); the script only clamps and compares, exactly as
+ * quota_period_from_calendar() does.
+ */
+typedef struct {
+    int64_t   month_start[3];   /* previous, current, next calendar month  */
+    int       days[3];          /* their lengths in days                   */
+} quota_calendar_t;
+
+int quota_calendar(int64_t now, quota_calendar_t *cal);
+
+/* the arithmetic the script does with a quota_calendar_t */
+int quota_period_from_calendar(const quota_calendar_t *cal, int64_t now,
+    int anchor, quota_period_t *p);
+
 /* the UTC day containing "now" */
 int quota_period_day(int64_t now, quota_period_t *p);
 

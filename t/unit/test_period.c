@@ -451,6 +451,65 @@ test_random(void)
 }
 
 
+/*
+ * The charge script finds the billing month of an account's anchor from a
+ * quota_calendar_t with the arithmetic of quota_period_from_calendar();
+ * it must agree with quota_period_month() for every day and anchor.
+ */
+static void
+test_calendar(void)
+{
+    int               a, ok;
+    int64_t           t, from, to, n, probe;
+    quota_period_t    p, q;
+    quota_calendar_t  cal;
+
+    from = ts("1999-01-01T00:00:00Z");
+    to = ts("2031-01-01T00:00:00Z");
+    ok = 1;
+    n = 0;
+
+    for (t = from; t < to && ok; t += 86400) {
+        for (probe = 0; probe < 86400 && ok; probe += 43199) {
+            if (quota_calendar(t + probe, &cal) != 0) {
+                ok = 0;
+                break;
+            }
+
+            for (a = 1; a <= 31; a++) {
+                n++;
+
+                if (quota_period_month(t + probe, a, &p) != 0
+                    || quota_period_from_calendar(&cal, t + probe, a, &q) != 0
+                    || p.start != q.start || p.end != q.end)
+                {
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+    }
+
+    CHECK(ok, "calendar + script arithmetic == quota_period_month "
+          "(%lld instants x anchors, 1999-2030)", (long long) n);
+
+    CHECK(quota_calendar(ts("2026-01-15T10:00:00Z"), &cal) == 0
+          && cal.month_start[0] == ts("2025-12-01T00:00:00Z")
+          && cal.month_start[1] == ts("2026-01-01T00:00:00Z")
+          && cal.month_start[2] == ts("2026-02-01T00:00:00Z")
+          && cal.days[0] == 31 && cal.days[1] == 31 && cal.days[2] == 28,
+          "calendar around January 2026 (December before, February after)");
+
+    CHECK(quota_calendar(ts("2028-02-29T23:59:59Z"), &cal) == 0
+          && cal.days[1] == 29 && cal.month_start[2] == ts("2028-03-01T00:00:00Z"),
+          "calendar in leap February 2028");
+
+    CHECK(quota_period_from_calendar(&cal, 0, 0, &p) == -1
+          && quota_period_from_calendar(&cal, 0, 32, &p) == -1,
+          "calendar arithmetic rejects anchors 0 and 32");
+}
+
+
 int
 main(void)
 {
@@ -458,6 +517,7 @@ main(void)
     test_bounds();
     test_walk();
     test_random();
+    test_calendar();
 
     return unit_done();
 }
