@@ -162,6 +162,55 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       offsetof(ngx_http_quota_loc_conf_t, header_prefix),
       NULL },
 
+    { ngx_string("quota_require_account"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, require_account),
+      NULL },
+
+    { ngx_string("quota_bypass"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_set_predicate_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, bypass),
+      NULL },
+
+    { ngx_string("quota_dry_run"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, dry_run),
+      NULL },
+
+    { ngx_string("quota_warning_threshold"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_percent_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, warning_threshold),
+      NULL },
+
+    { ngx_string("quota_warning_header"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_quota_warning_header_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_ratelimit_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, ratelimit_headers),
+      NULL },
+
+    { ngx_string("quota_reconcile"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_quota_reconcile_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -233,6 +282,15 @@ ngx_http_quota_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_http_quota_handler;
 
+    /* quota_reconcile and the release of in-flight slots run after the
+       response, in the log phase */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_quota_log_handler;
+
     return ngx_http_quota_headers_init(cf);
 }
 
@@ -275,6 +333,12 @@ ngx_http_quota_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&qmcf->plans, cf->pool, 4,
                        sizeof(ngx_http_quota_plan_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (ngx_array_init(&qmcf->rule_sets, cf->pool, 4, sizeof(ngx_array_t *))
         != NGX_OK)
     {
         return NULL;
@@ -327,6 +391,11 @@ ngx_http_quota_create_loc_conf(ngx_conf_t *cf)
     conf->status = NGX_CONF_UNSET_UINT;
     conf->rate_status = NGX_CONF_UNSET_UINT;
     conf->headers = NGX_CONF_UNSET;
+    conf->require_account = NGX_CONF_UNSET;
+    conf->bypass = NGX_CONF_UNSET_PTR;
+    conf->dry_run = NGX_CONF_UNSET;
+    conf->warning_threshold = NGX_CONF_UNSET_UINT;
+    conf->ratelimit_headers = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -366,6 +435,21 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
     ngx_conf_merge_str_value(conf->header_prefix, prev->header_prefix,
                              "X-Quota-");
+    ngx_conf_merge_value(conf->require_account, prev->require_account, 0);
+    ngx_conf_merge_ptr_value(conf->bypass, prev->bypass, NULL);
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_uint_value(conf->warning_threshold,
+                              prev->warning_threshold, 80);
+    ngx_conf_merge_value(conf->ratelimit_headers, prev->ratelimit_headers, 0);
+
+    if (conf->warning_value == NULL) {
+        conf->warning_name = prev->warning_name;
+        conf->warning_value = prev->warning_value;
+    }
+
+    if (conf->reconcile == NULL) {
+        conf->reconcile = prev->reconcile;
+    }
 
     if (conf->header_prefix.data == prev->header_prefix.data
         && prev->hdr_limit.data != NULL)

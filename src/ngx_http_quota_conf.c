@@ -13,6 +13,9 @@
 
 static char *ngx_http_quota_plan_statement(ngx_conf_t *cf,
     ngx_command_t *dummy, void *conf);
+static ngx_http_quota_plan_metric_t *ngx_http_quota_plan_metric(
+    ngx_http_quota_plan_t *plan, ngx_uint_t metric);
+static int64_t ngx_http_quota_parse_money(ngx_str_t *v);
 static ngx_int_t ngx_http_quota_parse_name(ngx_str_t *name);
 static char *ngx_http_quota_route_methods(ngx_conf_t *cf,
     ngx_http_quota_rule_t *rule, ngx_str_t *value);
@@ -317,10 +320,13 @@ ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    plan->name = value[1];
+    ngx_memzero(plan, sizeof(ngx_http_quota_plan_t));
 
-    if (ngx_array_init(&plan->limits, cf->pool, 4,
-                       sizeof(ngx_http_quota_limit_t))
+    plan->name = value[1];
+    plan->lease = 60000;
+
+    if (ngx_array_init(&plan->metrics, cf->pool, 4,
+                       sizeof(ngx_http_quota_plan_metric_t))
         != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -344,25 +350,33 @@ ngx_http_quota_plan_statement(ngx_conf_t *cf, ngx_command_t *dummy,
 {
     ngx_http_quota_plan_t  *plan = conf;
 
-    int64_t                      n;
-    ngx_int_t                    metric;
-    ngx_str_t                   *value;
-    ngx_uint_t                   i;
-    ngx_http_quota_limit_t      *limit;
-    ngx_http_quota_main_conf_t  *qmcf;
+    int64_t                        n;
+    ngx_int_t                      metric, k;
+    ngx_str_t                     *value, s;
+    ngx_uint_t                     nargs;
+    ngx_msec_t                     ms;
+    ngx_http_quota_plan_metric_t  *pm;
+    ngx_http_quota_main_conf_t    *qmcf;
 
     value = cf->args->elts;
+    nargs = cf->args->nelts;
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
 
-    if (value[0].len == 5 && ngx_strncmp(value[0].data, "limit", 5) == 0) {
+#define ngx_http_quota_is(v, lit)                                            \
+    ((v).len == sizeof(lit) - 1 && ngx_strncmp((v).data, lit, (v).len) == 0)
 
-        if (cf->args->nelts != 3 && cf->args->nelts != 4) {
+    if (ngx_http_quota_is(value[0], "limit")
+        || ngx_http_quota_is(value[0], "overage"))
+    {
+        if (ngx_http_quota_is(value[0], "limit")
+            ? (nargs != 3 && nargs != 4) : nargs != 3)
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid number of arguments in \"limit\", "
-                               "expected \"limit METRIC N [per_seat]\"");
+                               "invalid number of arguments in \"%V\", "
+                               "expected \"limit METRIC N [per_seat]\" or "
+                               "\"overage METRIC PRICE\"", &value[0]);
             return NGX_CONF_ERROR;
         }
-
-        qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
 
         metric = ngx_http_quota_metric_index(qmcf, &value[1]);
         if (metric == NGX_ERROR) {
@@ -373,6 +387,38 @@ ngx_http_quota_plan_statement(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
+        pm = ngx_http_quota_plan_metric(plan, metric);
+        if (pm == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_quota_is(value[0], "overage")) {
+            if (pm->price >= 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate overage for metric \"%V\"",
+                                   &value[1]);
+                return NGX_CONF_ERROR;
+            }
+
+            pm->price = ngx_http_quota_parse_money(&value[2]);
+            if (pm->price < 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid price \"%V\" (USD per unit, at "
+                                   "most 6 decimals, e.g. 0.0001)",
+                                   &value[2]);
+                return NGX_CONF_ERROR;
+            }
+
+            return NGX_CONF_OK;
+        }
+
+        if (pm->limit != NGX_HTTP_QUOTA_UNLIMITED) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate limit for metric \"%V\"",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
         if (quota_parse_cost((char *) value[2].data, value[2].len, &n) != 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid limit \"%V\" (an integer from 0 to "
@@ -380,57 +426,218 @@ ngx_http_quota_plan_statement(ngx_conf_t *cf, ngx_command_t *dummy,
             return NGX_CONF_ERROR;
         }
 
-        if (cf->args->nelts == 4) {
-            if (ngx_strcmp(value[3].data, "per_seat") != 0) {
+        pm->limit = n;
+
+        if (nargs == 4) {
+            if (!ngx_http_quota_is(value[3], "per_seat")) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid parameter \"%V\"", &value[3]);
+                                   "invalid parameter \"%V\", expected "
+                                   "\"per_seat\"", &value[3]);
                 return NGX_CONF_ERROR;
             }
 
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"per_seat\" is not supported yet");
-            return NGX_CONF_ERROR;
+            pm->per_seat = 1;
         }
-
-        limit = plan->limits.elts;
-
-        for (i = 0; i < plan->limits.nelts; i++) {
-            if (limit[i].metric == (ngx_uint_t) metric) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "duplicate limit for metric \"%V\"",
-                                   &value[1]);
-                return NGX_CONF_ERROR;
-            }
-        }
-
-        limit = ngx_array_push(&plan->limits);
-        if (limit == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        limit->metric = metric;
-        limit->limit = n;
 
         return NGX_CONF_OK;
     }
 
-    if ((value[0].len == 4 && ngx_strncmp(value[0].data, "rate", 4) == 0)
-        || (value[0].len == 11
-            && ngx_strncmp(value[0].data, "concurrency", 11) == 0)
-        || (value[0].len == 5 && ngx_strncmp(value[0].data, "grace", 5) == 0)
-        || (value[0].len == 7
-            && ngx_strncmp(value[0].data, "overage", 7) == 0))
-    {
+    if (ngx_http_quota_is(value[0], "grace")) {
+        if (nargs != 2 || value[1].len < 2
+            || value[1].data[value[1].len - 1] != '%')
+        {
+            goto invalid_grace;
+        }
+
+        k = ngx_atoi(value[1].data, value[1].len - 1);
+        if (k == NGX_ERROR || k > 1000) {
+            goto invalid_grace;
+        }
+
+        plan->grace = k;
+        return NGX_CONF_OK;
+
+    invalid_grace:
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" in quota_plan is not supported yet",
-                           &value[0]);
+                           "invalid grace, expected \"grace P%%\" with P "
+                           "from 0 to 1000");
         return NGX_CONF_ERROR;
     }
+
+    if (ngx_http_quota_is(value[0], "rate")) {
+        if (nargs != 2 && nargs != 3) {
+            goto invalid_rate;
+        }
+
+        /* "30r/m" or "5r/s", as limit_req_zone writes it */
+
+        s = value[1];
+
+        if (s.len > 3
+            && ngx_strncmp(s.data + s.len - 3, "r/s", 3) == 0)
+        {
+            plan->rate_period = 1000;
+
+        } else if (s.len > 3
+                   && ngx_strncmp(s.data + s.len - 3, "r/m", 3) == 0)
+        {
+            plan->rate_period = 60000;
+
+        } else {
+            goto invalid_rate;
+        }
+
+        k = ngx_atoi(s.data, s.len - 3);
+        if (k == NGX_ERROR || k < 1 || k > 1000000) {
+            goto invalid_rate;
+        }
+
+        plan->rate = k;
+        plan->burst = k;        /* a quiet tenant may send N at once */
+
+        if (nargs == 3) {
+            if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
+                goto invalid_rate;
+            }
+
+            k = ngx_atoi(value[2].data + 6, value[2].len - 6);
+            if (k == NGX_ERROR || k < 1 || k > 1000000) {
+                goto invalid_rate;
+            }
+
+            plan->burst = k;
+        }
+
+        qmcf->rate_or_concurrency = 1;
+        return NGX_CONF_OK;
+
+    invalid_rate:
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate, expected \"rate Nr/s|Nr/m "
+                           "[burst=N]\" with N from 1 to 1000000");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_quota_is(value[0], "concurrency")) {
+        if (nargs != 2 && nargs != 3) {
+            goto invalid_concurrency;
+        }
+
+        k = ngx_atoi(value[1].data, value[1].len);
+        if (k == NGX_ERROR || k < 1 || k > 100000) {
+            goto invalid_concurrency;
+        }
+
+        plan->concurrency = k;
+
+        if (nargs == 3) {
+            if (ngx_strncmp(value[2].data, "lease=", 6) != 0) {
+                goto invalid_concurrency;
+            }
+
+            s.data = value[2].data + 6;
+            s.len = value[2].len - 6;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms < 100) {
+                goto invalid_concurrency;
+            }
+
+            plan->lease = ms;
+        }
+
+        qmcf->rate_or_concurrency = 1;
+        qmcf->concurrency = 1;
+        return NGX_CONF_OK;
+
+    invalid_concurrency:
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid concurrency, expected \"concurrency N "
+                           "[lease=TIME]\" with N from 1 to 100000 and a "
+                           "lease of at least 100ms");
+        return NGX_CONF_ERROR;
+    }
+
+#undef ngx_http_quota_is
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "unknown directive \"%V\" in quota_plan", &value[0]);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* the plan's entry for a metric, created on first mention */
+static ngx_http_quota_plan_metric_t *
+ngx_http_quota_plan_metric(ngx_http_quota_plan_t *plan, ngx_uint_t metric)
+{
+    ngx_uint_t                     i;
+    ngx_http_quota_plan_metric_t  *pm;
+
+    pm = plan->metrics.elts;
+
+    for (i = 0; i < plan->metrics.nelts; i++) {
+        if (pm[i].metric == metric) {
+            return &pm[i];
+        }
+    }
+
+    pm = ngx_array_push(&plan->metrics);
+    if (pm == NULL) {
+        return NULL;
+    }
+
+    pm->metric = metric;
+    pm->limit = NGX_HTTP_QUOTA_UNLIMITED;
+    pm->per_seat = 0;
+    pm->price = -1;
+
+    return pm;
+}
+
+
+/* "0.0001" USD -> 100 micro-USD; -1 when not a price */
+static int64_t
+ngx_http_quota_parse_money(ngx_str_t *v)
+{
+    u_char     *p, *last;
+    int64_t     units;
+    ngx_uint_t  decimals, dot;
+
+    units = 0;
+    decimals = 0;
+    dot = 0;
+    last = v->data + v->len;
+
+    if (v->len == 0 || v->len > 20) {
+        return -1;
+    }
+
+    for (p = v->data; p < last; p++) {
+        if (*p == '.' && !dot) {
+            dot = 1;
+            continue;
+        }
+
+        if (*p < '0' || *p > '9') {
+            return -1;
+        }
+
+        if (dot && ++decimals > 6) {
+            return -1;
+        }
+
+        units = units * 10 + (*p - '0');
+    }
+
+    for ( /* void */ ; decimals < 6; decimals++) {
+        units *= 10;
+    }
+
+    return units;
 }
 
 
@@ -525,6 +732,7 @@ ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                   *value;
     ngx_uint_t                   i, k;
     const char                  *err;
+    ngx_array_t                **rule_set;
     quota_tpl_seg_t              segs[QUOTA_TPL_MAX_SEGMENTS];
     ngx_http_quota_rule_t        rule;
     ngx_http_quota_main_conf_t  *qmcf;
@@ -621,6 +829,14 @@ ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (qlcf->rules == NULL) {
             return NGX_CONF_ERROR;
         }
+
+        /* init_main_conf builds every rule's plan table */
+        rule_set = ngx_array_push(&qmcf->rule_sets);
+        if (rule_set == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *rule_set = qlcf->rules;
     }
 
     if (ngx_array_push(qlcf->rules) == NULL) {
@@ -805,4 +1021,139 @@ ngx_http_quota_insert_rule(ngx_array_t *rules, ngx_http_quota_rule_t *rule)
     ngx_memmove(&r[i + 1], &r[i], (rules->nelts - i) * sizeof(*rule));
     r[i] = *rule;
     rules->nelts++;
+}
+
+
+/* quota_warning_threshold 80% */
+char *
+ngx_http_quota_percent_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_uint_t  *field;
+
+    field = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*field != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len < 2 || value[1].data[value[1].len - 1] != '%') {
+        return "expects a percentage, e.g. \"80%\"";
+    }
+
+    n = ngx_atoi(value[1].data, value[1].len - 1);
+    if (n == NGX_ERROR || n > 100) {
+        return "expects a percentage from 0% to 100%";
+    }
+
+    *field = n;
+
+    return NGX_CONF_OK;
+}
+
+
+/* quota_warning_header NAME VALUE */
+char *
+ngx_http_quota_warning_header_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (qlcf->warning_value != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    qlcf->warning_name = value[1];
+    qlcf->warning_value = ngx_palloc(cf->pool,
+                                     sizeof(ngx_http_complex_value_t));
+    if (qlcf->warning_value == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = qlcf->warning_value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* quota_reconcile METRIC VALUE: one per metric, like the rules they adjust */
+char *
+ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_int_t                          metric;
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_quota_reconcile_t        *rc;
+    ngx_http_quota_main_conf_t        *qmcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+    metric = ngx_http_quota_metric_index(qmcf, &value[1]);
+    if (metric == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown metric \"%V\" in quota_reconcile "
+                           "(declare it with quota_metric first)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (qlcf->reconcile == NULL) {
+        qlcf->reconcile = ngx_array_create(cf->pool, 2,
+                                           sizeof(ngx_http_quota_reconcile_t));
+        if (qlcf->reconcile == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rc = qlcf->reconcile->elts;
+
+    for (i = 0; i < qlcf->reconcile->nelts; i++) {
+        if (rc[i].metric == (ngx_uint_t) metric) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate quota_reconcile for metric \"%V\"",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rc = ngx_array_push(qlcf->reconcile);
+    if (rc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rc->metric = metric;
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &rc->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }

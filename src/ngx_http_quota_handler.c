@@ -93,7 +93,11 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
     ngx_http_quota_rule_t       *rule;
     ngx_http_quota_main_conf_t  *qmcf;
 
-    if (qlcf->tenant == NULL || qlcf->rules == NULL) {
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    if (qlcf->tenant == NULL
+        || (qlcf->rules == NULL && !qmcf->rate_or_concurrency))
+    {
         return NGX_DECLINED;
     }
 
@@ -105,8 +109,13 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         return NGX_DECLINED;
     }
 
-    rule = ngx_http_quota_match(r, qlcf);
-    if (rule == NULL) {
+    rule = qlcf->rules ? ngx_http_quota_match(r, qlcf) : NULL;
+
+    /*
+     * No rule: nothing to charge, but when some plan limits rate or
+     * concurrency the request still counts against those (SPEC 4a).
+     */
+    if (rule == NULL && !qmcf->rate_or_concurrency) {
         return NGX_DECLINED;
     }
 
@@ -116,6 +125,7 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
     }
 
     ctx->rule = rule;
+    ctx->ncharges = rule ? rule->ncharges : 0;
     ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
 
     rc = ngx_http_quota_tenant_id(r, qlcf, &value, &ctx->tenant);
@@ -130,10 +140,22 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
                                              NGX_HTTP_BAD_REQUEST);
     }
 
-    if (ngx_http_quota_costs(r, ctx) != NGX_OK) {
+    if (rule && ngx_http_quota_costs(r, ctx) != NGX_OK) {
         ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
         return ngx_http_quota_send_rejection(r, ctx, "BAD_COST",
                                              NGX_HTTP_BAD_REQUEST);
+    }
+
+    /* shadow traffic: look up the numbers for the headers, charge nothing */
+    if (qlcf->bypass
+        && ngx_http_test_predicates(r, qlcf->bypass) == NGX_DECLINED)
+    {
+        ctx->bypass = 1;
+        ctx->status = NGX_HTTP_QUOTA_BYPASS;
+
+        if (rule == NULL) {
+            return NGX_DECLINED;
+        }
     }
 
     rc = ngx_http_quota_script_charge(r, ctx);
@@ -147,8 +169,6 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         ctx->redis_failed = 1;
         return ngx_http_quota_act(r, ctx, qlcf);
     }
-
-    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
     ctx->state = NGX_HTTP_QUOTA_CTX_WAITING;
     ngx_add_timer(&ctx->timeout, qmcf->redis_timeout);
@@ -346,6 +366,16 @@ static ngx_int_t
 ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf)
 {
+    const char               *error;
+    ngx_uint_t                status;
+    ngx_http_quota_status_e   reject;
+
+    if (ctx->bypass) {
+        /* shadow traffic is never refused, not even by a Redis failure */
+        ctx->status = NGX_HTTP_QUOTA_BYPASS;
+        return NGX_DECLINED;
+    }
+
     if (ctx->redis_failed) {
         if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED) {
             ctx->status = NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS;
@@ -357,15 +387,142 @@ ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         return NGX_DECLINED;
     }
 
-    switch (ctx->status) {
+    switch (ctx->code) {
 
-    case NGX_HTTP_QUOTA_REJECTED_QUOTA:
-        return ngx_http_quota_send_rejection(r, ctx, "QUOTA_EXCEEDED",
-                                             qlcf->status);
+    case NGX_HTTP_QUOTA_CODE_QUOTA:
+        reject = NGX_HTTP_QUOTA_REJECTED_QUOTA;
+        error = "QUOTA_EXCEEDED";
+        status = qlcf->status;
+        break;
+
+    case NGX_HTTP_QUOTA_CODE_CAP:
+        reject = NGX_HTTP_QUOTA_REJECTED_CAP;
+        error = "SPENDING_CAP_REACHED";
+        status = qlcf->status;
+        break;
+
+    case NGX_HTTP_QUOTA_CODE_SUSPENDED:
+        reject = NGX_HTTP_QUOTA_REJECTED_SUSPENDED;
+        error = "ACCOUNT_SUSPENDED";
+        status = qlcf->status;
+        break;
+
+    case NGX_HTTP_QUOTA_CODE_UNKNOWN:
+        reject = NGX_HTTP_QUOTA_REJECTED_UNKNOWN;
+        error = "UNKNOWN_TENANT";
+        status = NGX_HTTP_FORBIDDEN;
+        break;
+
+    case NGX_HTTP_QUOTA_CODE_RATE:
+        reject = NGX_HTTP_QUOTA_REJECTED_RATE;
+        error = "RATE_LIMITED";
+        status = qlcf->rate_status;
+        break;
+
+    case NGX_HTTP_QUOTA_CODE_CONCURRENCY:
+        reject = NGX_HTTP_QUOTA_REJECTED_CONCURRENCY;
+        error = "CONCURRENCY_LIMIT";
+        status = qlcf->rate_status;
+        break;
 
     default:
+        ctx->status = NGX_HTTP_QUOTA_ALLOWED;
         return NGX_DECLINED;
     }
+
+    if (qlcf->dry_run) {
+        /* what would be refused passes, uncharged (the script wrote nothing) */
+        ctx->status = NGX_HTTP_QUOTA_DRY_RUN_REJECT;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "quota: dry run, would answer %s", error);
+
+        return NGX_DECLINED;
+    }
+
+    ctx->status = reject;
+
+    return ngx_http_quota_send_rejection(r, ctx, error, status);
+}
+
+
+/*
+ * quota_reconcile, in the log phase: the response has been sent, so the
+ * correction (actual - estimate) never delays it; nobody waits for Redis.
+ */
+ngx_int_t
+ngx_http_quota_log_handler(ngx_http_request_t *r)
+{
+    int64_t                      actual;
+    ngx_str_t                    value;
+    ngx_uint_t                   i, j;
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_reconcile_t  *rc;
+    ngx_http_quota_loc_conf_t   *qlcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    if (qlcf->reconcile == NULL) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_quota_get_ctx(r);
+
+    /* only admitted, charged requests: not shadow, not dry-run refusals */
+    if (ctx == NULL || ctx->rule == NULL || ctx->reconciled
+        || ctx->status != NGX_HTTP_QUOTA_ALLOWED)
+    {
+        return NGX_OK;
+    }
+
+    ctx->reconciled = 1;
+    rc = qlcf->reconcile->elts;
+
+    for (i = 0; i < qlcf->reconcile->nelts; i++) {
+
+        for (j = 0; j < ctx->ncharges; j++) {
+            if (ctx->rule->charges[j].metric == rc[i].metric) {
+                break;
+            }
+        }
+
+        if (j == ctx->ncharges) {
+            continue;
+        }
+
+        if (ngx_http_complex_value(r, &rc[i].value, &value) != NGX_OK) {
+            continue;
+        }
+
+        if (value.len == 0) {
+            continue;
+        }
+
+        if (quota_parse_cost((char *) value.data, value.len, &actual) != 0) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "quota: ignored quota_reconcile value \"%V\", "
+                          "not a non-negative integer", &value);
+            continue;
+        }
+
+        if (actual == ctx->costs[j]) {
+            continue;
+        }
+
+        if (ngx_http_quota_script_reconcile(r, ctx, j, actual - ctx->costs[j])
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "quota: reconcile of %L not sent to redis",
+                          actual - ctx->costs[j]);
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -443,6 +600,11 @@ ngx_http_quota_cleanup(void *data)
 
     if (ctx->wake.posted) {
         ngx_delete_posted_event(&ctx->wake);
+    }
+
+    if (ctx->slot_taken) {
+        ctx->slot_taken = 0;
+        ngx_http_quota_script_release(ctx);
     }
 }
 

@@ -1,10 +1,17 @@
 
 /*
- * X-Quota-Limit / -Remaining / -Reset / -Used on every response to a
- * metered request: upstream answers, our own 402/400/503 JSON, and pages
- * served by error_page after an internal redirect (the ctx is found again
- * through its pool cleanup).  They describe the rule's first metric after
- * the charge (before it, on a rejection).
+ * Response headers of a metered request, added by a header filter so that
+ * they are on whatever answers: the upstream, the module's own JSON, or a
+ * page served by error_page after an internal redirect (the ctx is found
+ * again through its pool cleanup).
+ *
+ *   X-Quota-Limit / -Remaining / -Reset / -Used   (quota_headers, prefix)
+ *   the warning header, from quota_warning_threshold on
+ *   RateLimit-Policy / RateLimit                  (quota_ratelimit_headers)
+ *
+ * They describe the rule's first metric after the charge (before it, on a
+ * rejection).  Inside the grace band Limit is the plan's limit and
+ * Remaining is 0 (SPEC 4a).
  */
 
 
@@ -12,8 +19,12 @@
 
 
 static ngx_int_t ngx_http_quota_header_filter(ngx_http_request_t *r);
-static ngx_int_t ngx_http_quota_add_header(ngx_http_request_t *r,
-    ngx_str_t *name, int64_t n, const u_char *text, size_t len);
+static ngx_int_t ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+static ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
+    ngx_str_t *name);
+static ngx_int_t ngx_http_quota_header_num(ngx_http_request_t *r,
+    ngx_str_t *name, int64_t n);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -29,12 +40,68 @@ ngx_http_quota_headers_init(ngx_conf_t *cf)
 }
 
 
+/* the period a charged metric was counted in */
+quota_period_t
+ngx_http_quota_metric_period(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_uint_t index)
+{
+    quota_period_t               day;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+
+    if (metrics[ctx->rule->charges[index].metric].period
+        == NGX_HTTP_QUOTA_PERIOD_DAY
+        && quota_period_day(ngx_time(), &day) == 0)
+    {
+        return day;
+    }
+
+    return ctx->billing;
+}
+
+
+ngx_int_t
+ngx_http_quota_first_numbers(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_numbers_t *n)
+{
+    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL) {
+        return NGX_DECLINED;
+    }
+
+    n->used = ctx->used[0];
+    n->limit = ctx->limit[0];
+    n->period = ngx_http_quota_metric_period(r, ctx, 0);
+
+    if (n->limit < 0) {
+        n->remaining = -1;
+        n->percent = -1;
+        return NGX_OK;
+    }
+
+    n->remaining = n->limit > n->used ? n->limit - n->used : 0;
+
+    if (n->limit == 0) {
+        n->percent = n->used > 0 ? 100 : 0;
+
+    } else {
+        n->percent = n->used * 100 / n->limit;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_quota_header_filter(ngx_http_request_t *r)
 {
-    int64_t                     used, limit;
-    u_char                      reset[QUOTA_ISO8601_LEN];
+    u_char                     *reset;
+    ngx_str_t                   value;
+    ngx_table_elt_t            *h;
     ngx_http_quota_ctx_t       *ctx;
+    ngx_http_quota_numbers_t    n;
     ngx_http_quota_loc_conf_t  *qlcf;
 
     if (r != r->main) {
@@ -43,37 +110,57 @@ ngx_http_quota_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_quota_get_ctx(r);
 
-    if (ctx == NULL || !ctx->have_usage) {
+    if (ngx_http_quota_first_numbers(r, ctx, &n) != NGX_OK) {
         return ngx_http_next_header_filter(r);
     }
 
     qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
-    if (!qlcf->headers) {
-        return ngx_http_next_header_filter(r);
-    }
+    if (qlcf->headers) {
+        if (n.limit >= 0) {
+            if (ngx_http_quota_header_num(r, &qlcf->hdr_limit, n.limit)
+                != NGX_OK
+                || ngx_http_quota_header_num(r, &qlcf->hdr_remaining,
+                                             n.remaining)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
 
-    used = ctx->used[0];
-    limit = ctx->limit[0];
+        h = ngx_http_quota_push_header(r, &qlcf->hdr_reset);
+        reset = ngx_pnalloc(r->pool, QUOTA_ISO8601_LEN);
 
-    if (limit >= 0) {
-        if (ngx_http_quota_add_header(r, &qlcf->hdr_limit, limit, NULL, 0)
-            != NGX_OK
-            || ngx_http_quota_add_header(r, &qlcf->hdr_remaining,
-                                         limit > used ? limit - used : 0,
-                                         NULL, 0)
-               != NGX_OK)
-        {
+        if (h == NULL || reset == NULL) {
+            return NGX_ERROR;
+        }
+
+        quota_format_iso8601(n.period.end, (char *) reset);
+        h->value.data = reset;
+        h->value.len = QUOTA_ISO8601_LEN;
+
+        if (ngx_http_quota_header_num(r, &qlcf->hdr_used, n.used) != NGX_OK) {
             return NGX_ERROR;
         }
     }
 
-    quota_format_iso8601(ctx->period.end, (char *) reset);
+    if (qlcf->warning_value && n.limit >= 0
+        && (ngx_uint_t) n.percent >= qlcf->warning_threshold)
+    {
+        if (ngx_http_complex_value(r, qlcf->warning_value, &value) != NGX_OK) {
+            return NGX_ERROR;
+        }
 
-    if (ngx_http_quota_add_header(r, &qlcf->hdr_reset, 0, reset,
-                                  QUOTA_ISO8601_LEN) != NGX_OK
-        || ngx_http_quota_add_header(r, &qlcf->hdr_used, used, NULL, 0)
-           != NGX_OK)
+        h = ngx_http_quota_push_header(r, &qlcf->warning_name);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->value = value;
+    }
+
+    if (qlcf->ratelimit_headers
+        && ngx_http_quota_ratelimit_headers(r, ctx) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -82,33 +169,144 @@ ngx_http_quota_header_filter(ngx_http_request_t *r)
 }
 
 
-/* a number n, or the text when it is given */
+/*
+ * draft-ietf-httpapi-ratelimit-headers-10, Structured Field lists:
+ *   RateLimit-Policy: "api_requests";q=5000;w=2592000, "rate";q=120;w=60,
+ *                     "concurrency";q=3;qu="concurrent-requests"
+ *   RateLimit: "api_requests";r=4577;t=1209600
+ */
 static ngx_int_t
-ngx_http_quota_add_header(ngx_http_request_t *r, ngx_str_t *name, int64_t n,
-    const u_char *text, size_t len)
+ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx)
 {
-    u_char           *p;
-    ngx_table_elt_t  *h;
+    u_char                      *policy, *p, *limit, *l;
+    size_t                       len;
+    time_t                       now;
+    ngx_str_t                   *name;
+    ngx_uint_t                   i;
+    quota_period_t               period;
+    ngx_table_elt_t             *h;
+    ngx_http_quota_plan_t       *plan;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
 
-    p = ngx_pnalloc(r->pool, text ? len : NGX_INT64_LEN);
-    if (p == NULL) {
+    static ngx_str_t  policy_name = ngx_string("RateLimit-Policy");
+    static ngx_str_t  limit_name = ngx_string("RateLimit");
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+    plan = (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts)
+           ? (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1
+           : NULL;
+    now = ngx_time();
+
+    len = 128;
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        len += metrics[ctx->rule->charges[i].metric].name.len
+               + 3 * NGX_INT64_LEN + 16;
+    }
+
+    policy = ngx_pnalloc(r->pool, len);
+    limit = ngx_pnalloc(r->pool, len);
+    if (policy == NULL || limit == NULL) {
         return NGX_ERROR;
     }
 
+    p = policy;
+    l = limit;
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        if (ctx->limit[i] < 0) {
+            continue;
+        }
+
+        name = &metrics[ctx->rule->charges[i].metric].name;
+        period = ngx_http_quota_metric_period(r, ctx, i);
+
+        if (p != policy) {
+            *p++ = ','; *p++ = ' ';
+            *l++ = ','; *l++ = ' ';
+        }
+
+        p = ngx_sprintf(p, "\"%V\";q=%L;w=%T", name, ctx->limit[i],
+                        (time_t) (period.end - period.start));
+        l = ngx_sprintf(l, "\"%V\";r=%L;t=%T", name,
+                        ctx->limit[i] > ctx->used[i]
+                        ? ctx->limit[i] - ctx->used[i] : (int64_t) 0,
+                        (time_t) (period.end > now ? period.end - now : 0));
+    }
+
+    if (plan && plan->rate) {
+        p = ngx_sprintf(p, "%s\"rate\";q=%ui;w=%M", p != policy ? ", " : "",
+                        plan->rate, plan->rate_period / 1000);
+    }
+
+    if (plan && plan->concurrency) {
+        p = ngx_sprintf(p, "%s\"concurrency\";q=%ui;qu=\"concurrent-requests\"",
+                        p != policy ? ", " : "", plan->concurrency);
+    }
+
+    if (p != policy) {
+        h = ngx_http_quota_push_header(r, &policy_name);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->value.data = policy;
+        h->value.len = p - policy;
+    }
+
+    if (l != limit) {
+        h = ngx_http_quota_push_header(r, &limit_name);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->value.data = limit;
+        h->value.len = l - limit;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_table_elt_t *
+ngx_http_quota_push_header(ngx_http_request_t *r, ngx_str_t *name)
+{
+    ngx_table_elt_t  *h;
+
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
     h->hash = 1;
     h->key = *name;
-    h->value.data = p;
-    h->value.len = text ? (size_t) (ngx_cpymem(p, text, len) - p)
-                        : (size_t) (ngx_sprintf(p, "%L", n) - p);
     h->lowcase_key = NULL;
 #if (nginx_version >= 1023000)
     h->next = NULL;
 #endif
+
+    return h;
+}
+
+
+static ngx_int_t
+ngx_http_quota_header_num(ngx_http_request_t *r, ngx_str_t *name, int64_t n)
+{
+    u_char           *p;
+    ngx_table_elt_t  *h;
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    h = ngx_http_quota_push_header(r, name);
+
+    if (p == NULL || h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%L", n) - p;
 
     return NGX_OK;
 }

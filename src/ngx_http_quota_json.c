@@ -20,6 +20,8 @@ static ngx_int_t ngx_http_quota_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
 static ngx_int_t ngx_http_quota_has_error_page(ngx_http_request_t *r,
     ngx_uint_t status);
+static ngx_int_t ngx_http_quota_retry_after(ngx_http_request_t *r,
+    time_t seconds);
 
 
 /*
@@ -41,6 +43,16 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     } else {
         /* a rejected raw tenant value is not logged: it may be a secret */
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "quota: %s", error);
+    }
+
+    if (ctx->code == NGX_HTTP_QUOTA_CODE_RATE
+        || ctx->code == NGX_HTTP_QUOTA_CODE_CONCURRENCY)
+    {
+        if (ngx_http_quota_retry_after(r, (ctx->retry_after + 999) / 1000)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     if (ngx_http_quota_has_error_page(r, status)) {
@@ -66,16 +78,21 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     u_char                      *p, reset[QUOTA_ISO8601_LEN];
     u_char                       message[NGX_MAX_ERROR_STR];
     size_t                       len;
+    time_t                       retry;
     yajl_gen                     g;
-    ngx_uint_t                   i, metric, daily;
-    yajl_gen_status              s;
+    ngx_str_t                   *name;
+    ngx_uint_t                   i, daily;
     quota_period_t               period;
+    yajl_gen_status              s;
     const unsigned char         *buf;
     ngx_http_quota_metric_t     *m;
     ngx_http_quota_main_conf_t  *qmcf;
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     m = qmcf->metrics.elts;
+
+    i = ctx->reject_index;
+    name = ctx->rule ? &m[ctx->rule->charges[i].metric].name : NULL;
 
     g = yajl_gen_alloc(NULL);
     if (g == NULL) {
@@ -87,30 +104,22 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     s |= yajl_gen_string(g, (const unsigned char *) error, ngx_strlen(error));
     s |= ngx_http_quota_yajl_literal(g, "message");
 
-    i = ctx->reject_index;
-    metric = ctx->rule ? ctx->rule->charges[i].metric : 0;
+    if (ngx_strcmp(error, "QUOTA_EXCEEDED") == 0 && name) {
+        daily = (m[ctx->rule->charges[i].metric].period
+                 == NGX_HTTP_QUOTA_PERIOD_DAY);
 
-    if (ngx_strcmp(error, "QUOTA_EXCEEDED") == 0) {
-        daily = (m[metric].period == NGX_HTTP_QUOTA_PERIOD_DAY);
-
-        /* the rejected metric may not be the first one: its own period */
-        if ((daily ? quota_period_day(ngx_time(), &period)
-                   : quota_period_month(ngx_time(), 1, &period))
-            != 0)
-        {
-            period = ctx->period;
-        }
-
+        /* the refused metric may not be the first one: its own period */
+        period = ngx_http_quota_metric_period(r, ctx, i);
         quota_format_iso8601(period.end, (char *) reset);
 
         p = ngx_snprintf(message, sizeof(message),
                          "%s %V quota exhausted. Quota resets on %*s.",
-                         daily ? "Daily" : "Monthly", &m[metric].name,
+                         daily ? "Daily" : "Monthly", name,
                          (size_t) QUOTA_DATE_LEN, reset);
 
         s |= yajl_gen_string(g, message, p - message);
         s |= ngx_http_quota_yajl_literal(g, "metric");
-        s |= yajl_gen_string(g, m[metric].name.data, m[metric].name.len);
+        s |= yajl_gen_string(g, name->data, name->len);
         s |= ngx_http_quota_yajl_literal(g, "current_usage");
         s |= yajl_gen_integer(g, ctx->used[i]);
         s |= ngx_http_quota_yajl_literal(g, "quota_limit");
@@ -118,14 +127,57 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
         s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
 
-    } else if (ngx_strcmp(error, "BAD_COST") == 0) {
+    } else if (ngx_strcmp(error, "SPENDING_CAP_REACHED") == 0) {
+        quota_format_iso8601(ctx->billing.end, (char *) reset);
+
+        p = ngx_snprintf(message, sizeof(message),
+                         "Spending cap reached for this billing period. "
+                         "Quota resets on %*s.",
+                         (size_t) QUOTA_DATE_LEN, reset);
+
+        s |= yajl_gen_string(g, message, p - message);
+
+        if (name) {
+            s |= ngx_http_quota_yajl_literal(g, "metric");
+            s |= yajl_gen_string(g, name->data, name->len);
+            s |= ngx_http_quota_yajl_literal(g, "current_usage");
+            s |= yajl_gen_integer(g, ctx->used[i]);
+            s |= ngx_http_quota_yajl_literal(g, "quota_limit");
+            s |= yajl_gen_integer(g, ctx->limit[i]);
+        }
+
+        s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
+        s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
+
+    } else if (ngx_strcmp(error, "RATE_LIMITED") == 0
+               || ngx_strcmp(error, "CONCURRENCY_LIMIT") == 0)
+    {
+        retry = (time_t) ((ctx->retry_after + 999) / 1000);
+
+        p = ngx_snprintf(message, sizeof(message),
+                         error[0] == 'R'
+                         ? "Rate limit exceeded. Retry in %T s."
+                         : "Too many concurrent requests. Retry in %T s.",
+                         retry);
+
+        s |= yajl_gen_string(g, message, p - message);
+        s |= ngx_http_quota_yajl_literal(g, "retry_after");
+        s |= yajl_gen_integer(g, retry);
+
+    } else if (ngx_strcmp(error, "ACCOUNT_SUSPENDED") == 0) {
+        s |= ngx_http_quota_yajl_literal(g, "Account suspended.");
+
+    } else if (ngx_strcmp(error, "UNKNOWN_TENANT") == 0) {
+        s |= ngx_http_quota_yajl_literal(g, "Unknown tenant.");
+
+    } else if (ngx_strcmp(error, "BAD_COST") == 0 && name) {
         p = ngx_snprintf(message, sizeof(message),
                          "Invalid cost for metric %V: expected an integer "
-                         "from 0 to 9007199254740991.", &m[metric].name);
+                         "from 0 to 9007199254740991.", name);
 
         s |= yajl_gen_string(g, message, p - message);
         s |= ngx_http_quota_yajl_literal(g, "metric");
-        s |= yajl_gen_string(g, m[metric].name.data, m[metric].name.len);
+        s |= yajl_gen_string(g, name->data, name->len);
 
     } else if (ngx_strcmp(error, "BAD_TENANT") == 0) {
         s |= ngx_http_quota_yajl_literal(g,
@@ -229,4 +281,30 @@ ngx_http_quota_has_error_page(ngx_http_request_t *r, ngx_uint_t status)
     }
 
     return 0;
+}
+
+
+static ngx_int_t
+ngx_http_quota_retry_after(ngx_http_request_t *r, time_t seconds)
+{
+    u_char           *p;
+    ngx_table_elt_t  *h;
+
+    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    h = ngx_list_push(&r->headers_out.headers);
+
+    if (p == NULL || h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%T", seconds) - p;
+    h->lowcase_key = NULL;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return NGX_OK;
 }

@@ -83,17 +83,36 @@ typedef struct {
 } ngx_http_quota_metric_t;
 
 
+/* what a plan says about one metric */
 typedef struct {
     ngx_uint_t                   metric;      /* index into qmcf->metrics */
-    int64_t                      limit;
-} ngx_http_quota_limit_t;
+    int64_t                      limit;       /* NGX_HTTP_QUOTA_UNLIMITED */
+    ngx_flag_t                   per_seat;    /* limit x account seats */
+    int64_t                      price;       /* micro-USD per overage unit,
+                                                 -1: no overage */
+} ngx_http_quota_plan_metric_t;
 
 
 typedef struct {
     ngx_str_t                    name;
-    ngx_array_t                  limits;      /* ngx_http_quota_limit_t */
-    int64_t                     *limit_by_metric;  /* dense, built at init */
+    ngx_array_t                  metrics;     /* ngx_http_quota_plan_metric_t */
+    ngx_uint_t                   grace;       /* percent over the limit */
+    ngx_uint_t                   rate;        /* requests per rate_period */
+    ngx_msec_t                   rate_period; /* 1000 or 60000 */
+    ngx_uint_t                   burst;
+    ngx_uint_t                   concurrency;
+    ngx_msec_t                   lease;       /* in-flight slot lifetime */
 } ngx_http_quota_plan_t;
+
+
+/*
+ * The per-plan part of the charge script's arguments for one rule: it
+ * depends only on configuration, so it is built once (init_main_conf).
+ */
+typedef struct {
+    ngx_str_t                   *args;
+    ngx_uint_t                   nargs;
+} ngx_http_quota_plan_table_t;
 
 
 /* one METRIC=COST of a rule */
@@ -115,7 +134,15 @@ typedef struct {
     ngx_http_quota_charge_t     *charges;
     ngx_uint_t                   ncharges;
     ngx_str_t                    template;    /* as written, for logs */
+    ngx_http_quota_plan_table_t  table;
 } ngx_http_quota_rule_t;
+
+
+/* quota_reconcile METRIC VALUE */
+typedef struct {
+    ngx_uint_t                   metric;
+    ngx_http_complex_value_t     value;
+} ngx_http_quota_reconcile_t;
 
 
 typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
@@ -143,6 +170,13 @@ typedef struct {
 
     ngx_flag_t                   enabled_somewhere;  /* "quota on" seen */
 
+    /* some plan has a rate or concurrency limit: rule-less requests of a
+       tenant still need a Redis trip (SPEC 4a, "Unmetered") */
+    ngx_flag_t                   rate_or_concurrency;
+    ngx_flag_t                   concurrency;
+    ngx_http_quota_plan_table_t  no_rule_table;
+    ngx_array_t                  rule_sets;   /* ngx_array_t * of rules */
+
     /* script source and its SHA1 (hex), for EVALSHA and the EVAL fallback */
     ngx_str_t                    script;
     u_char                       script_sha1[40];
@@ -163,6 +197,15 @@ typedef struct {
     ngx_uint_t                   rate_status;
     ngx_flag_t                   headers;
     ngx_str_t                    header_prefix;
+
+    ngx_flag_t                   require_account;
+    ngx_array_t                 *bypass;      /* ngx_http_complex_value_t */
+    ngx_flag_t                   dry_run;
+    ngx_uint_t                   warning_threshold;  /* percent */
+    ngx_str_t                    warning_name;
+    ngx_http_complex_value_t    *warning_value;
+    ngx_flag_t                   ratelimit_headers;
+    ngx_array_t                 *reconcile;   /* ngx_http_quota_reconcile_t */
 
     /* header names built from header_prefix at merge time */
     ngx_str_t                    hdr_limit;
@@ -190,18 +233,29 @@ typedef struct {
     ngx_http_quota_status_e      status;
 
     ngx_str_t                    tenant;      /* id used in Redis (maybe hashed) */
-    ngx_http_quota_rule_t       *rule;
+    ngx_http_quota_rule_t       *rule;        /* NULL: rate/concurrency only */
+    ngx_uint_t                   ncharges;
     int64_t                      costs[NGX_HTTP_QUOTA_MAX_CHARGES];
 
-    /* the rule's first metric after the charge, for headers and variables */
-    unsigned                     have_usage:1;
+    unsigned                     have_usage:1;    /* the fields below are set */
     unsigned                     eval_retried:1;  /* NOSCRIPT answered once */
     unsigned                     redis_failed:1;
+    unsigned                     bypass:1;
+    unsigned                     slot_taken:1;    /* concurrency slot held */
+    unsigned                     reconciled:1;
+
+    /* the decoded reply of the charge script */
+    ngx_uint_t                   code;
     ngx_uint_t                   reject_index;    /* charge that failed */
+    ngx_uint_t                   plan;            /* 1-based, 0: none */
+    quota_period_t               billing;         /* the account's month */
+    ngx_msec_t                   retry_after;     /* ms, rate/concurrency */
     int64_t                      used[NGX_HTTP_QUOTA_MAX_CHARGES];
     int64_t                      limit[NGX_HTTP_QUOTA_MAX_CHARGES];
-    quota_period_t               period;          /* of the first metric */
-    ngx_int_t                    rc;              /* status to answer */
+
+    /* the in-flight slot, released when the request is freed */
+    ngx_str_t                    slot_id;
+    ngx_str_t                    slot_key;
 
     /* the script's argv, kept for the one EVAL fallback on NOSCRIPT */
     ngx_uint_t                   argc;
@@ -212,6 +266,16 @@ typedef struct {
     ngx_event_t                  timeout;     /* quota_redis timeout= */
     ngx_event_t                  wake;        /* posted when the reply is in */
 } ngx_http_quota_ctx_t;
+
+
+/* charge script answers (the first element of its reply) */
+#define NGX_HTTP_QUOTA_CODE_CHARGED      1
+#define NGX_HTTP_QUOTA_CODE_QUOTA        2
+#define NGX_HTTP_QUOTA_CODE_CAP          3
+#define NGX_HTTP_QUOTA_CODE_SUSPENDED    4
+#define NGX_HTTP_QUOTA_CODE_UNKNOWN      5
+#define NGX_HTTP_QUOTA_CODE_RATE         6
+#define NGX_HTTP_QUOTA_CODE_CONCURRENCY  7
 
 
 /* called with reply NULL when the connection failed or closed */
@@ -234,11 +298,18 @@ char *ngx_http_quota_tenant_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_quota_warning_header_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_percent_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *name);
 
 /* ngx_http_quota_handler.c */
 ngx_int_t ngx_http_quota_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_quota_log_handler(ngx_http_request_t *r);
 ngx_http_quota_ctx_t *ngx_http_quota_get_ctx(ngx_http_request_t *r);
 
 /* ngx_http_quota_redis.c */
@@ -249,12 +320,21 @@ ngx_http_quota_op_t *ngx_http_quota_redis_send(
     ngx_http_quota_main_conf_t *qmcf, int argc, const char **argv,
     const size_t *argvlen, ngx_http_quota_reply_pt handler, void *data);
 void ngx_http_quota_redis_detach(ngx_http_quota_op_t *op);
+ngx_int_t ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf,
+    int argc, const char **argv, const size_t *argvlen);
 
 /* ngx_http_quota_script.c */
 ngx_int_t ngx_http_quota_script_init(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
 ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
+void ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx);
+ngx_int_t ngx_http_quota_script_reconcile(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta);
+
+/* ngx_http_quota_lua.c */
+extern const ngx_str_t  ngx_http_quota_charge_lua;
+extern const ngx_str_t  ngx_http_quota_reconcile_lua;
 
 /* ngx_http_quota_reply.c */
 ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);
@@ -267,6 +347,21 @@ ngx_int_t ngx_http_quota_headers_init(ngx_conf_t *cf);
 /* ngx_http_quota_json.c */
 ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, const char *error, ngx_uint_t status);
+
+/* ngx_http_quota_headers.c: the first metric's numbers, shared with the
+   variables */
+typedef struct {
+    int64_t                      used;
+    int64_t                      limit;       /* < 0: unlimited */
+    int64_t                      remaining;
+    int64_t                      percent;
+    quota_period_t               period;
+} ngx_http_quota_numbers_t;
+
+ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_numbers_t *n);
+quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t index);
 
 /* ngx_http_quota_variables.c */
 ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);

@@ -246,6 +246,37 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
 }
 
 
+/* a command nobody waits for: slot releases, reconciles */
+ngx_int_t
+ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
+    const char **argv, const size_t *argvlen)
+{
+    ngx_uint_t                    i, n;
+    ngx_http_quota_worker_t      *w;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    w = qmcf->worker;
+
+    if (w == NULL || w->exiting) {
+        return NGX_ERROR;
+    }
+
+    for (n = 0; n < w->nconns; n++) {
+        i = (w->next + n) % w->nconns;
+        rc = &w->conns[i];
+
+        if (rc->state != NGX_HTTP_QUOTA_REDIS_DOWN
+            && redisAsyncCommandArgv(rc->ac, NULL, NULL, argc, argv, argvlen)
+               == REDIS_OK)
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
 void
 ngx_http_quota_redis_detach(ngx_http_quota_op_t *op)
 {

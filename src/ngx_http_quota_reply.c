@@ -11,10 +11,6 @@
 #include "ngx_http_quota_module.h"
 
 
-#define NGX_HTTP_QUOTA_REPLY_CHARGED    1
-#define NGX_HTTP_QUOTA_REPLY_OVER       2
-
-
 ngx_int_t
 ngx_http_quota_reply_is_noscript(redisReply *reply)
 {
@@ -28,6 +24,7 @@ ngx_int_t
 ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply)
 {
+    int64_t       code, index, plan;
     ngx_uint_t    i, k;
     redisReply  **e;
 
@@ -44,9 +41,11 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    k = ctx->rule->ncharges;
+    k = ctx->ncharges;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 + 2 * k) {
+    /* { code, index, plan, start, end, retry_ms, slot, (used, limit) x k } */
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7 + 2 * k) {
         goto malformed;
     }
 
@@ -58,35 +57,39 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         }
     }
 
-    for (i = 0; i < k; i++) {
-        ctx->used[i] = e[2 + 2 * i]->integer;
-        ctx->limit[i] = e[3 + 2 * i]->integer;
-    }
+    code = e[0]->integer;
+    index = e[1]->integer;
+    plan = e[2]->integer;
 
-    ctx->have_usage = 1;
-
-    switch (e[0]->integer) {
-
-    case NGX_HTTP_QUOTA_REPLY_CHARGED:
-        ctx->status = NGX_HTTP_QUOTA_ALLOWED;
-        return NGX_OK;
-
-    case NGX_HTTP_QUOTA_REPLY_OVER:
-        if (e[1]->integer < 1 || (ngx_uint_t) e[1]->integer > k) {
-            goto malformed;
-        }
-
-        ctx->reject_index = e[1]->integer - 1;
-        ctx->status = NGX_HTTP_QUOTA_REJECTED_QUOTA;
-        return NGX_OK;
-
-    default:
+    if (code < NGX_HTTP_QUOTA_CODE_CHARGED
+        || code > NGX_HTTP_QUOTA_CODE_CONCURRENCY
+        || (code == NGX_HTTP_QUOTA_CODE_QUOTA
+            && (index < 1 || (ngx_uint_t) index > k))
+        || e[5]->integer < 0
+        || e[3]->integer > e[4]->integer)
+    {
         goto malformed;
     }
 
-malformed:
+    ctx->code = (ngx_uint_t) code;
+    ctx->reject_index = index > 0 ? (ngx_uint_t) index - 1 : 0;
+    ctx->plan = plan > 0 ? (ngx_uint_t) plan : 0;
+    ctx->billing.start = e[3]->integer;
+    ctx->billing.end = e[4]->integer;
+    ctx->retry_after = (ngx_msec_t) e[5]->integer;
+    ctx->slot_taken = (e[6]->integer == 1);
 
-    ctx->have_usage = 0;
+    for (i = 0; i < k; i++) {
+        ctx->used[i] = e[7 + 2 * i]->integer;
+        ctx->limit[i] = e[8 + 2 * i]->integer;
+    }
+
+    /* an unknown tenant has no period, no usage: nothing to report */
+    ctx->have_usage = (k > 0 && code != NGX_HTTP_QUOTA_CODE_UNKNOWN);
+
+    return NGX_OK;
+
+malformed:
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "quota: unexpected reply from the charge script "

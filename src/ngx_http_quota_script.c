@@ -1,29 +1,14 @@
 
 /*
- * The charge script: one EVALSHA per metered request does the whole
- * check-and-charge atomically inside Redis (SPEC section 4, steps 5-6), so
- * no interleaving of workers or gateway nodes can over-admit.
+ * Running the scripts of ngx_http_quota_lua.c: the arguments of the charge
+ * script (one EVALSHA per metered request), its NOSCRIPT fallback, the
+ * release of an in-flight slot, and quota_reconcile.
  *
- * KEYS[1]      P{T}:account           (read: plan)
- * KEYS[2]      P{T}:daily:START       (written: METRIC:YYYY-MM-DD)
- * KEYS[2+i]    P{T}:usage:START       usage hash of the i-th charged metric
- *                                     (its own period: month or day)
- * ARGV[1]      now, epoch seconds (gateway clock)
- * ARGV[2]      today, YYYY-MM-DD (UTC)
- * ARGV[3]      TTL of the daily key, seconds
- * ARGV[4]      default plan name ("" for none)
- * ARGV[5]      k, the number of charged metrics
- * then k x     METRIC, COST, TTL of its usage key
- * then         number of plans, and per plan: NAME, k limits (-1: none)
- *
- * Reply: { code, index, used_1, limit_1, ..., used_k, limit_k }, integers
- * only (Lua numbers would lose their fraction anyway): code 1 = charged,
- * 2 = metric number "index" would pass its limit and nothing was charged.
- * used_i is after the charge when charged, before it when rejected.
- *
- * Plans are configuration, accounts are data: the account names its plan,
- * and the limits of every configured plan travel with the request, so a
- * plan change in Redis applies to the next request without a reload.
+ * Plans are configuration and accounts are data: the account names its
+ * plan, and the limits of every configured plan for the rule's metrics
+ * travel with the request, so a plan change in Redis applies to the next
+ * request without a reload.  That part of the arguments depends only on
+ * configuration and is built once per rule, here, at init_main_conf.
  */
 
 
@@ -31,101 +16,51 @@
 #include <ngx_sha1.h>
 
 
+#define NGX_HTTP_QUOTA_HEAD_ARGS   17    /* ARGV 1-17 of the charge script */
+
+
+static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_http_quota_rule_t *rule,
+    ngx_http_quota_plan_table_t *table);
+static ngx_int_t ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg,
+    int64_t n);
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
-static u_char *ngx_http_quota_script_num(ngx_http_request_t *r, int64_t n,
-    size_t *len);
-
-
-static const char  ngx_http_quota_charge_lua[] =
-    "local k = tonumber(ARGV[5])\n"
-    "local names, costs, argcost, ttls = {}, {}, {}, {}\n"
-    "local pos = 6\n"
-    "for i = 1, k do\n"
-    "  names[i] = ARGV[pos]\n"
-    "  argcost[i] = ARGV[pos + 1]\n"
-    "  costs[i] = tonumber(ARGV[pos + 1])\n"
-    "  ttls[i] = ARGV[pos + 2]\n"
-    "  pos = pos + 3\n"
-    "end\n"
-    "local plan = redis.call('HGET', KEYS[1], 'plan')\n"
-    "local np = tonumber(ARGV[pos])\n"
-    "pos = pos + 1\n"
-    "local at, default_at\n"
-    "for j = 1, np do\n"
-    "  if ARGV[pos] == plan then at = pos end\n"
-    "  if ARGV[pos] == ARGV[4] then default_at = pos end\n"
-    "  pos = pos + 1 + k\n"
-    "end\n"
-    "at = at or default_at\n"
-    "local used, limits = {}, {}\n"
-    "for i = 1, k do\n"
-    "  used[i] = tonumber(redis.call('HGET', KEYS[2 + i], names[i])) or 0\n"
-    "  if at then limits[i] = tonumber(ARGV[at + i]) else limits[i] = -1 end\n"
-    "end\n"
-    "local reply = {1, 0}\n"
-    "for i = 1, k do\n"
-    "  if limits[i] >= 0 and used[i] + costs[i] > limits[i] then\n"
-    "    reply[1] = 2\n"
-    "    reply[2] = i\n"
-    "    break\n"
-    "  end\n"
-    "end\n"
-    "if reply[1] == 1 then\n"
-    "  for i = 1, k do\n"
-    "    if costs[i] > 0 then\n"
-    "      used[i] = redis.call('HINCRBY', KEYS[2 + i], names[i], argcost[i])\n"
-    "      redis.call('EXPIRE', KEYS[2 + i], ttls[i])\n"
-    "      redis.call('HINCRBY', KEYS[2], names[i] .. ':' .. ARGV[2],"
-                                                          " argcost[i])\n"
-    "    end\n"
-    "  end\n"
-    "  redis.call('EXPIRE', KEYS[2], ARGV[3])\n"
-    "end\n"
-    "for i = 1, k do\n"
-    "  reply[#reply + 1] = used[i]\n"
-    "  reply[#reply + 1] = limits[i]\n"
-    "end\n"
-    "return reply\n";
+static u_char *ngx_http_quota_num(ngx_pool_t *pool, int64_t n, size_t *len);
 
 
 ngx_int_t
 ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 {
-    u_char                   digest[20];
-    ngx_uint_t               i, j;
-    ngx_sha1_t               sha1;
-    ngx_http_quota_plan_t   *plan;
-    ngx_http_quota_limit_t  *limit;
+    u_char                  digest[20];
+    ngx_uint_t              i, j;
+    ngx_sha1_t              sha1;
+    ngx_array_t           **sets;
+    ngx_http_quota_rule_t  *rule;
 
-    qmcf->script.data = (u_char *) ngx_http_quota_charge_lua;
-    qmcf->script.len = sizeof(ngx_http_quota_charge_lua) - 1;
+    qmcf->script = ngx_http_quota_charge_lua;
 
-    /* computed, not hard-coded: it cannot drift from the source */
     ngx_sha1_init(&sha1);
     ngx_sha1_update(&sha1, qmcf->script.data, qmcf->script.len);
     ngx_sha1_final(digest, &sha1);
     ngx_hex_dump(qmcf->script_sha1, digest, 20);
 
-    /* plans list limits sparsely; requests want them by metric index */
+    if (ngx_http_quota_plan_table(cf, qmcf, NULL, &qmcf->no_rule_table)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
-    plan = qmcf->plans.elts;
+    sets = qmcf->rule_sets.elts;
 
-    for (i = 0; i < qmcf->plans.nelts; i++) {
-        plan[i].limit_by_metric = ngx_palloc(cf->pool,
-                                     (qmcf->metrics.nelts + 1)
-                                     * sizeof(int64_t));
-        if (plan[i].limit_by_metric == NULL) {
-            return NGX_ERROR;
-        }
+    for (i = 0; i < qmcf->rule_sets.nelts; i++) {
+        rule = sets[i]->elts;
 
-        for (j = 0; j < qmcf->metrics.nelts; j++) {
-            plan[i].limit_by_metric[j] = NGX_HTTP_QUOTA_UNLIMITED;
-        }
-
-        limit = plan[i].limits.elts;
-
-        for (j = 0; j < plan[i].limits.nelts; j++) {
-            plan[i].limit_by_metric[limit[j].metric] = limit[j].limit;
+        for (j = 0; j < sets[i]->nelts; j++) {
+            if (ngx_http_quota_plan_table(cf, qmcf, &rule[j], &rule[j].table)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
         }
     }
 
@@ -133,175 +68,230 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 }
 
 
+/* "number of plans", then per plan its settings and the rule's metrics */
+static ngx_int_t
+ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_rule_t *rule, ngx_http_quota_plan_table_t *table)
+{
+    int64_t                        limit, per_seat, price;
+    ngx_str_t                     *arg;
+    ngx_uint_t                     i, j, m, k;
+    ngx_http_quota_plan_t         *plan;
+    ngx_http_quota_plan_metric_t  *pm;
+
+    k = rule ? rule->ncharges : 0;
+    plan = qmcf->plans.elts;
+
+    table->nargs = 1 + qmcf->plans.nelts * (7 + 3 * k);
+    table->args = ngx_palloc(cf->pool, table->nargs * sizeof(ngx_str_t));
+    if (table->args == NULL) {
+        return NGX_ERROR;
+    }
+
+    arg = table->args;
+
+    if (ngx_http_quota_table_num(cf, arg++, qmcf->plans.nelts) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    for (j = 0; j < qmcf->plans.nelts; j++) {
+        *arg++ = plan[j].name;
+
+        if (ngx_http_quota_table_num(cf, arg++, plan[j].grace) != NGX_OK
+            || ngx_http_quota_table_num(cf, arg++, plan[j].rate) != NGX_OK
+            || ngx_http_quota_table_num(cf, arg++, plan[j].rate_period)
+               != NGX_OK
+            || ngx_http_quota_table_num(cf, arg++, plan[j].burst) != NGX_OK
+            || ngx_http_quota_table_num(cf, arg++, plan[j].concurrency)
+               != NGX_OK
+            || ngx_http_quota_table_num(cf, arg++, plan[j].lease) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < k; i++) {
+            limit = NGX_HTTP_QUOTA_UNLIMITED;
+            per_seat = 0;
+            price = -1;
+
+            pm = plan[j].metrics.elts;
+
+            for (m = 0; m < plan[j].metrics.nelts; m++) {
+                if (pm[m].metric == rule->charges[i].metric) {
+                    limit = pm[m].limit;
+                    per_seat = pm[m].per_seat;
+                    price = pm[m].price;
+                    break;
+                }
+            }
+
+            if (ngx_http_quota_table_num(cf, arg++, limit) != NGX_OK
+                || ngx_http_quota_table_num(cf, arg++, per_seat) != NGX_OK
+                || ngx_http_quota_table_num(cf, arg++, price) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg, int64_t n)
+{
+    arg->data = ngx_http_quota_num(cf->pool, n, &arg->len);
+
+    return arg->data ? NGX_OK : NGX_ERROR;
+}
+
+
 ngx_int_t
 ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
-    u_char                      *day, *month_start;
-    size_t                      *argvlen, keylen;
-    time_t                       now;
-    ngx_uint_t                   i, j, k, n, argc, np;
-    const char                 **argv;
-    quota_period_t               month, today, period;
-    ngx_http_quota_op_t         *op;
-    ngx_http_quota_rule_t       *rule;
-    ngx_http_quota_plan_t       *plan;
-    ngx_http_quota_metric_t     *metrics;
-    ngx_http_quota_main_conf_t  *qmcf;
+    u_char                       *p, *dates;
+    size_t                       *argvlen;
+    int64_t                       now_ms;
+    ngx_uint_t                    i, k, n, argc;
+    ngx_time_t                   *tp;
+    const char                  **argv;
+    quota_period_t                today;
+    quota_calendar_t              cal;
+    ngx_http_quota_op_t          *op;
+    ngx_http_quota_rule_t        *rule;
+    ngx_http_quota_metric_t      *metrics;
+    ngx_http_quota_loc_conf_t    *qlcf;
+    ngx_http_quota_main_conf_t   *qmcf;
+    ngx_http_quota_plan_table_t  *table;
+
+    static ngx_uint_t             slot_seq;
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
     rule = ctx->rule;
-    k = rule->ncharges;
-    plan = qmcf->plans.elts;
-    np = qmcf->plans.nelts;
+    k = ctx->ncharges;
+    table = rule ? &rule->table : &qmcf->no_rule_table;
     metrics = qmcf->metrics.elts;
 
-    now = ngx_time();
+    /* the gateway's clock: see README, "Time" */
+    tp = ngx_timeofday();
+    now_ms = (int64_t) tp->sec * 1000 + tp->msec;
 
-    if (quota_period_month(now, 1, &month) != 0
-        || quota_period_day(now, &today) != 0)
+    if (quota_calendar(tp->sec, &cal) != 0
+        || quota_period_day(tp->sec, &today) != 0)
     {
         return NGX_ERROR;
     }
 
-    n = 3 + 2 + k + 5 + 3 * k + 1 + np * (1 + k);
+    /* EVALSHA, sha, numkeys, KEYS[1], the head of ARGV, metrics, plans */
+    n = 4 + NGX_HTTP_QUOTA_HEAD_ARGS + 3 * k + table->nargs;
 
     argv = ngx_palloc(r->pool, n * sizeof(char *));
     argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
-    day = ngx_pnalloc(r->pool, 2 * QUOTA_DATE_LEN);
 
-    if (argv == NULL || argvlen == NULL || day == NULL) {
+    /* every number and date of the request in one buffer */
+    p = ngx_pnalloc(r->pool, (16 + k) * NGX_INT64_LEN + 3 * QUOTA_DATE_LEN);
+
+    if (argv == NULL || argvlen == NULL || p == NULL) {
         return NGX_ERROR;
     }
 
-    month_start = day + QUOTA_DATE_LEN;
-    quota_format_date(today.start, (char *) day);
-    quota_format_date(month.start, (char *) month_start);
+#define ngx_http_quota_arg(s, len)                                           \
+    argv[argc] = (const char *) (s); argvlen[argc] = (len); argc++
+
+#define ngx_http_quota_arg_num(v)                                            \
+    argv[argc] = (const char *) p;                                           \
+    p = ngx_sprintf(p, "%L", (int64_t) (v));                                 \
+    argvlen[argc] = p - (u_char *) argv[argc];                               \
+    argc++
 
     argc = 0;
 
-    argv[argc] = "EVALSHA";
-    argvlen[argc++] = 7;
-    argv[argc] = (char *) qmcf->script_sha1;
-    argvlen[argc++] = 40;
-    argv[argc] = (char *) ngx_http_quota_script_num(r, 2 + k,
-                                                    &argvlen[argc]);
-    if (argv[argc++] == NULL) {
+    ngx_http_quota_arg("EVALSHA", 7);
+    ngx_http_quota_arg(qmcf->script_sha1, 40);
+    ngx_http_quota_arg("1", 1);
+
+    /* KEYS[1]; "P{T}:account" starts with ARGV[1], "P{T}:" */
+    argv[argc] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                   &ctx->tenant, "account", 7,
+                                                   NULL, 0, &argvlen[argc]);
+    if (argv[argc] == NULL) {
         return NGX_ERROR;
     }
 
-    /* KEYS */
+    argc++;
 
-    argv[argc] = (char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                             &ctx->tenant, "account", 7,
-                                             NULL, 0, &argvlen[argc]);
-    if (argv[argc++] == NULL) {
-        return NGX_ERROR;
+    /* ARGV[1], "P{T}:", is the account key without "account" */
+    argv[argc] = argv[argc - 1];
+    argvlen[argc] = argvlen[argc - 1] - 7;
+    argc++;
+
+    ngx_http_quota_arg(ctx->bypass ? "1" : "0", 1);
+    ngx_http_quota_arg_num(now_ms);
+    ngx_http_quota_arg(qlcf->require_account ? "1" : "0", 1);
+
+    /* an id for the in-flight slot, unique among this tenant's requests */
+    if (qmcf->concurrency && !ctx->bypass) {
+        ctx->slot_id.data = p;
+        p = ngx_sprintf(p, "%P:%ui:%L", ngx_pid, slot_seq++, now_ms);
+        ctx->slot_id.len = p - ctx->slot_id.data;
+
+        /* named now: the release runs while the request pool is freed */
+        ctx->slot_key.data = ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "inflight", 8,
+                                                NULL, 0, &ctx->slot_key.len);
+        if (ctx->slot_key.data == NULL) {
+            return NGX_ERROR;
+        }
     }
 
-    argv[argc] = (char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                             &ctx->tenant, "daily:", 6,
-                                             month_start, QUOTA_DATE_LEN,
-                                             &argvlen[argc]);
-    if (argv[argc++] == NULL) {
-        return NGX_ERROR;
+    ngx_http_quota_arg(ctx->slot_id.data ? ctx->slot_id.data
+                                         : (u_char *) "",
+                       ctx->slot_id.len);
+
+    for (i = 0; i < 3; i++) {
+        ngx_http_quota_arg_num(cal.month_start[i]);
     }
+
+    for (i = 0; i < 3; i++) {
+        ngx_http_quota_arg_num(cal.days[i]);
+    }
+
+    dates = p;
+    quota_format_date(cal.month_start[0], (char *) p);
+    quota_format_date(cal.month_start[1], (char *) p + QUOTA_DATE_LEN);
+    quota_format_date(today.start, (char *) p + 2 * QUOTA_DATE_LEN);
+    p += 3 * QUOTA_DATE_LEN;
+
+    ngx_http_quota_arg(dates, 7);                       /* "YYYY-MM" */
+    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);
+    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
+    ngx_http_quota_arg_num(today.end);
+    ngx_http_quota_arg_num(qmcf->default_plan + 1);
+    ngx_http_quota_arg_num(k);
 
     for (i = 0; i < k; i++) {
-        if (metrics[rule->charges[i].metric].period
-            == NGX_HTTP_QUOTA_PERIOD_DAY)
-        {
-            argv[argc] = (char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                     &ctx->tenant, "usage:",
-                                                     6, day, QUOTA_DATE_LEN,
-                                                     &keylen);
-        } else {
-            argv[argc] = (char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                     &ctx->tenant, "usage:",
-                                                     6, month_start,
-                                                     QUOTA_DATE_LEN, &keylen);
-        }
-
-        if (argv[argc] == NULL) {
-            return NGX_ERROR;
-        }
-
-        argvlen[argc++] = keylen;
+        ngx_http_quota_arg(metrics[rule->charges[i].metric].name.data,
+                           metrics[rule->charges[i].metric].name.len);
+        ngx_http_quota_arg_num(ctx->costs[i]);
+        ngx_http_quota_arg(metrics[rule->charges[i].metric].period
+                           == NGX_HTTP_QUOTA_PERIOD_DAY ? "d" : "m", 1);
     }
 
-    /* ARGV */
+    for (i = 0; i < table->nargs; i++) {
+        ngx_http_quota_arg(table->args[i].data, table->args[i].len);
+    }
 
-    argv[argc] = (char *) ngx_http_quota_script_num(r, now, &argvlen[argc]);
-    if (argv[argc++] == NULL) {
+#undef ngx_http_quota_arg
+#undef ngx_http_quota_arg_num
+
+    if (argc != n) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "quota: %ui script arguments built, %ui expected",
+                      argc, n);
         return NGX_ERROR;
-    }
-
-    argv[argc] = (char *) day;
-    argvlen[argc++] = QUOTA_DATE_LEN;
-
-    argv[argc] = (char *) ngx_http_quota_script_num(r,
-                              month.end - now + NGX_HTTP_QUOTA_KEEP_AFTER_PERIOD,
-                              &argvlen[argc]);
-    if (argv[argc++] == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (qmcf->default_plan >= 0) {
-        argv[argc] = (char *) plan[qmcf->default_plan].name.data;
-        argvlen[argc++] = plan[qmcf->default_plan].name.len;
-
-    } else {
-        argv[argc] = "";
-        argvlen[argc++] = 0;
-    }
-
-    argv[argc] = (char *) ngx_http_quota_script_num(r, k, &argvlen[argc]);
-    if (argv[argc++] == NULL) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < k; i++) {
-        period = metrics[rule->charges[i].metric].period
-                 == NGX_HTTP_QUOTA_PERIOD_DAY ? today : month;
-
-        if (i == 0) {
-            ctx->period = period;
-        }
-
-        argv[argc] = (char *) metrics[rule->charges[i].metric].name.data;
-        argvlen[argc++] = metrics[rule->charges[i].metric].name.len;
-
-        argv[argc] = (char *) ngx_http_quota_script_num(r, ctx->costs[i],
-                                                        &argvlen[argc]);
-        if (argv[argc++] == NULL) {
-            return NGX_ERROR;
-        }
-
-        argv[argc] = (char *) ngx_http_quota_script_num(r,
-                              period.end - now + NGX_HTTP_QUOTA_KEEP_AFTER_PERIOD,
-                              &argvlen[argc]);
-        if (argv[argc++] == NULL) {
-            return NGX_ERROR;
-        }
-    }
-
-    argv[argc] = (char *) ngx_http_quota_script_num(r, np, &argvlen[argc]);
-    if (argv[argc++] == NULL) {
-        return NGX_ERROR;
-    }
-
-    for (j = 0; j < np; j++) {
-        argv[argc] = (char *) plan[j].name.data;
-        argvlen[argc++] = plan[j].name.len;
-
-        for (i = 0; i < k; i++) {
-            argv[argc] = (char *) ngx_http_quota_script_num(r,
-                              plan[j].limit_by_metric[rule->charges[i].metric],
-                              &argvlen[argc]);
-            if (argv[argc++] == NULL) {
-                return NGX_ERROR;
-            }
-        }
     }
 
     ctx->argc = argc;
@@ -376,12 +366,115 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
 }
 
 
+/* the request is being freed: give its in-flight slot back at once */
+void
+ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
+{
+    size_t                       argvlen[3];
+    const char                  *argv[3];
+    ngx_http_request_t          *r;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    r = ctx->request;
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    argv[0] = "ZREM";
+    argvlen[0] = 4;
+    argv[1] = (const char *) ctx->slot_key.data;
+    argvlen[1] = ctx->slot_key.len;
+    argv[2] = (const char *) ctx->slot_id.data;
+    argvlen[2] = ctx->slot_id.len;
+
+    /* if this is lost, the slot's lease frees it anyway */
+    if (ngx_http_quota_redis_send_oneway(qmcf, 3, argv, argvlen) != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "quota: in-flight slot not released, its lease will "
+                      "free it");
+    }
+}
+
+
+/* quota_reconcile: add delta to the index-th metric, fire and forget */
+ngx_int_t
+ngx_http_quota_script_reconcile(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta)
+{
+    u_char                      *field, *p;
+    size_t                       argvlen[9];
+    const char                  *argv[9];
+    ngx_str_t                   *name;
+    quota_period_t               period, today;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
+    u_char                       start[QUOTA_DATE_LEN];
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+    name = &metrics[ctx->rule->charges[index].metric].name;
+
+    /* the keys the charge used: its period, today for the daily field */
+    period = ngx_http_quota_metric_period(r, ctx, index);
+    quota_format_date(period.start, (char *) start);
+
+    if (quota_period_day(ngx_time(), &today) != 0) {
+        return NGX_ERROR;
+    }
+
+    field = ngx_pnalloc(r->pool, name->len + 1 + QUOTA_DATE_LEN
+                                 + NGX_INT64_LEN);
+    if (field == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(field, name->data, name->len);
+    *p++ = ':';
+    quota_format_date(today.start, (char *) p);
+    p += QUOTA_DATE_LEN;
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = (const char *) ngx_http_quota_reconcile_lua.data;
+    argvlen[1] = ngx_http_quota_reconcile_lua.len;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "account", 7,
+                                                NULL, 0, &argvlen[3]);
+    argv[4] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "usage:", 6,
+                                                start, QUOTA_DATE_LEN,
+                                                &argvlen[4]);
+    quota_format_date(ctx->billing.start ? ctx->billing.start : period.start,
+                      (char *) start);
+    argv[5] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "daily:", 6,
+                                                start, QUOTA_DATE_LEN,
+                                                &argvlen[5]);
+    argv[6] = (const char *) name->data;
+    argvlen[6] = name->len;
+    argv[7] = (const char *) p;
+    argvlen[7] = ngx_sprintf(p, "%L", delta) - p;
+    argv[8] = (const char *) field;
+    argvlen[8] = (p - field);
+
+    if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
+     * one to answer a NOSCRIPT; reconciles are rare next to charges.
+     */
+    return ngx_http_quota_redis_send_oneway(qmcf, 9, argv, argvlen);
+}
+
+
 static u_char *
-ngx_http_quota_script_num(ngx_http_request_t *r, int64_t n, size_t *len)
+ngx_http_quota_num(ngx_pool_t *pool, int64_t n, size_t *len)
 {
     u_char  *p;
 
-    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    p = ngx_pnalloc(pool, NGX_INT64_LEN);
     if (p == NULL) {
         return NULL;
     }

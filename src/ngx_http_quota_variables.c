@@ -101,9 +101,10 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
     u_char                      *p;
-    int64_t                      n, used, limit;
+    int64_t                      n;
     ngx_http_quota_ctx_t        *ctx;
     ngx_http_quota_metric_t     *m;
+    ngx_http_quota_numbers_t     num;
     ngx_http_quota_main_conf_t  *qmcf;
 
     ctx = ngx_http_quota_get_ctx(r->main);
@@ -116,17 +117,17 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto found;
     }
 
-    if (ctx == NULL || ctx->rule == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    switch (data) {
-
-    case NGX_HTTP_QUOTA_VAR_TENANT:
+    if (data == NGX_HTTP_QUOTA_VAR_TENANT && ctx && ctx->tenant.len) {
         v->len = ctx->tenant.len;
         v->data = ctx->tenant.data;
         goto found;
+    }
+
+    if (ctx == NULL || ctx->rule == NULL) {
+        goto not_found;
+    }
+
+    switch (data) {
 
     case NGX_HTTP_QUOTA_VAR_METRIC:
         qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
@@ -140,18 +141,14 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto number;
     }
 
-    if (!ctx->have_usage) {
-        v->not_found = 1;
-        return NGX_OK;
+    if (ngx_http_quota_first_numbers(r->main, ctx, &num) != NGX_OK) {
+        goto not_found;
     }
-
-    used = ctx->used[0];
-    limit = ctx->limit[0];
 
     switch (data) {
 
     case NGX_HTTP_QUOTA_VAR_USED:
-        n = used;
+        n = num.used;
         goto number;
 
     case NGX_HTTP_QUOTA_VAR_RESET:
@@ -160,7 +157,7 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
             return NGX_ERROR;
         }
 
-        quota_format_iso8601(ctx->period.end, (char *) p);
+        quota_format_iso8601(num.period.end, (char *) p);
         v->len = QUOTA_ISO8601_LEN;
         v->data = p;
         goto found;
@@ -168,23 +165,22 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
     /* limit, remaining and percent mean nothing for an unlimited metric */
 
-    if (limit < 0) {
-        v->not_found = 1;
-        return NGX_OK;
+    if (num.limit < 0) {
+        goto not_found;
     }
 
     switch (data) {
 
     case NGX_HTTP_QUOTA_VAR_LIMIT:
-        n = limit;
+        n = num.limit;
         break;
 
     case NGX_HTTP_QUOTA_VAR_REMAINING:
-        n = limit > used ? limit - used : 0;
+        n = num.remaining;
         break;
 
     default: /* NGX_HTTP_QUOTA_VAR_PERCENT */
-        n = (limit == 0) ? (used > 0 ? 100 : 0) : used * 100 / limit;
+        n = num.percent;
         break;
     }
 
@@ -203,6 +199,12 @@ found:
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
+
+    return NGX_OK;
+
+not_found:
+
+    v->not_found = 1;
 
     return NGX_OK;
 }

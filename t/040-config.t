@@ -83,9 +83,39 @@ my @cases = (
     [ 'bad failure mode',
       $base . "quota_failure_mode sometimes; #HERE",
       qr/invalid value "sometimes"/ ],
-    [ 'plan statement not supported yet',
-      $base . "quota_plan p {\n rate 5r/m; #HERE\n }",
-      qr/"rate" in quota_plan is not supported yet/ ],
+    [ 'unknown plan statement',
+      $base . "quota_plan p {\n ratelimit 5r/m; #HERE\n }",
+      qr/unknown directive "ratelimit" in quota_plan/ ],
+    [ 'bad rate',
+      $base . "quota_plan p {\n rate 5r/h; #HERE\n }",
+      qr/invalid rate, expected "rate Nr\/s\|Nr\/m \[burst=N\]"/ ],
+    [ 'bad burst',
+      $base . "quota_plan p {\n rate 5r/m burst=0; #HERE\n }",
+      qr/invalid rate/ ],
+    [ 'bad grace',
+      $base . "quota_plan p {\n grace 10; #HERE\n }",
+      qr/invalid grace, expected "grace P%"/ ],
+    [ 'bad concurrency',
+      $base . "quota_plan p {\n concurrency 0; #HERE\n }",
+      qr/invalid concurrency/ ],
+    [ 'bad overage price',
+      $base . "quota_plan p {\n overage api_requests 0.0000001; #HERE\n }",
+      qr/invalid price "0.0000001"/ ],
+    [ 'overage of an undeclared metric',
+      $base . "quota_plan p {\n overage nope 1; #HERE\n }",
+      qr/unknown metric "nope" in plan "p"/ ],
+    [ 'bad per_seat',
+      $base . "quota_plan p {\n limit api_requests 5 per_user; #HERE\n }",
+      qr/invalid parameter "per_user", expected "per_seat"/ ],
+    [ 'duplicate limit in a plan',
+      $base . "quota_plan p {\n limit api_requests 5;\n limit api_requests 6; #HERE\n }",
+      qr/duplicate limit for metric "api_requests"/ ],
+    [ 'bad warning threshold',
+      $base . "quota_warning_threshold 120%; #HERE",
+      qr/expects a percentage from 0% to 100%/ ],
+    [ 'undeclared metric in quota_reconcile',
+      $base . "quota_reconcile nope \$upstream_http_x_used; #HERE",
+      qr/unknown metric "nope" in quota_reconcile/ ],
     [ 'quota_status out of range',
       $base . "quota_status 200; #HERE",
       qr/value must be between 400 and 599|must be equal or more than 400/ ],
@@ -106,8 +136,23 @@ for my $c (@cases) {
 
 # and a good configuration passes
 my ($rc, $out) = nginx_t($base . <<'_EOC_');
-    quota_plan free { limit api_requests 5; }
+    quota_plan free { limit api_requests 5; rate 30r/m; concurrency 1; }
+    quota_plan pro {
+        limit api_requests 5000 per_seat;
+        rate 120r/m burst=20;
+        concurrency 3 lease=30s;
+        grace 10%;
+        overage api_requests 0.00001;
+    }
     quota_default_plan free;
+    quota_warning_threshold 75%;
+    quota_warning_header X-Quota-Warning "Approaching quota limit ($quota_percent% used)";
+    quota_ratelimit_headers on;
+    quota_require_account off;
+    quota_dry_run off;
+    map $arg_mode $shadow { shadow 1; default 0; }
+    quota_bypass $shadow;
+    quota_reconcile api_requests $upstream_http_x_used;
     server {
         listen 127.0.0.1:1;
         quota on;
