@@ -12,6 +12,7 @@ use warnings;
 use Exporter 'import';
 use Cwd ();
 use Errno ();
+use Fcntl ();
 use File::Path ();
 use IO::Select;
 use IO::Socket::INET;
@@ -154,7 +155,7 @@ sub start_redis {
     my (%opts) = @_;
     my $bin = $opts{bin} || 'redis-server';
     my $port = $opts{port} || free_port();
-    my $dir = _servroot_base() . "/redis-$port";
+    my $dir = _servroot_base() . "_redis-$port";
     File::Path::rmtree($dir);
     File::Path::mkpath($dir);
 
@@ -201,6 +202,7 @@ sub stop_redis {
     _kill_and_reap($h->{pid}, 'TERM', 5, 1);
     delete $redis_servers{$h->{pid}};
     $h->{pid} = undef;
+    File::Path::rmtree($h->{dir}) if $h->{dir};
     return 1;
 }
 
@@ -218,13 +220,29 @@ sub QuotaTest::Redis::cmd {
 
 our %nginx_groups;    # pgid => 1, killed at END
 
+# t/servroot, or (when another test process holds it: several people or a
+# prove -j share the checkout) t/servroot.PID, removed at exit when all
+# tests passed. TEST_NGINX_SERVROOT is used as given.
+my ($servroot_base, $servroot_lock, $servroot_private);
+
 sub _servroot_base {
+    return $servroot_base if $servroot_base;
     my $base = $ENV{TEST_NGINX_SERVROOT};
-    if (!$base) {
-        my $cwd = Cwd::getcwd();
-        $base = -d "$cwd/t" ? "$cwd/t/servroot" : "$cwd/servroot";
+    if ($base) {
+        $base = Cwd::getcwd() . "/$base" if $base !~ m{^/};
+        return $servroot_base = $base;
     }
-    return $base;
+    my $cwd = Cwd::getcwd();
+    $base = -d "$cwd/t" ? "$cwd/t/servroot" : "$cwd/servroot";
+    (my $key = $base) =~ s{[^A-Za-z0-9]+}{_}g;
+    my $lock = ($ENV{TMPDIR} || '/tmp') . "/quota-test$key.lock";
+    if (open $servroot_lock, '>>', $lock) {
+        if (!flock($servroot_lock, Fcntl::LOCK_EX() | Fcntl::LOCK_NB())) {
+            $base .= ".$$";
+            $servroot_private = $base;
+        }
+    }
+    return $servroot_base = $base;
 }
 
 sub _slurp {
@@ -502,6 +520,7 @@ sub valgrind_problems {
 }
 
 END {
+    my $exit = $?;
     for my $pgid (keys %nginx_groups) {
         kill 'KILL', -$pgid;
         waitpid($pgid, 0);
@@ -515,6 +534,15 @@ END {
         kill 'KILL', $pid;
         waitpid($pid, 0);
     }
+    if ($servroot_private) {
+        my $passing = $exit == 0 && eval { Test::More->builder->is_passing };
+        if ($passing) {
+            File::Path::rmtree([glob("$servroot_private*")]);
+        } else {
+            print STDERR "# logs kept in $servroot_private\n";
+        }
+    }
+    $? = $exit;
 }
 
 # nginx_run(http_config => TEXT (alias conf), config => SERVER_TEXT,

@@ -85,7 +85,6 @@ sub _init_env {
     $ServerPort ||= $ENV{TEST_NGINX_SERVER_PORT} || QuotaTest::free_port();
     $ENV{TEST_NGINX_SERVER_PORT} = $ServerPort;
     $ENV{TEST_NGINX_HTML_DIR} = "$ServRoot/html";
-    $ENV{TEST_NGINX_SERVROOT} ||= $ServRoot;
 }
 
 my $running;    # current nginx handle, killed by the signal handlers
@@ -94,7 +93,9 @@ for my $sig (qw(INT TERM HUP PIPE)) {
     $SIG{$sig} = sub {
         QuotaTest::nginx_stop($running) if $running;
         kill 'KILL', -$_ for keys %QuotaTest::nginx_groups;
-        die "Test::Nginx::Socket: caught SIG$sig\n";
+        print STDERR "Test::Nginx::Socket: caught SIG$sig\n"
+            unless $sig eq 'PIPE';
+        exit 1;    # END blocks stop what is left (nginx, redis)
     };
 }
 
