@@ -1,0 +1,152 @@
+# quota_reconcile: estimate before, actual after the response (AI tokens).
+# The correction is sent from the log phase, fire and forget: it never
+# delays the response, a smaller actual refunds, bad values are ignored.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+BEGIN { *redis_at = \&QuotaTest::redis_at }
+use QuotaTime;
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $today = today();
+
+my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+my $rport = $rs->{port};
+
+my $http = <<"_EOC_";
+    quota_redis 127.0.0.1:$rport timeout=3s;
+    quota_metric ai_tokens;
+    quota_metric api_requests;
+    quota_plan p { limit ai_tokens 1000000; limit api_requests 100; }
+    quota_default_plan p;
+_EOC_
+
+my $server = <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_t;
+    quota_route POST /ai/** ai_tokens=100 api_requests=1;
+    quota_reconcile ai_tokens $upstream_http_x_ai_tokens_used;
+
+    location / {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /slow/ {
+        quota_route POST /slow/** ai_tokens=100;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SLOW_PORT;
+        proxy_read_timeout 5s;
+    }
+
+    location /origin {
+        quota off;
+        add_header X-AI-Tokens-Used $arg_used;
+        return 200 "ok\n";
+    }
+_EOC_
+
+sub used { my ($t, $m) = @_; redis_at($rport, 'HGET', "quota:{$t}:usage:$start", $m // 'ai_tokens') }
+
+sub settle {
+    my ($t, $want) = @_;
+    my $deadline = time + 3;
+    my $v;
+    while (time < $deadline) {
+        $v = used($t);
+        last if defined $v && $v == $want;
+        sleep 0.02;
+    }
+    return $v;
+}
+
+# an upstream that answers after 400 ms, reporting ?used= tokens
+my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                              Listen => 16, ReuseAddr => 1) or die $!;
+$ENV{TEST_NGINX_SLOW_PORT} = $l->sockport;
+my $upid = fork;
+if ($upid == 0) {
+    alarm 20;
+    while (my $c = $l->accept) {
+        my $req = '';
+        while (defined(my $line = <$c>)) { $req .= $line; last if $line eq "\r\n" }
+        my ($used) = $req =~ /used=(\d+)/;
+        sleep 0.4;
+        print $c "HTTP/1.1 200 OK\r\nX-AI-Tokens-Used: $used\r\nContent-Length: 3\r\n"
+                 . "Connection: close\r\n\r\nok\n";
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+close $l;
+
+my $log = nginx_run(
+    no_root_location => 1,
+    http_config => $http,
+    config => $server,
+    code => sub {
+        my ($port) = @_;
+
+        # estimate 100, upstream reports 250 -> 250
+        my $r = http_request($port, 'POST', '/ai/chat?used=250', { 'X-T' => 'recon' }, '');
+        is($r->{status}, 200, 'reconcile: admitted');
+        is($r->{headers}{'x-quota-used'}, 100, 'reconcile: the estimate was charged first');
+        is(settle('recon', 250), 250, 'reconcile: usage 250 shortly after the response');
+        is(used('recon', 'api_requests'), 1, 'reconcile: other metrics untouched');
+        is(redis_at($rport, 'HGET', "quota:{recon}:daily:$start", "ai_tokens:$today"), 250,
+           'reconcile: the daily counter follows');
+
+        # actual below the estimate refunds
+        http_request($port, 'POST', '/ai/chat?used=40', { 'X-T' => 'recon' }, '');
+        is(settle('recon', 290), 290, 'reconcile: 40 of an estimated 100 refunds 60');
+
+        # empty and invalid values change nothing
+        http_request($port, 'POST', '/ai/chat', { 'X-T' => 'recon' }, '');
+        http_request($port, 'POST', '/ai/chat?used=-5', { 'X-T' => 'recon' }, '');
+        http_request($port, 'POST', '/ai/chat?used=12abc', { 'X-T' => 'recon' }, '');
+        is(settle('recon', 590), 590, 'reconcile: empty or invalid actuals keep the estimate');
+
+        # a rejected or shadow request is never reconciled
+        redis_at($rport, 'HSET', 'quota:{capped}:account', 'limit:ai_tokens', 50);
+        $r = http_request($port, 'POST', '/ai/chat?used=10', { 'X-T' => 'capped' }, '');
+        is($r->{status}, 402, 'reconcile: a rejected request');
+        sleep 0.2;
+        is(used('capped'), undef, 'reconcile: never applied to a rejected request');
+
+        # the response is not delayed when Redis is slow to take the correction:
+        # the charge is done, then Redis stalls for 1 s while the response goes out
+        my $t0 = time;
+        my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port) or die $!;
+        my $pid = fork;
+        if ($pid == 0) {
+            sleep 0.15;
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $rport);
+            print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$1\r\n1\r\n";
+            my $x = <$s>;
+            POSIX::_exit(0);
+        }
+        # the upstream answers at 0.4 s, while Redis sleeps from 0.15 s to 1.15 s
+        print $c "POST /slow/chat?used=700 HTTP/1.1\r\nHost: x\r\nX-T: delay\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        local $/;
+        my $resp = <$c>;
+        my $elapsed = time - $t0;
+        like($resp, qr{^HTTP/1\.1 200}, 'not delayed: 200');
+        ok($elapsed < 0.9, "not delayed: the response completed while Redis slept (${\ sprintf '%.2f', $elapsed}s)");
+        waitpid $pid, 0;
+        is(settle('delay', 700), 700, 'not delayed: the correction landed after Redis woke up');
+    },
+);
+
+like($log, qr/ignored quota_reconcile value "-5"/, 'reconcile: an invalid value is logged at warn');
+unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'reconcile: no alert');
+
+kill 'TERM', $upid;
+waitpid $upid, 0;
+stop_redis($rs);
+done_testing();
