@@ -179,10 +179,11 @@ static const char  ngx_http_quota_charge_text[] =
 
 /* concurrency: slots expire by themselves when a worker dies */
 "local ckey = base .. 'inflight'\n"
+"local take_slot = false\n"
 "if conc > 0 and ARGV[5] ~= '' then\n"
 "  redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now_ms)\n"
 "  if redis.call('ZCARD', ckey) >= conc then return finish(7, 0, 1000) end\n"
-"  slot = 1\n"
+"  take_slot = true\n"
 "end\n"
 
 /* quota: grace, or overage units past the limit when overage is on */
@@ -214,7 +215,8 @@ static const char  ngx_http_quota_charge_text[] =
 "  redis.call('SET', base .. 'rate', tat_new, 'PX',\n"
 "             math.ceil(tat_new - now_ms) + 1000)\n"
 "end\n"
-"if slot == 1 then\n"
+"if take_slot then\n"
+"  slot = 1\n"
 "  redis.call('ZADD', ckey, now_ms + lease, ARGV[5])\n"
 "  redis.call('PEXPIRE', ckey, lease + 1000)\n"
 "end\n"
