@@ -1,6 +1,8 @@
 
 /*
- * Response headers of a metered request, added by a header filter so that
+ * Response filters of a metered request.
+ *
+ * The header filter adds the headers, so that
  * they are on whatever answers: the upstream, the module's own JSON, or a
  * page served by error_page after an internal redirect (the ctx is found
  * again through its pool cleanup).
@@ -12,6 +14,10 @@
  * They describe the rule's first metric after the charge (before it, on a
  * rejection).  Inside the grace band Limit is the plan's limit and
  * Remaining is 0 (SPEC 4a).
+ *
+ * The body filter gives the in-flight (concurrency) slot back when the last
+ * buffer of the response goes out, before the client can read it and come
+ * back; the pool cleanup releases it for requests that end otherwise.
  */
 
 
@@ -19,6 +25,8 @@
 
 
 static ngx_int_t ngx_http_quota_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_quota_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
 static ngx_int_t ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 static ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
@@ -28,6 +36,7 @@ static ngx_int_t ngx_http_quota_header_num(ngx_http_request_t *r,
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 ngx_int_t
@@ -36,7 +45,38 @@ ngx_http_quota_headers_init(ngx_conf_t *cf)
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_quota_header_filter;
 
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_quota_body_filter;
+
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_chain_t           *cl;
+    ngx_http_quota_ctx_t  *ctx;
+
+    if (r != r->main || in == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_quota_module);
+
+    if (ctx == NULL || !ctx->slot_taken) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        if (cl->buf->last_buf) {
+            ctx->slot_taken = 0;
+            ngx_http_quota_script_release(ctx);
+            break;
+        }
+    }
+
+    return ngx_http_next_body_filter(r, in);
 }
 
 

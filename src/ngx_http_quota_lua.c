@@ -250,10 +250,12 @@ static const char  ngx_http_quota_charge_text[] =
 /*
  * quota_reconcile, after the response: add DELTA (actual - estimate, may
  * be negative) to a metric charged by this request.  A refund never takes a
- * counter below zero.
+ * counter below zero.  Units that move across the limit of an account with
+ * overage on are priced (or refunded) like the charge would have; the cap
+ * is not checked: the request was admitted already.
  *
  * KEYS[1] P{T}:account;  ARGV: usage key, daily key, METRIC, DELTA,
- * "METRIC:YYYY-MM-DD"
+ * "METRIC:YYYY-MM-DD", LIMIT (-1: none), PRICE (micro-USD, -1: none)
  */
 static const char  ngx_http_quota_reconcile_text[] =
 
@@ -265,6 +267,17 @@ static const char  ngx_http_quota_reconcile_text[] =
 "local dd = delta\n"
 "if day + dd < 0 then dd = -day end\n"
 "if dd ~= 0 then redis.call('HINCRBY', ARGV[2], ARGV[5], dd) end\n"
+"local limit, price = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+"if limit >= 0 and price >= 0 then\n"
+"  local a = redis.call('HMGET', KEYS[1], 'overage', 'status')\n"
+"  if a[1] == '1' and a[2] ~= 'trial' then\n"
+"    local over = math.max(0, used + delta - limit) - math.max(0, used - limit)\n"
+"    if over ~= 0 then\n"
+"      redis.call('HINCRBY', ARGV[1], ARGV[3] .. ':overage', over)\n"
+"      redis.call('HINCRBY', ARGV[1], 'overage_cost', over * price)\n"
+"    end\n"
+"  end\n"
+"end\n"
 "return redis.call('HINCRBY', ARGV[1], ARGV[3], delta)\n";
 
 

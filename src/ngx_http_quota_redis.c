@@ -269,6 +269,17 @@ ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
             && redisAsyncCommandArgv(rc->ac, NULL, NULL, argc, argv, argvlen)
                == REDIS_OK)
         {
+            /*
+             * Write it now rather than at the next loop iteration: a slot
+             * release must reach Redis before the client, which got its
+             * response, can come back with its next request.
+             */
+            if (rc->state == NGX_HTTP_QUOTA_REDIS_READY
+                && !(rc->ac->c.flags & REDIS_IN_CALLBACK))
+            {
+                redisAsyncHandleWrite(rc->ac);
+            }
+
             return NGX_OK;
         }
     }

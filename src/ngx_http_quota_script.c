@@ -400,8 +400,12 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta)
 {
     u_char                      *field, *p;
-    size_t                       argvlen[9];
-    const char                  *argv[9];
+    size_t                       argvlen[11];
+    int64_t                      price;
+    ngx_uint_t                   m, metric;
+    const char                  *argv[11];
+    ngx_http_quota_plan_t       *plan;
+    ngx_http_quota_plan_metric_t  *pm;
     ngx_str_t                   *name;
     quota_period_t               period, today;
     ngx_http_quota_metric_t     *metrics;
@@ -410,7 +414,25 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     metrics = qmcf->metrics.elts;
-    name = &metrics[ctx->rule->charges[index].metric].name;
+    metric = ctx->rule->charges[index].metric;
+    name = &metrics[metric].name;
+
+    /* the overage price of the plan the charge used (day metrics: none) */
+    price = -1;
+
+    if (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts
+        && metrics[metric].period == NGX_HTTP_QUOTA_PERIOD_MONTH)
+    {
+        plan = (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1;
+        pm = plan->metrics.elts;
+
+        for (m = 0; m < plan->metrics.nelts; m++) {
+            if (pm[m].metric == metric) {
+                price = pm[m].price;
+                break;
+            }
+        }
+    }
 
     /* the keys the charge used: its period, today for the daily field */
     period = ngx_http_quota_metric_period(r, ctx, index);
@@ -421,7 +443,7 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     }
 
     field = ngx_pnalloc(r->pool, name->len + 1 + QUOTA_DATE_LEN
-                                 + NGX_INT64_LEN);
+                                 + 3 * NGX_INT64_LEN);
     if (field == NULL) {
         return NGX_ERROR;
     }
@@ -452,10 +474,17 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
                                                 &argvlen[5]);
     argv[6] = (const char *) name->data;
     argvlen[6] = name->len;
-    argv[7] = (const char *) p;
-    argvlen[7] = ngx_sprintf(p, "%L", delta) - p;
     argv[8] = (const char *) field;
     argvlen[8] = (p - field);
+    argv[7] = (const char *) p;
+    p = ngx_sprintf(p, "%L", delta);
+    argvlen[7] = p - (u_char *) argv[7];
+    argv[9] = (const char *) p;
+    p = ngx_sprintf(p, "%L", ctx->limit[index]);
+    argvlen[9] = p - (u_char *) argv[9];
+    argv[10] = (const char *) p;
+    p = ngx_sprintf(p, "%L", price);
+    argvlen[10] = p - (u_char *) argv[10];
 
     if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL) {
         return NGX_ERROR;
@@ -465,7 +494,7 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
      * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
      * one to answer a NOSCRIPT; reconciles are rare next to charges.
      */
-    return ngx_http_quota_redis_send_oneway(qmcf, 9, argv, argvlen);
+    return ngx_http_quota_redis_send_oneway(qmcf, 11, argv, argvlen);
 }
 
 

@@ -24,7 +24,11 @@ my $http = <<"_EOC_";
     quota_redis 127.0.0.1:$rport timeout=3s;
     quota_metric ai_tokens;
     quota_metric api_requests;
-    quota_plan p { limit ai_tokens 1000000; limit api_requests 100; }
+    quota_plan p {
+        limit ai_tokens 1000000;
+        limit api_requests 100;
+        overage ai_tokens 0.000001;
+    }
     quota_default_plan p;
 _EOC_
 
@@ -111,6 +115,13 @@ my $log = nginx_run(
         http_request($port, 'POST', '/ai/chat?used=-5', { 'X-T' => 'recon' }, '');
         http_request($port, 'POST', '/ai/chat?used=12abc', { 'X-T' => 'recon' }, '');
         is(settle('recon', 590), 590, 'reconcile: empty or invalid actuals keep the estimate');
+
+        # with overage on, reconciled units past the limit are priced too
+        redis_at($rport, 'HSET', 'quota:{over}:account', 'overage', 1, 'limit:ai_tokens', 150);
+        http_request($port, 'POST', '/ai/chat?used=250', { 'X-T' => 'over' }, '');
+        is(settle('over', 250), 250, 'reconcile overage: usage 250');
+        is(used('over', 'ai_tokens:overage'), 100, 'reconcile overage: 100 units past the limit of 150');
+        is(used('over', 'overage_cost'), 100, 'reconcile overage: priced at 1 micro-USD each');
 
         # a rejected or shadow request is never reconciled
         redis_at($rport, 'HSET', 'quota:{capped}:account', 'limit:ai_tokens', 50);
