@@ -9,13 +9,14 @@
 --       5 default plan, then pairs: PLAN, LIMIT
 -- Reply { admitted 1|0, used, limit }  (used: after the charge if admitted)
 
-local plan = redis.call('HGET', KEYS[1], 'plan')
-if not plan then plan = ARGV[5] end
-
-local limit = -1
-for i = 6, #ARGV, 2 do
-  if ARGV[i] == plan then limit = tonumber(ARGV[i + 1]) break end
+-- the account's plan; no account, or a plan nginx does not know: the default
+local function plan_limit(name)
+  for i = 6, #ARGV, 2 do
+    if ARGV[i] == name then return tonumber(ARGV[i + 1]) end
+  end
 end
+local limit = plan_limit(redis.call('HGET', KEYS[1], 'plan'))
+                or plan_limit(ARGV[5]) or -1
 
 local cost = tonumber(ARGV[2])
 local used = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0

@@ -62,7 +62,7 @@ function M.charge()
   local base = "quota:{" .. tenant .. "}:"
 
   local red = redis:new()
-  red:set_timeouts(100, 100, 100)
+  red:set_timeout(100)                  -- Debian ships 0.27: no set_timeouts()
   local ok, err = red:connect(host, port)   -- reuses a pooled connection
   if not ok then
     ngx.log(ngx.WARN, "quota: redis connect: ", err)
