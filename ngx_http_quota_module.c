@@ -44,6 +44,14 @@ static ngx_conf_enum_t  ngx_http_quota_failure_modes[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_http_quota_events_modes[] = {
+    { ngx_string("off"), NGX_HTTP_QUOTA_EVENTS_OFF },
+    { ngx_string("alerts"), NGX_HTTP_QUOTA_EVENTS_ALERTS },
+    { ngx_string("on"), NGX_HTTP_QUOTA_EVENTS_ON },
+    { ngx_null_string, 0 }
+};
+
+
 /* like limit_req_status: only error statuses make sense */
 static ngx_conf_num_bounds_t  ngx_http_quota_status_bounds = {
     ngx_conf_check_num_bounds, 400, 599
@@ -211,6 +219,34 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_events"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, events),
+      &ngx_http_quota_events_modes },
+
+    { ngx_string("quota_usage"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_quota_usage_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_alerts"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_quota_alerts_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("quota_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_quota_metrics_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -323,6 +359,7 @@ ngx_http_quota_create_main_conf(ngx_conf_t *cf)
     qmcf->redis_connect_timeout = 1000;
     qmcf->redis_pool = 1;
     qmcf->default_plan = -1;
+    qmcf->events = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&qmcf->metrics, cf->pool, 4,
                        sizeof(ngx_http_quota_metric_t))
@@ -355,6 +392,10 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (qmcf->prefix.data == NULL) {
         ngx_str_set(&qmcf->prefix, "quota:");
+    }
+
+    if (qmcf->events == NGX_CONF_UNSET_UINT) {
+        qmcf->events = NGX_HTTP_QUOTA_EVENTS_ALERTS;
     }
 
     if (ngx_http_quota_script_init(cf, qmcf) != NGX_OK) {

@@ -173,6 +173,10 @@ ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     qmcf->redis_conf_file = cf->conf_file->file.name;
     qmcf->redis_conf_line = cf->conf_file->line;
 
+    if (ngx_http_quota_stats_zone(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
 
 invalid:
@@ -252,6 +256,13 @@ ngx_http_quota_metric_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     if (ngx_http_quota_metric_index(qmcf, &value[1]) != NGX_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "duplicate metric \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (qmcf->metrics.nelts == NGX_HTTP_QUOTA_MAX_CHARGES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many metrics (at most %d)",
+                           NGX_HTTP_QUOTA_MAX_CHARGES);
         return NGX_CONF_ERROR;
     }
 

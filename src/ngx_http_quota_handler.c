@@ -38,10 +38,11 @@ static ngx_int_t ngx_http_quota_costs(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 static ngx_int_t ngx_http_quota_act(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
-static ngx_http_quota_ctx_t *ngx_http_quota_create_ctx(ngx_http_request_t *r);
 static void ngx_http_quota_cleanup(void *data);
 static void ngx_http_quota_wake_handler(ngx_event_t *ev);
 static void ngx_http_quota_timeout_handler(ngx_event_t *ev);
+static void ngx_http_quota_finish_content(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
 
 
 ngx_int_t
@@ -76,7 +77,7 @@ ngx_http_quota_handler(ngx_http_request_t *r)
         }
     }
 
-    if (!qlcf->enable) {
+    if (!qlcf->enable || qlcf->endpoint) {
         return NGX_DECLINED;
     }
 
@@ -170,20 +171,47 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
+    ngx_http_quota_suspend(r, ctx);
+
+    return NGX_DONE;
+}
+
+
+/* the Redis operation is sent: hold the request until it is answered */
+void
+ngx_http_quota_suspend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
     ctx->state = NGX_HTTP_QUOTA_CTX_WAITING;
     ngx_add_timer(&ctx->timeout, qmcf->redis_timeout);
 
     /*
-     * Hold the request while Redis answers; a client that hangs up is
-     * noticed by ngx_http_test_reading() and finalized with 499.
+     * A client that hangs up meanwhile is noticed by ngx_http_test_reading()
+     * and finalized with 499; the pool cleanup then detaches the operation.
      */
 
     r->main->count++;
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
+}
 
-    return NGX_DONE;
+
+/* in the Redis callback: the reply has been used, wake the request */
+void
+ngx_http_quota_reply_done(ngx_http_quota_ctx_t *ctx)
+{
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+
+    ctx->state = NGX_HTTP_QUOTA_CTX_DECIDED;
+
+    /* never run nginx request code from inside hiredis' callback loop */
+    ngx_post_event(&ctx->wake, &ngx_posted_events);
 }
 
 
@@ -459,18 +487,25 @@ ngx_http_quota_log_handler(ngx_http_request_t *r)
     ngx_http_quota_ctx_t        *ctx;
     ngx_http_quota_reconcile_t  *rc;
     ngx_http_quota_loc_conf_t   *qlcf;
+    ngx_http_quota_main_conf_t  *qmcf;
 
     if (r != r->main) {
         return NGX_OK;
     }
 
     qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+    ctx = ngx_http_quota_get_ctx(r);
+
+    /* every request of a "quota on" context counts once, as it ended */
+    if ((ctx && !ctx->build) || (ctx == NULL && qlcf->enable && !qlcf->endpoint)) {
+        qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+        ngx_http_quota_count(qmcf,
+                     decisions[ctx ? ctx->status : NGX_HTTP_QUOTA_UNMETERED]);
+    }
 
     if (qlcf->reconcile == NULL) {
         return NGX_OK;
     }
-
-    ctx = ngx_http_quota_get_ctx(r);
 
     /* only admitted, charged requests: not shadow, not dry-run refusals */
     if (ctx == NULL || ctx->rule == NULL || ctx->reconciled
@@ -551,7 +586,7 @@ ngx_http_quota_get_ctx(ngx_http_request_t *r)
 }
 
 
-static ngx_http_quota_ctx_t *
+ngx_http_quota_ctx_t *
 ngx_http_quota_create_ctx(ngx_http_request_t *r)
 {
     ngx_pool_cleanup_t    *cln;
@@ -624,6 +659,12 @@ ngx_http_quota_wake_handler(ngx_event_t *ev)
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "quota: resuming request");
 
+    if (ctx->build) {
+        ngx_http_quota_finish_content(r, ctx);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
     r->main->count--;
 
     r->read_event_handler = ngx_http_block_reading;
@@ -631,6 +672,37 @@ ngx_http_quota_wake_handler(ngx_event_t *ev)
 
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * quota_usage and quota_alerts: the content handler returned NGX_DONE, so
+ * the request is finalized here, once, with the body built from the reply.
+ */
+static void
+ngx_http_quota_finish_content(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (ctx->redis_failed || ctx->body.data == NULL) {
+        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
+
+        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
+            != NGX_OK)
+        {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+    }
+
+    rc = ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
+
+    ngx_http_finalize_request(r, rc);
 }
 
 
@@ -645,8 +717,10 @@ ngx_http_quota_timeout_handler(ngx_event_t *ev)
     qmcf = ngx_http_get_module_main_conf(ctx->request, ngx_http_quota_module);
 
     ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                  "quota: redis did not answer within %Mms", 
+                  "quota: redis did not answer within %Mms",
                   qmcf->redis_timeout);
+
+    ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_TIMEOUT]);
 
     /*
      * The script may still run in Redis: it is never sent again (that could

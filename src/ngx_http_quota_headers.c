@@ -107,7 +107,8 @@ ngx_int_t
 ngx_http_quota_first_numbers(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_numbers_t *n)
 {
-    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL) {
+    /* quota_usage answers with JSON, not with headers about itself */
+    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL || ctx->build) {
         return NGX_DECLINED;
     }
 

@@ -14,10 +14,6 @@
     yajl_gen_string(g, (const unsigned char *) s, sizeof(s) - 1)
 
 
-static ngx_int_t ngx_http_quota_json_body(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, const char *error, ngx_str_t *body);
-static ngx_int_t ngx_http_quota_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_str_t *body);
 static ngx_int_t ngx_http_quota_has_error_page(ngx_http_request_t *r,
     ngx_uint_t status);
 static ngx_int_t ngx_http_quota_retry_after(ngx_http_request_t *r,
@@ -59,7 +55,7 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         return status;
     }
 
-    if (ngx_http_quota_json_body(r, ctx, error, &body) != NGX_OK) {
+    if (ngx_http_quota_error_body(r, ctx, error, &body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -71,20 +67,18 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
-static ngx_int_t
-ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+ngx_int_t
+ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     const char *error, ngx_str_t *body)
 {
     u_char                      *p, reset[QUOTA_ISO8601_LEN];
     u_char                       message[NGX_MAX_ERROR_STR];
-    size_t                       len;
     time_t                       retry;
     yajl_gen                     g;
     ngx_str_t                   *name;
     ngx_uint_t                   i, daily;
     quota_period_t               period;
     yajl_gen_status              s;
-    const unsigned char         *buf;
     ngx_http_quota_metric_t     *m;
     ngx_http_quota_main_conf_t  *qmcf;
 
@@ -179,6 +173,13 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         s |= ngx_http_quota_yajl_literal(g, "metric");
         s |= yajl_gen_string(g, name->data, name->len);
 
+    } else if (ngx_strcmp(error, "MISSING_TENANT") == 0) {
+        s |= ngx_http_quota_yajl_literal(g,
+                 "No tenant: send the credentials quota_tenant reads.");
+
+    } else if (ngx_strcmp(error, "METHOD_NOT_ALLOWED") == 0) {
+        s |= ngx_http_quota_yajl_literal(g, "Use GET.");
+
     } else if (ngx_strcmp(error, "BAD_TENANT") == 0) {
         s |= ngx_http_quota_yajl_literal(g,
                  "Invalid tenant id: at most 256 printable ASCII characters "
@@ -191,9 +192,25 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     s |= yajl_gen_map_close(g);
 
-    if (s != yajl_gen_status_ok
-        || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
-    {
+    if (s != yajl_gen_status_ok) {
+        yajl_gen_free(g);
+        return NGX_ERROR;
+    }
+
+    return ngx_http_quota_gen_body(r, g, body);
+}
+
+
+/* copies the generated JSON into the request pool and frees the generator */
+ngx_int_t
+ngx_http_quota_gen_body(ngx_http_request_t *r, void *gen, ngx_str_t *body)
+{
+    yajl_gen  g = gen;
+
+    size_t                len;
+    const unsigned char  *buf;
+
+    if (yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
         yajl_gen_free(g);
         return NGX_ERROR;
     }
@@ -214,7 +231,35 @@ ngx_http_quota_json_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
-static ngx_int_t
+/*
+ * Money is kept in integer micro-USD; JSON gets a decimal number written
+ * here, never through a double (yajl_gen_double prints %.20g).
+ */
+size_t
+ngx_http_quota_format_usd(u_char *buf, int64_t micro)
+{
+    u_char  *p;
+
+    if (micro < 0) {
+        micro = 0;
+    }
+
+    p = ngx_sprintf(buf, "%L.%06L", micro / 1000000, micro % 1000000);
+
+    /* "12.500000" -> "12.5", "3.000000" -> "3" */
+    while (p[-1] == '0') {
+        p--;
+    }
+
+    if (p[-1] == '.') {
+        p--;
+    }
+
+    return p - buf;
+}
+
+
+ngx_int_t
 ngx_http_quota_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body)
 {

@@ -4,7 +4,8 @@
  * (ngx_http_quota_script_init), so it cannot drift from the text.
  *
  * Redis turns Lua numbers into integers by cutting the fraction, so every
- * value returned is an integer, and money is kept in integer micro-USD.
+ * value returned is an integer (or a string), and money is kept in integer
+ * micro-USD.
  *
  * The charge script (one EVALSHA per metered request, atomic):
  *
@@ -13,19 +14,26 @@
  *           account's billing anchor, which only the script knows; they all
  *           carry the tenant's hash tag, so they live in KEYS[1]'s slot.
  *
- * ARGV  1   "P{T}:"                     10  days in the current month
- *       2   mode: 0 charge, 1 peek      11  days in the next month
- *           (bypass: read, write none)  12  "YYYY-MM" of the previous month
- *       3   now, epoch ms (gateway)     13  "YYYY-MM" of the current month
- *       4   quota_require_account 0|1   14  today, "YYYY-MM-DD"
- *       5   in-flight slot id, or ""    15  end of today, epoch s
- *       6   previous month's 1st, s     16  default plan (1-based, 0: none)
- *       7   current month's 1st, s      17  k, the number of charged metrics
- *       8   next month's 1st, s         then k x: METRIC, COST, "m"|"d"
- *       9   days in the previous month  then the plan table (per rule):
- *           number of plans, and per plan: NAME, GRACE%, RATE, RATE_MS,
- *           BURST, CONCURRENCY, LEASE_MS, then k x: LIMIT (-1: none),
- *           PER_SEAT 0|1, PRICE (micro-USD, -1: no overage)
+ * ARGV  1   "P{T}:"                  14  "YYYY-MM" of the next month
+ *       2   mode: 0 charge,          15  today, "YYYY-MM-DD"
+ *           1 peek (bypass),         16  end of today, epoch s
+ *           2 report, 3 report+daily 17  default plan (1-based, 0: none)
+ *       3   now, epoch ms (gateway)  18  1st of the month before the
+ *       4   quota_require_account        previous one, s
+ *       5   in-flight slot id or ""  19  its length in days
+ *       6   previous month's 1st, s  20  its "YYYY-MM"
+ *       7   current month's 1st, s   21  warning threshold, percent
+ *       8   next month's 1st, s      22  events: 0 none, 1 alerts, 2 all
+ *       9   days, previous month     23  tenant id (for events)
+ *      10   days, current month      24  events channel, "Pevents"
+ *      11   days, next month         25  now, ISO 8601
+ *      12   "YYYY-MM", previous      26  tomorrow, "YYYY-MM-DD"
+ *      13   "YYYY-MM", current       27  k, the number of charged metrics
+ *   then k x: METRIC, COST, "m"|"d" (its period)
+ *   then the plan table (built per rule at configuration time): the number
+ *   of plans, and per plan: NAME, GRACE%, RATE, RATE_MS, BURST,
+ *   CONCURRENCY, LEASE_MS, then k x: LIMIT (-1: none), PER_SEAT 0|1,
+ *   PRICE (micro-USD, -1: no overage)
  *
  * Reply: { code, index, plan, period_start, period_end, retry_after_ms,
  *          slot_taken, used_1, limit_1, ..., used_k, limit_k }
@@ -33,9 +41,17 @@
  *       6 rate, 7 concurrency; index: the refused metric (1-based) for 2.
  * used_i is after the charge when charged, else before; limit_i is what
  * the headers report: the custom limit, or the plan's (x seats), -1: none.
+ * A report (mode 2, 3) adds: status, seats, overage 0|1, cap (micro-USD,
+ * -1: none), overage cost, k x overage units, and with mode 3 the daily
+ * hash as a count and field/value pairs.
  *
  * Decision order (SPEC 4): suspended, rate (GCRA), concurrency, quota
- * with grace or overage, spending cap; nothing is written unless all pass.
+ * with grace or overage, spending cap; nothing is written unless all pass,
+ * except the alert of a refusal (once per tenant, metric and period).
+ *
+ * Alerts go to the capped stream P{T}:alerts; the hash
+ * P{T}:alerted:START remembers which fired this period.  Events are
+ * published on ARGV[24] as JSON.
  */
 
 
@@ -48,13 +64,13 @@
 static const char  ngx_http_quota_charge_text[] =
 
 "local acct, base = KEYS[1], ARGV[1]\n"
-"local peek = ARGV[2] == '1'\n"
+"local mode = tonumber(ARGV[2])\n"
 "local now_ms = tonumber(ARGV[3])\n"
 "local now = math.floor(now_ms / 1000)\n"
 "local keep = " NGX_HTTP_QUOTA_KEEP "\n"
-"local k = tonumber(ARGV[17])\n"
+"local k = tonumber(ARGV[27])\n"
 "local names, costs, argcost, daily = {}, {}, {}, {}\n"
-"local pos = 18\n"
+"local pos = 28\n"
 "for i = 1, k do\n"
 "  names[i] = ARGV[pos]\n"
 "  argcost[i] = ARGV[pos + 1]\n"
@@ -99,8 +115,8 @@ static const char  ngx_http_quota_charge_text[] =
 "    break\n"
 "  end\n"
 "end\n"
-"if not p_at and tonumber(ARGV[16]) > 0 then\n"
-"  p_idx = tonumber(ARGV[16])\n"
+"if not p_at and tonumber(ARGV[17]) > 0 then\n"
+"  p_idx = tonumber(ARGV[17])\n"
 "  p_at = pos + (p_idx - 1) * per\n"
 "end\n"
 "local grace, rate, rate_ms, burst, conc, lease = 0, 0, 0, 0, 0, 0\n"
@@ -113,30 +129,42 @@ static const char  ngx_http_quota_charge_text[] =
 "  lease = tonumber(ARGV[p_at + 6])\n"
 "end\n"
 
-/* the billing month of the account's anchor (quota_period_from_calendar) */
+/* the billing month of the account's anchor (quota_period_from_calendar);
+   anchor 1, the calendar month, is the common case and needs no arithmetic */
 "local anchor = math.floor(tonumber(a[6]) or 1)\n"
 "if anchor < 1 then anchor = 1 elseif anchor > 31 then anchor = 31 end\n"
-"local function clamped(i)\n"
+"local function clamped(first, days, ym)\n"
 "  local d = anchor\n"
-"  local days = tonumber(ARGV[9 + i])\n"
-"  if d > days then d = days end\n"
-"  return tonumber(ARGV[6 + i]) + (d - 1) * 86400, d\n"
+"  if d > tonumber(days) then d = tonumber(days) end\n"
+"  return tonumber(first) + (d - 1) * 86400,\n"
+"         ym .. '-' .. string.format('%02d', d)\n"
 "end\n"
-"local here, here_day = clamped(1)\n"
-"local start\n"
-"if now >= here then\n"
-"  pstart = here\n"
-"  pend = clamped(2)\n"
-"  start = ARGV[13] .. '-' .. string.format('%02d', here_day)\n"
+"local start, end_date, in_here\n"
+"if anchor == 1 then\n"
+"  pstart, pend = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
+"  start, end_date, in_here = ARGV[13] .. '-01', ARGV[14] .. '-01', true\n"
 "else\n"
-"  local day\n"
-"  pstart, day = clamped(0)\n"
-"  pend = here\n"
-"  start = ARGV[12] .. '-' .. string.format('%02d', day)\n"
+"  local here, here_date = clamped(ARGV[7], ARGV[10], ARGV[13])\n"
+"  in_here = now >= here\n"
+"  if in_here then\n"
+"    pstart, start = here, here_date\n"
+"    pend, end_date = clamped(ARGV[8], ARGV[11], ARGV[14])\n"
+"  else\n"
+"    pstart, start = clamped(ARGV[6], ARGV[9], ARGV[12])\n"
+"    pend, end_date = here, here_date\n"
+"  end\n"
+"end\n"
+/* the start of the period before this one, for quota_reset only */
+"local function previous_start()\n"
+"  local _, p\n"
+"  if in_here then _, p = clamped(ARGV[6], ARGV[9], ARGV[12])\n"
+"  else _, p = clamped(ARGV[18], ARGV[19], ARGV[20]) end\n"
+"  return p\n"
 "end\n"
 "local usage_key = base .. 'usage:' .. start\n"
-"local day_key = base .. 'usage:' .. ARGV[14]\n"
+"local day_key = base .. 'usage:' .. ARGV[15]\n"
 "local daily_key = base .. 'daily:' .. start\n"
+"local ttl = pend - now + keep\n"
 
 /* limits and usage */
 "local seats = tonumber(a[2]) or 1\n"
@@ -163,8 +191,64 @@ static const char  ngx_http_quota_charge_text[] =
 "  over[i] = 0\n"
 "end\n"
 
+/* the usage report (quota_usage): read only */
+"if mode >= 2 then\n"
+"  local r = finish(1, 0, 0)\n"
+"  local cap = tonumber(a[5])\n"
+"  r[#r + 1] = a[3] or ''\n"
+"  r[#r + 1] = seats\n"
+"  r[#r + 1] = overage and 1 or 0\n"
+"  r[#r + 1] = cap and math.floor(cap * 1000000 + 0.5) or -1\n"
+"  r[#r + 1] = tonumber(redis.call('HGET', usage_key, 'overage_cost')) or 0\n"
+"  for i = 1, k do\n"
+"    r[#r + 1] = tonumber(redis.call('HGET', usage_key,\n"
+"                                    names[i] .. ':overage')) or 0\n"
+"  end\n"
+"  if mode == 3 then\n"
+"    local d = redis.call('HGETALL', daily_key)\n"
+"    r[#r + 1] = #d / 2\n"
+"    for i = 1, #d do r[#r + 1] = d[i] end\n"
+"  end\n"
+"  return r\n"
+"end\n"
+
+/* alerts and events */
+"local events = tonumber(ARGV[22])\n"
+"local function event(kind, alert_type, i)\n"
+"  local l = limits[i]\n"
+"  local e = {type = kind, tenant_id = ARGV[23], metric = names[i] or '',\n"
+"             used = used[i] or 0, timestamp = ARGV[25],\n"
+"             limit = cjson.null, remaining = cjson.null,\n"
+"             percent = cjson.null}\n"
+"  if alert_type then e.alert_type = alert_type end\n"
+"  if l and l >= 0 then\n"
+"    e.limit = l\n"
+"    e.remaining = math.max(0, l - used[i])\n"
+"    if l > 0 then e.percent = math.floor(used[i] * 100 / l)\n"
+"    elseif used[i] > 0 then e.percent = 100 else e.percent = 0 end\n"
+"  end\n"
+"  if i and daily[i] then\n"
+"    e.quota_reset_date = ARGV[26] .. 'T00:00:00Z'\n"
+"  else\n"
+"    e.quota_reset_date = end_date .. 'T00:00:00Z'\n"
+"  end\n"
+"  redis.call('PUBLISH', ARGV[24], cjson.encode(e))\n"
+"end\n"
+"local mark_key = base .. 'alerted:' .. start\n"
+"local function alert(kind, i)\n"
+"  local field = kind .. ':' .. (names[i] or '')\n"
+"  if i and daily[i] then field = field .. ':' .. ARGV[15] end\n"
+"  if redis.call('HSETNX', mark_key, field, 1) == 0 then return end\n"
+"  redis.call('EXPIRE', mark_key, ttl)\n"
+"  redis.call('XADD', base .. 'alerts', 'MAXLEN', '~', 1000, '*',\n"
+"             'type', kind, 'metric', names[i] or '',\n"
+"             'used', used[i] or 0, 'limit', limits[i] or -1,\n"
+"             'at', ARGV[25])\n"
+"  if events > 0 then event('alert', kind, i) end\n"
+"end\n"
+
 "if a[3] == 'suspended' then return finish(4, 0, 0) end\n"
-"if peek then return finish(1, 0, 0) end\n"
+"if mode == 1 then return finish(1, 0, 0) end\n"
 
 /* rate: GCRA, a burst of B at once, then one per interval */
 "local tat_new\n"
@@ -196,6 +280,7 @@ static const char  ngx_http_quota_charge_text[] =
 "        over[i] = math.max(0, used[i] + costs[i] - limits[i]) - before\n"
 "        add_cost = add_cost + over[i] * price[i]\n"
 "      elseif used[i] + costs[i] > enforce[i] then\n"
+"        alert('quota_exceeded', i)\n"
 "        return finish(2, i, 0)\n"
 "      end\n"
 "    end\n"
@@ -205,6 +290,7 @@ static const char  ngx_http_quota_charge_text[] =
 "    cap = math.floor(cap * 1000000 + 0.5)\n"
 "    local spent = tonumber(redis.call('HGET', usage_key, 'overage_cost')) or 0\n"
 "    if (spent > 0 and spent >= cap) or spent + add_cost > cap then\n"
+"      alert('spending_cap_reached', nil)\n"
 "      return finish(3, 0, 0)\n"
 "    end\n"
 "  end\n"
@@ -220,20 +306,33 @@ static const char  ngx_http_quota_charge_text[] =
 "  redis.call('ZADD', ckey, now_ms + lease, ARGV[5])\n"
 "  redis.call('PEXPIRE', ckey, lease + 1000)\n"
 "end\n"
-"local ttl = pend - now + keep\n"
 "local charged = false\n"
+"local threshold = tonumber(ARGV[21])\n"
 "for i = 1, k do\n"
 "  if costs[i] > 0 then\n"
 "    charged = true\n"
 "    local key = daily[i] and day_key or usage_key\n"
 "    used[i] = redis.call('HINCRBY', key, names[i], argcost[i])\n"
 "    if daily[i] then\n"
-"      redis.call('EXPIRE', key, tonumber(ARGV[15]) - now + keep)\n"
+"      redis.call('EXPIRE', key, tonumber(ARGV[16]) - now + keep)\n"
 "    end\n"
-"    redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[14],\n"
+"    redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[15],\n"
 "               argcost[i])\n"
 "    if over[i] > 0 then\n"
 "      redis.call('HINCRBY', usage_key, names[i] .. ':overage', over[i])\n"
+"    end\n"
+/* the first units of a new period, after usage in the previous one */
+"    if used[i] == costs[i] and not daily[i] and (tonumber(redis.call(\n"
+"         'HGET', base .. 'usage:' .. previous_start(), names[i])) or 0) > 0\n"
+"    then\n"
+"      alert('quota_reset', i)\n"
+"    end\n"
+"    if limits[i] >= 0 then\n"
+"      if used[i] * 100 >= limits[i] * threshold then\n"
+"        alert('approaching_limit', i)\n"
+"      end\n"
+"      if used[i] >= limits[i] then alert('quota_exceeded', i) end\n"
+"      if over[i] > 0 then alert('overage_started', i) end\n"
 "    end\n"
 "  end\n"
 "end\n"
@@ -243,6 +342,7 @@ static const char  ngx_http_quota_charge_text[] =
 "if charged then\n"
 "  redis.call('EXPIRE', usage_key, ttl)\n"
 "  redis.call('EXPIRE', daily_key, ttl)\n"
+"  if events == 2 then event('usage_update', nil, 1) end\n"
 "end\n"
 "return finish(1, 0, 0)\n";
 

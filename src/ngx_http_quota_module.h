@@ -37,6 +37,10 @@
 #define NGX_HTTP_QUOTA_PERIOD_MONTH      0
 #define NGX_HTTP_QUOTA_PERIOD_DAY        1
 
+#define NGX_HTTP_QUOTA_EVENTS_OFF        0
+#define NGX_HTTP_QUOTA_EVENTS_ALERTS     1
+#define NGX_HTTP_QUOTA_EVENTS_ON         2
+
 #define NGX_HTTP_QUOTA_FAIL_OPEN         0
 #define NGX_HTTP_QUOTA_FAIL_CLOSED       1
 
@@ -46,8 +50,9 @@
 #define NGX_HTTP_QUOTA_AUTH_APIKEY       3
 #define NGX_HTTP_QUOTA_AUTH_NONE         4
 
-/* a rule charges at most this many metrics (the script's argv is sized by it) */
-#define NGX_HTTP_QUOTA_MAX_CHARGES       8
+/* at most this many metrics are declared, and so charged by one rule or
+   reported by quota_usage (per-request arrays are sized by it) */
+#define NGX_HTTP_QUOTA_MAX_CHARGES       16
 
 /* no limit for a metric in a plan */
 #define NGX_HTTP_QUOTA_UNLIMITED         (-1)
@@ -145,6 +150,35 @@ typedef struct {
 } ngx_http_quota_reconcile_t;
 
 
+/* quota_redis_errors_total{kind=...} */
+#define NGX_HTTP_QUOTA_ERR_CONNECT       0
+#define NGX_HTTP_QUOTA_ERR_DISCONNECT    1
+#define NGX_HTTP_QUOTA_ERR_TIMEOUT       2
+#define NGX_HTTP_QUOTA_ERR_REPLY         3
+#define NGX_HTTP_QUOTA_ERR_UNAVAILABLE   4
+#define NGX_HTTP_QUOTA_ERR_COUNT         5
+
+#define NGX_HTTP_QUOTA_LATENCY_BUCKETS   12
+
+
+/* in the shared zone: every worker adds to the same counters */
+typedef struct {
+    ngx_atomic_t                 decisions[16];   /* by $quota_status */
+    ngx_atomic_t                 latency[NGX_HTTP_QUOTA_LATENCY_BUCKETS];
+    ngx_atomic_t                 latency_count;
+    ngx_atomic_t                 latency_sum_us;
+    ngx_atomic_t                 errors[NGX_HTTP_QUOTA_ERR_COUNT];
+    ngx_atomic_t                 reconnects;
+    ngx_atomic_t                 noscript;
+    ngx_atomic_t                 inflight;
+} ngx_http_quota_stats_t;
+
+#define ngx_http_quota_count(qmcf, field)                                    \
+    if ((qmcf)->stats) {                                                     \
+        (void) ngx_atomic_fetch_add(&(qmcf)->stats->field, 1);               \
+    }
+
+
 typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
 
 
@@ -181,7 +215,14 @@ typedef struct {
     ngx_str_t                    script;
     u_char                       script_sha1[40];
 
+    ngx_uint_t                   events;      /* NGX_HTTP_QUOTA_EVENTS_* */
+    ngx_str_t                    events_channel;   /* "Pevents" */
+
+    /* quota_usage reports every metric: a rule that charges all of them 0 */
+    ngx_http_quota_rule_t        report_rule;
+
     ngx_http_quota_worker_t     *worker;      /* per-process Redis state */
+    ngx_http_quota_stats_t      *stats;       /* shared, see _metrics.c */
 } ngx_http_quota_main_conf_t;
 
 
@@ -198,6 +239,8 @@ typedef struct {
     ngx_flag_t                   headers;
     ngx_str_t                    header_prefix;
 
+    ngx_flag_t                   endpoint;    /* quota_usage/alerts/metrics:
+                                                 never metered itself */
     ngx_flag_t                   require_account;
     ngx_array_t                 *bypass;      /* ngx_http_complex_value_t */
     ngx_flag_t                   dry_run;
@@ -243,6 +286,7 @@ typedef struct {
     unsigned                     bypass:1;
     unsigned                     slot_taken:1;    /* concurrency slot held */
     unsigned                     reconciled:1;
+    unsigned                     report:2;        /* quota_usage: 1, +daily: 2 */
 
     /* the decoded reply of the charge script */
     ngx_uint_t                   code;
@@ -265,6 +309,16 @@ typedef struct {
     ngx_http_quota_op_t         *op;          /* pending Redis operation */
     ngx_event_t                  timeout;     /* quota_redis timeout= */
     ngx_event_t                  wake;        /* posted when the reply is in */
+
+    /*
+     * Content handlers (quota_usage, quota_alerts) turn the reply into a
+     * JSON body inside the Redis callback (the reply is freed after it),
+     * and the wake event sends it instead of running the phases again.
+     */
+    ngx_int_t                  (*build)(ngx_http_request_t *r,
+                                        void *ctx, redisReply *reply);
+    ngx_str_t                    body;
+    ngx_uint_t                   body_status;
 } ngx_http_quota_ctx_t;
 
 
@@ -309,6 +363,9 @@ ngx_int_t ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf,
 
 /* ngx_http_quota_handler.c */
 ngx_int_t ngx_http_quota_handler(ngx_http_request_t *r);
+ngx_http_quota_ctx_t *ngx_http_quota_create_ctx(ngx_http_request_t *r);
+void ngx_http_quota_suspend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx);
+void ngx_http_quota_reply_done(ngx_http_quota_ctx_t *ctx);
 ngx_int_t ngx_http_quota_log_handler(ngx_http_request_t *r);
 ngx_http_quota_ctx_t *ngx_http_quota_get_ctx(ngx_http_request_t *r);
 
@@ -347,6 +404,21 @@ ngx_int_t ngx_http_quota_headers_init(ngx_conf_t *cf);
 /* ngx_http_quota_json.c */
 ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, const char *error, ngx_uint_t status);
+ngx_int_t ngx_http_quota_error_body(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, const char *error, ngx_str_t *body);
+ngx_int_t ngx_http_quota_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body);
+ngx_int_t ngx_http_quota_gen_body(ngx_http_request_t *r, void *g,
+    ngx_str_t *body);
+size_t ngx_http_quota_format_usd(u_char *buf, int64_t micro);
+
+/* ngx_http_quota_usage.c */
+char *ngx_http_quota_usage_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_alerts_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_quota_report_rule(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
 
 /* ngx_http_quota_headers.c: the first metric's numbers, shared with the
    variables */
@@ -362,6 +434,14 @@ ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_numbers_t *n);
 quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index);
+
+/* ngx_http_quota_metrics.c */
+ngx_int_t ngx_http_quota_stats_zone(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+uint64_t ngx_http_quota_now_us(void);
+void ngx_http_quota_stats_latency(ngx_http_quota_stats_t *stats, uint64_t us);
+char *ngx_http_quota_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* ngx_http_quota_variables.c */
 ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);

@@ -53,6 +53,7 @@ struct ngx_http_quota_op_s {
     ngx_http_quota_reply_pt      handler;     /* NULL once detached */
     void                        *data;
     ngx_http_quota_op_t         *next;        /* free list */
+    uint64_t                     sent_us;     /* for the latency histogram */
 };
 
 
@@ -210,6 +211,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     if (rc == NULL) {
+        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         return NULL;
     }
 
@@ -228,6 +230,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     op->handler = handler;
     op->data = data;
     op->next = NULL;
+    op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
 
     if (redisAsyncCommandArgv(rc->ac, ngx_http_quota_redis_reply, op, argc,
                               argv, argvlen)
@@ -239,8 +242,12 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
 
         op->next = w->free_ops;
         w->free_ops = op;
+
+        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         return NULL;
     }
+
+    ngx_http_quota_count(qmcf, inflight);
 
     return op;
 }
@@ -304,6 +311,18 @@ ngx_http_quota_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     ngx_http_quota_redis_conn_t  *rc = ac->data;
 
     ngx_http_quota_reply_pt       handler;
+    ngx_http_quota_main_conf_t   *qmcf;
+
+    qmcf = rc->worker->qmcf;
+
+    if (qmcf->stats) {
+        (void) ngx_atomic_fetch_add(&qmcf->stats->inflight, -1);
+
+        if (r != NULL) {
+            ngx_http_quota_stats_latency(qmcf->stats,
+                                         ngx_http_quota_now_us() - op->sent_us);
+        }
+    }
 
     handler = op->handler;
 
@@ -355,6 +374,7 @@ ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
                       qmcf->redis_unix.len ? 0 : qmcf->redis_port,
                       ac->errstr);
         redisAsyncFree(ac);
+        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
         ngx_http_quota_redis_schedule(rc);
         return;
     }
@@ -427,6 +447,9 @@ ngx_http_quota_redis_on_connect(const redisAsyncContext *ac, int status)
     ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                   "quota: redis connect failed: %s", ac->errstr);
 
+    ngx_http_quota_count(rc->worker->qmcf,
+                         errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+
     /* hiredis frees the context after this callback */
     ngx_http_quota_redis_lost(rc);
 }
@@ -440,6 +463,9 @@ ngx_http_quota_redis_on_disconnect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK && !rc->worker->exiting) {
         ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                       "quota: redis connection lost: %s", ac->errstr);
+
+        ngx_http_quota_count(rc->worker->qmcf,
+                             errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
     }
 
     ngx_http_quota_redis_lost(rc);
@@ -493,6 +519,9 @@ ngx_http_quota_redis_connect_timeout(ngx_event_t *ev)
 
     ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                   "quota: redis connect timed out");
+
+    ngx_http_quota_count(rc->worker->qmcf,
+                         errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
 
     /*
      * redisAsyncFree() runs the queued callbacks with a NULL reply and
@@ -551,6 +580,8 @@ ngx_http_quota_redis_reconnect_handler(ngx_event_t *ev)
     if (rc->worker->exiting || rc->ac != NULL) {
         return;
     }
+
+    ngx_http_quota_count(rc->worker->qmcf, reconnects);
 
     ngx_http_quota_redis_connect(rc);
 }

@@ -45,13 +45,17 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     /* { code, index, plan, start, end, retry_ms, slot, (used, limit) x k } */
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7 + 2 * k) {
+    /* a report (quota_usage) has more after these; its builder checks it */
+    if (reply->type != REDIS_REPLY_ARRAY
+        || (ctx->report ? reply->elements < 7 + 2 * k
+                        : reply->elements != 7 + 2 * k))
+    {
         goto malformed;
     }
 
     e = reply->element;
 
-    for (i = 0; i < reply->elements; i++) {
+    for (i = 0; i < 7 + 2 * k; i++) {
         if (e[i]->type != REDIS_REPLY_INTEGER) {
             goto malformed;
         }

@@ -16,7 +16,7 @@
 #include <ngx_sha1.h>
 
 
-#define NGX_HTTP_QUOTA_HEAD_ARGS   17    /* ARGV 1-17 of the charge script */
+#define NGX_HTTP_QUOTA_HEAD_ARGS   27    /* ARGV 1-27 of the charge script */
 
 
 static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
@@ -49,6 +49,25 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
     {
         return NGX_ERROR;
     }
+
+    if (ngx_http_quota_report_rule(cf, qmcf) != NGX_OK
+        || ngx_http_quota_plan_table(cf, qmcf, &qmcf->report_rule,
+                                     &qmcf->report_rule.table)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* the events channel: "Pevents" */
+    qmcf->events_channel.len = qmcf->prefix.len + 6;
+    qmcf->events_channel.data = ngx_pnalloc(cf->pool,
+                                            qmcf->events_channel.len);
+    if (qmcf->events_channel.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ngx_cpymem(qmcf->events_channel.data, qmcf->prefix.data,
+                          qmcf->prefix.len), "events", 6);
 
     sets = qmcf->rule_sets.elts;
 
@@ -157,7 +176,7 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     ngx_time_t                   *tp;
     const char                  **argv;
     quota_period_t                today;
-    quota_calendar_t              cal;
+    quota_calendar_t              cal, before;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_rule_t        *rule;
     ngx_http_quota_metric_t      *metrics;
@@ -179,7 +198,9 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     tp = ngx_timeofday();
     now_ms = (int64_t) tp->sec * 1000 + tp->msec;
 
+    /* "before" holds the month before the previous one in month_start[1] */
     if (quota_calendar(tp->sec, &cal) != 0
+        || quota_calendar(cal.month_start[0] - 1, &before) != 0
         || quota_period_day(tp->sec, &today) != 0)
     {
         return NGX_ERROR;
@@ -192,7 +213,8 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
 
     /* every number and date of the request in one buffer */
-    p = ngx_pnalloc(r->pool, (16 + k) * NGX_INT64_LEN + 3 * QUOTA_DATE_LEN);
+    p = ngx_pnalloc(r->pool, (24 + k) * NGX_INT64_LEN + 6 * QUOTA_DATE_LEN
+                             + QUOTA_ISO8601_LEN);
 
     if (argv == NULL || argvlen == NULL || p == NULL) {
         return NGX_ERROR;
@@ -228,12 +250,13 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     argvlen[argc] = argvlen[argc - 1] - 7;
     argc++;
 
-    ngx_http_quota_arg(ctx->bypass ? "1" : "0", 1);
+    ngx_http_quota_arg(ctx->report ? (ctx->report == 2 ? "3" : "2")
+                                   : (ctx->bypass ? "1" : "0"), 1);
     ngx_http_quota_arg_num(now_ms);
     ngx_http_quota_arg(qlcf->require_account ? "1" : "0", 1);
 
     /* an id for the in-flight slot, unique among this tenant's requests */
-    if (qmcf->concurrency && !ctx->bypass) {
+    if (qmcf->concurrency && !ctx->bypass && !ctx->report) {
         ctx->slot_id.data = p;
         p = ngx_sprintf(p, "%P:%ui:%L", ngx_pid, slot_seq++, now_ms);
         ctx->slot_id.len = p - ctx->slot_id.data;
@@ -262,15 +285,32 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     dates = p;
     quota_format_date(cal.month_start[0], (char *) p);
     quota_format_date(cal.month_start[1], (char *) p + QUOTA_DATE_LEN);
-    quota_format_date(today.start, (char *) p + 2 * QUOTA_DATE_LEN);
-    p += 3 * QUOTA_DATE_LEN;
+    quota_format_date(cal.month_start[2], (char *) p + 2 * QUOTA_DATE_LEN);
+    quota_format_date(today.start, (char *) p + 3 * QUOTA_DATE_LEN);
+    quota_format_date(before.month_start[1], (char *) p + 4 * QUOTA_DATE_LEN);
+    quota_format_date(today.end, (char *) p + 5 * QUOTA_DATE_LEN);
+    quota_format_iso8601(tp->sec, (char *) p + 6 * QUOTA_DATE_LEN);
+    p += 6 * QUOTA_DATE_LEN + QUOTA_ISO8601_LEN;
 
-    ngx_http_quota_arg(dates, 7);                       /* "YYYY-MM" */
-    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);
-    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
-    ngx_http_quota_arg_num(today.end);
-    ngx_http_quota_arg_num(qmcf->default_plan + 1);
-    ngx_http_quota_arg_num(k);
+    ngx_http_quota_arg(dates, 7);                           /* 12 "YYYY-MM" */
+    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);          /* 13 */
+    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, 7);      /* 14 */
+    ngx_http_quota_arg(dates + 3 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
+    ngx_http_quota_arg_num(today.end);                      /* 16 */
+    ngx_http_quota_arg_num(qmcf->default_plan + 1);         /* 17 */
+    ngx_http_quota_arg_num(before.month_start[1]);          /* 18 */
+    ngx_http_quota_arg_num(before.days[1]);                 /* 19 */
+    ngx_http_quota_arg(dates + 4 * QUOTA_DATE_LEN, 7);      /* 20 */
+    ngx_http_quota_arg_num(qlcf->warning_threshold);        /* 21 */
+    ngx_http_quota_arg_num(qmcf->events);                   /* 22 */
+    ngx_http_quota_arg(ctx->tenant.data, ctx->tenant.len);  /* 23 */
+    ngx_http_quota_arg(qmcf->events_channel.data,          /* 24 */
+                       qmcf->events_channel.len);
+    ngx_http_quota_arg(dates + 6 * QUOTA_DATE_LEN,          /* 25 */
+                       QUOTA_ISO8601_LEN);
+    ngx_http_quota_arg(dates + 5 * QUOTA_DATE_LEN,          /* 26 */
+                       QUOTA_DATE_LEN);
+    ngx_http_quota_arg_num(k);                              /* 27 */
 
     for (i = 0; i < k; i++) {
         ngx_http_quota_arg(metrics[rule->charges[i].metric].name.data,
@@ -341,6 +381,8 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "quota: redis answered NOSCRIPT, sending EVAL");
 
+        ngx_http_quota_count(qmcf, noscript);
+
         ctx->op = ngx_http_quota_redis_send(qmcf, ctx->argc, ctx->argv,
                                             ctx->argvlen,
                                             ngx_http_quota_script_reply, ctx);
@@ -351,18 +393,18 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
         reply = NULL;
     }
 
-    if (ngx_http_quota_reply_decode(r, ctx, reply) != NGX_OK) {
+    if (ngx_http_quota_reply_decode(r, ctx, reply) != NGX_OK
+        || (ctx->build && ctx->build(r, ctx, reply) != NGX_OK))
+    {
         ctx->redis_failed = 1;
+
+        if (reply != NULL) {
+            qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+            ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_REPLY]);
+        }
     }
 
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
-
-    ctx->state = NGX_HTTP_QUOTA_CTX_DECIDED;
-
-    /* never run nginx request code from inside hiredis' callback loop */
-    ngx_post_event(&ctx->wake, &ngx_posted_events);
+    ngx_http_quota_reply_done(ctx);
 }
 
 

@@ -213,6 +213,14 @@ for my $f (@files) {
         @c = map { req($p, 'POST', '/api/v2/p/tests', 'X-API-Key' => 'bigcorp')->{status} } 1 .. 6;
         is_deeply(\@c, [(200) x 5, 402], 'pools: enterprise never goes into overage (4 + 25% grace)');
 
+        $r = req($p, 'GET', '/api/v1/usage', 'X-API-Key' => 'acme');
+        like($r->{body}, qr/"plan":"professional","status":"active","seats":3,.*"api_requests":\{"used":4,"limit":15000,"remaining":14996,"overage":0\}/,
+             'pools: the usage endpoint');
+        $r = req($p, 'GET', '/api/v1/usage/alerts', 'X-API-Key' => 'capped');
+        like($r->{body}, qr/"type":"spending_cap_reached"/, 'pools: the alerts endpoint');
+        $r = req($p, 'GET', '/quota/metrics');
+        like($r->{body}, qr/^quota_decisions_total\{status="REJECTED_CAP"\} 2$/m, 'pools: the metrics endpoint');
+
         $r = req($ps, 'POST', '/api/v2/p/tests', 'X-API-Key' => 'acme');
         is($r->{status}, 200, 'pools: self-hosted listener');
         ok(!exists $r->{headers}{'x-quota-used'}, 'pools: self-hosted is not metered');

@@ -1,0 +1,885 @@
+
+/*
+ * What tenants see: the quota_usage and quota_alerts content handlers
+ * (SPEC section 7).  Both answer for the requesting tenant only (the
+ * location's quota_tenant, hashed as configured), charge nothing, and make
+ * one Redis round trip:
+ *
+ *   quota_usage    the charge script in report mode over every metric (so
+ *                  plan, seats, anchor and custom limits are resolved by the
+ *                  same code that enforces them), read only;
+ *   quota_alerts   XREVRANGE of the tenant's alert stream, filtered and
+ *                  paged here.
+ *
+ * The JSON is built with yajl inside the Redis callback (the reply is freed
+ * right after it) and sent when the request wakes up.
+ */
+
+
+#include "ngx_http_quota_module.h"
+
+#include <yajl/yajl_gen.h>
+
+
+#define ngx_http_quota_yajl_str(g, s)                                        \
+    yajl_gen_string(g, (const unsigned char *) s, sizeof(s) - 1)
+
+#define NGX_HTTP_QUOTA_ALERTS_MAX      100     /* per_page cap */
+#define NGX_HTTP_QUOTA_ALERTS_READ     "2000"  /* the stream keeps ~1000 */
+
+
+typedef struct {
+    u_char      *date;          /* "YYYY-MM-DD", points into the reply */
+    ngx_uint_t   metric;
+    int64_t      units;
+} ngx_http_quota_day_t;
+
+
+static ngx_int_t ngx_http_quota_usage_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_quota_alerts_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_quota_endpoint_start(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t **ctxp);
+static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_usage_daily(ngx_http_request_t *r,
+    yajl_gen g, redisReply **e, size_t n);
+static ngx_int_t ngx_http_quota_alerts_build(ngx_http_request_t *r,
+    void *data, redisReply *reply);
+static void ngx_http_quota_alerts_reply(void *data, redisReply *reply);
+static void ngx_http_quota_gen_iso(yajl_gen g, int64_t t);
+static void ngx_http_quota_gen_usd(yajl_gen g, int64_t micro);
+static int ngx_libc_cdecl ngx_http_quota_day_cmp(const void *a,
+    const void *b);
+static ngx_uint_t ngx_http_quota_arg_uint(ngx_http_request_t *r,
+    const char *name, size_t len, ngx_uint_t dflt);
+
+
+char *
+ngx_http_quota_usage_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_quota_usage_handler;
+    qlcf->endpoint = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_quota_alerts_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_quota_alerts_handler;
+    qlcf->endpoint = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the rule quota_usage runs the charge script with: every metric, cost 0 */
+ngx_int_t
+ngx_http_quota_report_rule(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
+{
+    ngx_uint_t              i;
+    ngx_http_quota_rule_t  *rule;
+
+    rule = &qmcf->report_rule;
+
+    rule->ncharges = qmcf->metrics.nelts;
+    rule->charges = ngx_pcalloc(cf->pool, (rule->ncharges + 1)
+                                          * sizeof(ngx_http_quota_charge_t));
+    if (rule->charges == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < rule->ncharges; i++) {
+        rule->charges[i].metric = i;
+    }
+
+    ngx_str_set(&rule->template, "(quota_usage)");
+
+    return NGX_OK;
+}
+
+
+/* the tenant, the ctx, and the answers that need no Redis */
+static ngx_int_t
+ngx_http_quota_endpoint_start(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t **ctxp)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   value, body;
+    ngx_table_elt_t            *allow;
+    ngx_http_quota_ctx_t       *ctx;
+    ngx_http_quota_loc_conf_t  *qlcf;
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    ctx = ngx_http_quota_create_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
+    *ctxp = ctx;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        allow = ngx_list_push(&r->headers_out.headers);
+        if (allow == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        allow->hash = 1;
+        allow->lowcase_key = NULL;
+        ngx_str_set(&allow->key, "Allow");
+        ngx_str_set(&allow->value, "GET, HEAD");
+#if (nginx_version >= 1023000)
+        allow->next = NULL;
+#endif
+
+        rc = NGX_HTTP_NOT_ALLOWED;
+        goto answer;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    value.len = 0;
+
+    if (qlcf->tenant
+        && ngx_http_complex_value(r, qlcf->tenant, &value) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (value.len == 0) {
+        rc = NGX_HTTP_UNAUTHORIZED;
+        goto answer;
+    }
+
+    rc = ngx_http_quota_tenant_id(r, qlcf, &value, &ctx->tenant);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        rc = NGX_HTTP_BAD_REQUEST;
+        goto answer;
+    }
+
+    return NGX_OK;
+
+answer:
+
+    if (ngx_http_quota_error_body(r, ctx,
+                                  rc == NGX_HTTP_NOT_ALLOWED
+                                  ? "METHOD_NOT_ALLOWED"
+                                  : rc == NGX_HTTP_UNAUTHORIZED
+                                    ? "MISSING_TENANT" : "BAD_TENANT",
+                                  &body)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_quota_send_json(r, rc, &body);
+}
+
+
+static ngx_int_t
+ngx_http_quota_usage_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    ngx_str_t                    daily;
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    rc = ngx_http_quota_endpoint_start(r, &ctx);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    ctx->rule = &qmcf->report_rule;
+    ctx->ncharges = qmcf->report_rule.ncharges;
+    ctx->report = 1;
+    ctx->build = ngx_http_quota_usage_build;
+
+    if (ngx_http_arg(r, (u_char *) "daily", 5, &daily) == NGX_OK
+        && daily.len && !(daily.len == 1 && daily.data[0] == '0'))
+    {
+        ctx->report = 2;
+    }
+
+    rc = ngx_http_quota_script_charge(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ctx->redis_failed = 1;
+        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
+
+        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
+    }
+
+    ngx_http_quota_suspend(r, ctx);
+
+    return NGX_DONE;
+}
+
+
+/*
+ * The report: the charge script's reply (decoded into ctx already), then
+ * status, seats, overage, cap, overage cost, k overage units [, daily].
+ */
+static ngx_int_t
+ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_quota_ctx_t  *ctx = data;
+
+    int64_t                      seats, cap, cost, projected, over, lim;
+    int64_t                      elapsed, length, price;
+    size_t                       base, ndaily;
+    time_t                       now;
+    yajl_gen                     g;
+    ngx_uint_t                   i, k, m, approaching, overage;
+    redisReply                 **e;
+    yajl_gen_status              s;
+    ngx_http_quota_plan_t       *plan;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_plan_metric_t  *pm;
+    ngx_http_quota_loc_conf_t   *qlcf;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+
+    k = ctx->ncharges;
+    e = reply->element;
+    base = 7 + 2 * k;
+
+    if (ctx->code == NGX_HTTP_QUOTA_CODE_UNKNOWN) {
+        ctx->body_status = NGX_HTTP_FORBIDDEN;
+        return ngx_http_quota_error_body(r, ctx, "UNKNOWN_TENANT",
+                                         &ctx->body);
+    }
+
+    /* status (string), seats, overage, cap, cost, k overage units */
+    if (reply->elements < base + 5 + k
+        || e[base]->type != REDIS_REPLY_STRING)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = base + 1; i < base + 5 + k; i++) {
+        if (e[i]->type != REDIS_REPLY_INTEGER) {
+            return NGX_ERROR;
+        }
+    }
+
+    seats = e[base + 1]->integer;
+    overage = (e[base + 2]->integer == 1);
+    cap = e[base + 3]->integer;
+    cost = e[base + 4]->integer;
+
+    plan = (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts)
+           ? (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1
+           : NULL;
+
+    now = ngx_time();
+    elapsed = now - ctx->billing.start;
+    length = ctx->billing.end - ctx->billing.start;
+    if (elapsed < 1) {
+        elapsed = 1;
+    }
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = yajl_gen_map_open(g);
+    s |= ngx_http_quota_yajl_str(g, "tenant_id");
+    s |= yajl_gen_string(g, ctx->tenant.data, ctx->tenant.len);
+    s |= ngx_http_quota_yajl_str(g, "plan");
+
+    if (plan) {
+        s |= yajl_gen_string(g, plan->name.data, plan->name.len);
+    } else {
+        s |= yajl_gen_null(g);
+    }
+
+    s |= ngx_http_quota_yajl_str(g, "status");
+
+    if (e[base]->len) {
+        s |= yajl_gen_string(g, (u_char *) e[base]->str, e[base]->len);
+    } else {
+        s |= ngx_http_quota_yajl_str(g, "active");
+    }
+
+    s |= ngx_http_quota_yajl_str(g, "seats");
+    s |= yajl_gen_integer(g, seats);
+    s |= ngx_http_quota_yajl_str(g, "period_start");
+    ngx_http_quota_gen_iso(g, ctx->billing.start);
+    s |= ngx_http_quota_yajl_str(g, "period_end");
+    ngx_http_quota_gen_iso(g, ctx->billing.end - 1);
+    s |= ngx_http_quota_yajl_str(g, "quota_reset_date");
+    ngx_http_quota_gen_iso(g, ctx->billing.end);
+
+    /* approaching: some metric at or past the warning threshold */
+    approaching = 0;
+    projected = 0;
+
+    for (i = 0; i < k; i++) {
+        lim = ctx->limit[i];
+
+        if (lim > 0 && (ngx_uint_t) (ctx->used[i] * 100 / lim)
+                       >= qlcf->warning_threshold)
+        {
+            approaching = 1;
+        }
+
+        /*
+         * projected overage: this period's usage extrapolated linearly to
+         * its end, priced past the limit (month metrics, overage on)
+         */
+        if (!overage || plan == NULL || lim < 0
+            || metrics[i].period != NGX_HTTP_QUOTA_PERIOD_MONTH)
+        {
+            continue;
+        }
+
+        price = -1;
+        pm = plan->metrics.elts;
+
+        for (m = 0; m < plan->metrics.nelts; m++) {
+            if (pm[m].metric == i) {
+                price = pm[m].price;
+                break;
+            }
+        }
+
+        if (price < 0) {
+            continue;
+        }
+
+        over = ctx->used[i] * length / elapsed - lim;
+
+        if (over > 0) {
+            projected += over * price;
+        }
+    }
+
+    if (cap >= 0 && projected > cap) {
+        projected = cap;
+    }
+
+    if (projected < cost) {
+        projected = cost;
+    }
+
+    s |= ngx_http_quota_yajl_str(g, "approaching_limit");
+    s |= yajl_gen_bool(g, approaching);
+    s |= ngx_http_quota_yajl_str(g, "overage_enabled");
+    s |= yajl_gen_bool(g, overage);
+    s |= ngx_http_quota_yajl_str(g, "spending_cap");
+
+    if (cap >= 0) {
+        ngx_http_quota_gen_usd(g, cap);
+    } else {
+        s |= yajl_gen_null(g);
+    }
+
+    s |= ngx_http_quota_yajl_str(g, "projected_overage");
+    ngx_http_quota_gen_usd(g, overage ? projected : 0);
+
+    s |= ngx_http_quota_yajl_str(g, "metrics");
+    s |= yajl_gen_map_open(g);
+
+    for (i = 0; i < k; i++) {
+        lim = ctx->limit[i];
+
+        s |= yajl_gen_string(g, metrics[i].name.data, metrics[i].name.len);
+        s |= yajl_gen_map_open(g);
+        s |= ngx_http_quota_yajl_str(g, "used");
+        s |= yajl_gen_integer(g, ctx->used[i]);
+        s |= ngx_http_quota_yajl_str(g, "limit");
+        s |= lim >= 0 ? yajl_gen_integer(g, lim) : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "remaining");
+        s |= lim >= 0 ? yajl_gen_integer(g, lim > ctx->used[i]
+                                            ? lim - ctx->used[i] : 0)
+                      : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "overage");
+        s |= yajl_gen_integer(g, e[base + 5 + i]->integer);
+        s |= yajl_gen_map_close(g);
+    }
+
+    s |= yajl_gen_map_close(g);
+
+    if (ctx->report == 2) {
+        base += 5 + k;
+
+        if (reply->elements <= base || e[base]->type != REDIS_REPLY_INTEGER) {
+            yajl_gen_free(g);
+            return NGX_ERROR;
+        }
+
+        ndaily = (size_t) e[base]->integer;
+
+        if (reply->elements != base + 1 + 2 * ndaily) {
+            yajl_gen_free(g);
+            return NGX_ERROR;
+        }
+
+        s |= ngx_http_quota_yajl_str(g, "daily");
+
+        if (ngx_http_quota_usage_daily(r, g, &e[base + 1], ndaily)
+            != NGX_OK)
+        {
+            yajl_gen_free(g);
+            return NGX_ERROR;
+        }
+    }
+
+    s |= yajl_gen_map_close(g);
+
+    if (s != yajl_gen_status_ok) {
+        yajl_gen_free(g);
+        return NGX_ERROR;
+    }
+
+    ctx->body_status = NGX_HTTP_OK;
+
+    return ngx_http_quota_gen_body(r, g, &ctx->body);
+}
+
+
+/* "METRIC:YYYY-MM-DD" -> units, as [{"date", "METRIC": units, ...}] by date */
+static ngx_int_t
+ngx_http_quota_usage_daily(ngx_http_request_t *r, yajl_gen g, redisReply **e,
+    size_t n)
+{
+    u_char                      *colon;
+    ngx_str_t                    name;
+    ngx_int_t                    metric;
+    ngx_uint_t                   i, nd;
+    ngx_http_quota_day_t        *days;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+
+    days = ngx_palloc(r->pool, (n + 1) * sizeof(ngx_http_quota_day_t));
+    if (days == NULL) {
+        return NGX_ERROR;
+    }
+
+    nd = 0;
+
+    for (i = 0; i < n; i++) {
+        if (e[2 * i]->type != REDIS_REPLY_STRING
+            || e[2 * i + 1]->type != REDIS_REPLY_STRING
+            || e[2 * i]->len < QUOTA_DATE_LEN + 2)
+        {
+            continue;
+        }
+
+        colon = (u_char *) e[2 * i]->str + e[2 * i]->len - QUOTA_DATE_LEN - 1;
+
+        if (*colon != ':') {
+            continue;
+        }
+
+        name.data = (u_char *) e[2 * i]->str;
+        name.len = colon - name.data;
+
+        metric = ngx_http_quota_metric_index(qmcf, &name);
+        if (metric == NGX_ERROR) {
+            continue;       /* a metric no longer declared */
+        }
+
+        days[nd].date = colon + 1;
+        days[nd].metric = metric;
+        days[nd].units = ngx_atoof((u_char *) e[2 * i + 1]->str,
+                                   e[2 * i + 1]->len);
+        nd++;
+    }
+
+    ngx_qsort(days, nd, sizeof(ngx_http_quota_day_t), ngx_http_quota_day_cmp);
+
+    yajl_gen_array_open(g);
+
+    for (i = 0; i < nd; i++) {
+        if (i == 0 || ngx_memcmp(days[i].date, days[i - 1].date,
+                                 QUOTA_DATE_LEN) != 0)
+        {
+            if (i) {
+                yajl_gen_map_close(g);
+            }
+
+            yajl_gen_map_open(g);
+            ngx_http_quota_yajl_str(g, "date");
+            yajl_gen_string(g, days[i].date, QUOTA_DATE_LEN);
+        }
+
+        yajl_gen_string(g, metrics[days[i].metric].name.data,
+                        metrics[days[i].metric].name.len);
+        yajl_gen_integer(g, days[i].units < 0 ? 0 : days[i].units);
+    }
+
+    if (nd) {
+        yajl_gen_map_close(g);
+    }
+
+    yajl_gen_array_close(g);
+
+    return NGX_OK;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_quota_day_cmp(const void *a, const void *b)
+{
+    const ngx_http_quota_day_t  *x = a, *y = b;
+    ngx_int_t                    c;
+
+    c = ngx_memcmp(x->date, y->date, QUOTA_DATE_LEN);
+
+    if (c == 0) {
+        return (int) x->metric - (int) y->metric;
+    }
+
+    return (int) c;
+}
+
+
+static ngx_int_t
+ngx_http_quota_alerts_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    size_t                       argvlen[6];
+    const char                  *argv[6];
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    rc = ngx_http_quota_endpoint_start(r, &ctx);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    ctx->build = ngx_http_quota_alerts_build;
+
+    argv[0] = "XREVRANGE";
+    argvlen[0] = 9;
+    argv[1] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "alerts", 6,
+                                                NULL, 0, &argvlen[1]);
+    argv[2] = "+";
+    argvlen[2] = 1;
+    argv[3] = "-";
+    argvlen[3] = 1;
+    argv[4] = "COUNT";
+    argvlen[4] = 5;
+    argv[5] = NGX_HTTP_QUOTA_ALERTS_READ;
+    argvlen[5] = sizeof(NGX_HTTP_QUOTA_ALERTS_READ) - 1;
+
+    if (argv[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->op = ngx_http_quota_redis_send(qmcf, 6, argv, argvlen,
+                                        ngx_http_quota_alerts_reply, ctx);
+
+    if (ctx->op == NULL) {
+        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
+
+        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
+    }
+
+    ngx_http_quota_suspend(r, ctx);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_quota_alerts_reply(void *data, redisReply *reply)
+{
+    ngx_http_quota_ctx_t *ctx = data;
+
+    ctx->op = NULL;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR
+        || ctx->build(ctx->request, ctx, reply) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                      "quota: alerts not read from redis%s%*s",
+                      reply && reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                      reply && reply->type == REDIS_REPLY_ERROR
+                      ? (size_t) reply->len : (size_t) 0,
+                      reply && reply->type == REDIS_REPLY_ERROR
+                      ? reply->str : "");
+        ctx->redis_failed = 1;
+    }
+
+    ngx_http_quota_reply_done(ctx);
+}
+
+
+/*
+ * XREVRANGE: [[id, [field, value, ...]], ...], newest first.  Filter by
+ * ?type=, count them all for "total", and keep one page.
+ */
+static ngx_int_t
+ngx_http_quota_alerts_build(ngx_http_request_t *r, void *data,
+    redisReply *reply)
+{
+    ngx_http_quota_ctx_t  *ctx = data;
+
+    u_char           *p, message[NGX_MAX_ERROR_STR];
+    int64_t           used, limit;
+    yajl_gen          g;
+    ngx_str_t         type, f, v, kind, metric, at;
+    ngx_uint_t        i, j, page, per_page, total, first, last;
+    redisReply       *entry, *kv;
+    yajl_gen_status   s;
+
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    page = ngx_http_quota_arg_uint(r, "page", 4, 1);
+    per_page = ngx_http_quota_arg_uint(r, "per_page", 8, 20);
+
+    if (page < 1) {
+        page = 1;
+    }
+
+    if (per_page < 1) {
+        per_page = 1;
+    }
+
+    if (per_page > NGX_HTTP_QUOTA_ALERTS_MAX) {
+        per_page = NGX_HTTP_QUOTA_ALERTS_MAX;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "type", 4, &type) != NGX_OK) {
+        type.len = 0;
+    }
+
+    first = (page - 1) * per_page;
+    last = first + per_page;
+    total = 0;
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = yajl_gen_map_open(g);
+    s |= ngx_http_quota_yajl_str(g, "alerts");
+    s |= yajl_gen_array_open(g);
+
+    for (i = 0; i < reply->elements; i++) {
+        entry = reply->element[i];
+
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
+            || entry->element[0]->type != REDIS_REPLY_STRING
+            || entry->element[1]->type != REDIS_REPLY_ARRAY)
+        {
+            continue;
+        }
+
+        kv = entry->element[1];
+        ngx_str_null(&kind);
+        ngx_str_null(&metric);
+        ngx_str_null(&at);
+        used = 0;
+        limit = -1;
+
+        for (j = 0; j + 1 < kv->elements; j += 2) {
+            if (kv->element[j]->type != REDIS_REPLY_STRING
+                || kv->element[j + 1]->type != REDIS_REPLY_STRING)
+            {
+                continue;
+            }
+
+            f.data = (u_char *) kv->element[j]->str;
+            f.len = kv->element[j]->len;
+            v.data = (u_char *) kv->element[j + 1]->str;
+            v.len = kv->element[j + 1]->len;
+
+            if (f.len == 4 && ngx_strncmp(f.data, "type", 4) == 0) {
+                kind = v;
+
+            } else if (f.len == 6 && ngx_strncmp(f.data, "metric", 6) == 0) {
+                metric = v;
+
+            } else if (f.len == 4 && ngx_strncmp(f.data, "used", 4) == 0) {
+                used = ngx_atoof(v.data, v.len);
+
+            } else if (f.len == 5 && ngx_strncmp(f.data, "limit", 5) == 0) {
+                limit = (v.len && v.data[0] == '-') ? -1
+                                                    : ngx_atoof(v.data, v.len);
+
+            } else if (f.len == 2 && ngx_strncmp(f.data, "at", 2) == 0) {
+                at = v;
+            }
+        }
+
+        if (kind.len == 0
+            || (type.len && (type.len != kind.len
+                             || ngx_strncmp(type.data, kind.data, kind.len))))
+        {
+            continue;
+        }
+
+        if (total++ < first || total > last) {
+            continue;
+        }
+
+        if (ngx_strncmp(kind.data, "approaching_limit", kind.len) == 0) {
+            p = ngx_snprintf(message, sizeof(message),
+                             "%V usage reached %L%% of the limit "
+                             "(%L of %L).", &metric,
+                             limit > 0 ? used * 100 / limit : (int64_t) 100,
+                             used, limit);
+
+        } else if (ngx_strncmp(kind.data, "quota_exceeded", kind.len) == 0) {
+            p = ngx_snprintf(message, sizeof(message),
+                             "%V quota exhausted (%L of %L).", &metric,
+                             used, limit);
+
+        } else if (ngx_strncmp(kind.data, "overage_started", kind.len) == 0) {
+            p = ngx_snprintf(message, sizeof(message),
+                             "%V usage passed the limit of %L: overage "
+                             "charges apply.", &metric, limit);
+
+        } else if (ngx_strncmp(kind.data, "spending_cap_reached", kind.len)
+                   == 0)
+        {
+            p = ngx_snprintf(message, sizeof(message),
+                             "Spending cap reached: metered requests are "
+                             "refused until the period ends or the cap is "
+                             "raised.");
+
+        } else if (ngx_strncmp(kind.data, "quota_reset", kind.len) == 0) {
+            p = ngx_snprintf(message, sizeof(message),
+                             "%V usage starts again from zero in the new "
+                             "period.", &metric);
+
+        } else {
+            p = ngx_snprintf(message, sizeof(message), "%V", &kind);
+        }
+
+        s |= yajl_gen_map_open(g);
+        s |= ngx_http_quota_yajl_str(g, "alert_id");
+        s |= yajl_gen_string(g, (u_char *) entry->element[0]->str,
+                             entry->element[0]->len);
+        s |= ngx_http_quota_yajl_str(g, "type");
+        s |= yajl_gen_string(g, kind.data, kind.len);
+        s |= ngx_http_quota_yajl_str(g, "metric");
+        s |= metric.len ? yajl_gen_string(g, metric.data, metric.len)
+                        : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "message");
+        s |= yajl_gen_string(g, message, p - message);
+        s |= ngx_http_quota_yajl_str(g, "used");
+        s |= yajl_gen_integer(g, used);
+        s |= ngx_http_quota_yajl_str(g, "limit");
+        s |= limit >= 0 ? yajl_gen_integer(g, limit) : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "triggered_at");
+        s |= at.len ? yajl_gen_string(g, at.data, at.len) : yajl_gen_null(g);
+        s |= yajl_gen_map_close(g);
+    }
+
+    s |= yajl_gen_array_close(g);
+    s |= ngx_http_quota_yajl_str(g, "total");
+    s |= yajl_gen_integer(g, total);
+    s |= ngx_http_quota_yajl_str(g, "page");
+    s |= yajl_gen_integer(g, page);
+    s |= ngx_http_quota_yajl_str(g, "per_page");
+    s |= yajl_gen_integer(g, per_page);
+    s |= yajl_gen_map_close(g);
+
+    if (s != yajl_gen_status_ok) {
+        yajl_gen_free(g);
+        return NGX_ERROR;
+    }
+
+    ctx->body_status = NGX_HTTP_OK;
+
+    return ngx_http_quota_gen_body(r, g, &ctx->body);
+}
+
+
+static ngx_uint_t
+ngx_http_quota_arg_uint(ngx_http_request_t *r, const char *name, size_t len,
+    ngx_uint_t dflt)
+{
+    ngx_int_t  n;
+    ngx_str_t  value;
+
+    if (ngx_http_arg(r, (u_char *) name, len, &value) != NGX_OK
+        || value.len == 0 || value.len > 9)
+    {
+        return dflt;
+    }
+
+    n = ngx_atoi(value.data, value.len);
+
+    return n == NGX_ERROR ? dflt : (ngx_uint_t) n;
+}
+
+
+static void
+ngx_http_quota_gen_iso(yajl_gen g, int64_t t)
+{
+    u_char  buf[QUOTA_ISO8601_LEN];
+
+    quota_format_iso8601(t, (char *) buf);
+    yajl_gen_string(g, buf, QUOTA_ISO8601_LEN);
+}
+
+
+/* micro-USD as a JSON number with no float rounding: 1500 -> 0.0015 */
+static void
+ngx_http_quota_gen_usd(yajl_gen g, int64_t micro)
+{
+    u_char  buf[NGX_INT64_LEN + 8];
+    size_t  len;
+
+    len = ngx_http_quota_format_usd(buf, micro);
+    yajl_gen_number(g, (const char *) buf, len);
+}

@@ -1,0 +1,94 @@
+# quota_metrics: Prometheus text, summed over all workers through shared
+# memory: decisions by status, the Redis latency histogram, errors.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+
+redis_flush();
+
+sub server {
+    return <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_t;
+    quota_route POST /a a=1;
+
+    location / {
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location = /quota/metrics {
+        quota_metrics;
+        allow 127.0.0.1;
+        deny all;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+_EOC_
+}
+
+sub metric {
+    my ($text, $name) = @_;
+    my ($v) = $text =~ /^\Q$name\E (\S+)$/m;
+    return $v;
+}
+
+# 1. 2 workers: the ALLOWED counter equals the admitted requests
+{
+    my ($text, @codes);
+    nginx_run(workers => 2, no_root_location => 1, http_config => <<'_EOC_', config => server(), code => sub {
+    quota_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+    quota_metric a;
+    quota_plan p { limit a 70; }
+    quota_default_plan p;
+_EOC_
+        my ($port) = @_;
+        @codes = http_concurrent($port, 100,
+            "POST /a HTTP/1.1\r\nHost: x\r\nX-T: m\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 20);
+        push @codes, http_request($port, 'GET', '/unmetered', { 'X-T' => 'm' })->{status};
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+
+    my %n;
+    $n{$_}++ for @codes;
+    is($n{200}, 71, '70 admitted and one unmetered request');
+    is(metric($text, 'quota_decisions_total{status="ALLOWED"}'), 70,
+       'metrics: ALLOWED equals the admitted requests, across 2 workers');
+    is(metric($text, 'quota_decisions_total{status="REJECTED_QUOTA"}'), 30, 'metrics: REJECTED_QUOTA');
+    is(metric($text, 'quota_decisions_total{status="UNMETERED"}'), 1, 'metrics: UNMETERED');
+    is(metric($text, 'quota_redis_latency_seconds_count'), 100, 'latency histogram: one observation per round trip');
+    is(metric($text, 'quota_redis_latency_seconds_bucket{le="+Inf"}'), 100, 'latency histogram: +Inf bucket');
+    like($text, qr/^quota_redis_latency_seconds_bucket\{le="0\.000100"\} \d+$/m, 'latency histogram: buckets in seconds');
+    like($text, qr/^quota_redis_latency_seconds_sum \d+\.\d{6}$/m, 'latency histogram: sum');
+    is(metric($text, 'quota_redis_inflight'), 0, 'in-flight gauge back to 0');
+    like($text, qr/^# TYPE quota_decisions_total counter$/m, 'TYPE lines');
+    like($text, qr/^# TYPE quota_redis_latency_seconds histogram$/m, 'histogram TYPE');
+    is(metric($text, 'quota_redis_errors_total{kind="timeout"}'), 0, 'no errors');
+}
+
+# 2. a Redis outage shows up in the error counters
+{
+    my ($text, $r);
+    my $dead = free_port();
+    nginx_run(no_root_location => 1, http_config => <<"_EOC_", config => server(), code => sub {
+    quota_redis 127.0.0.1:$dead timeout=100ms;
+    quota_metric a;
+_EOC_
+        my ($port) = @_;
+        $r = http_request($port, 'POST', '/a', { 'X-T' => 'm' }, '');
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+
+    is($r->{status}, 200, 'outage: failure mode open');
+    ok(metric($text, 'quota_redis_errors_total{kind="connect"}') >= 1, 'outage: connect errors counted');
+    ok(metric($text, 'quota_redis_errors_total{kind="unavailable"}') >= 1, 'outage: requests without a connection counted');
+    is(metric($text, 'quota_decisions_total{status="FAIL_OPEN"}'), 1, 'outage: FAIL_OPEN decision');
+}
+
+done_testing();
