@@ -14,26 +14,27 @@
  *           account's billing anchor, which only the script knows; they all
  *           carry the tenant's hash tag, so they live in KEYS[1]'s slot.
  *
- * ARGV  1   "P{T}:"                  14  "YYYY-MM" of the next month
- *       2   mode: 0 charge,          15  today, "YYYY-MM-DD"
- *           1 peek (bypass),         16  end of today, epoch s
- *           2 report, 3 report+daily 17  default plan (1-based, 0: none)
- *       3   now, epoch ms (gateway)  18  1st of the month before the
- *       4   quota_require_account        previous one, s
- *       5   in-flight slot id or ""  19  its length in days
- *       6   previous month's 1st, s  20  its "YYYY-MM"
- *       7   current month's 1st, s   21  warning threshold, percent
- *       8   next month's 1st, s      22  events: 0 none, 1 alerts, 2 all
- *       9   days, previous month     23  tenant id (for events)
- *      10   days, current month      24  events channel, "Pevents"
- *      11   days, next month         25  now, ISO 8601
- *      12   "YYYY-MM", previous      26  tomorrow, "YYYY-MM-DD"
- *      13   "YYYY-MM", current       27  k, the number of charged metrics
+ * ARGV  1   "P{T}:"                   9   "YYYY-MM" of the next month
+ *       2   mode: 0 charge, 1 peek   10  today, "YYYY-MM-DD"
+ *           (bypass), 2 report,      11  default plan (1-based, 0: none)
+ *           3 report with daily      12  warning threshold, percent
+ *       3   now, epoch ms (gateway)  13  events: 0 none, 1 alerts, 2 all
+ *       4   quota_require_account    14  the rest of the calendar, read
+ *       5   in-flight slot id or ""      only for an anchor other than 1
+ *       6   current month's 1st, s       or a period change (see below)
+ *       7   next month's 1st, s      15  "TENANT\nCHANNEL\nNOW\nTOMORROW",
+ *       8   "YYYY-MM" of this month      read only to write an alert/event
+ *                                    16  k, the number of charged metrics
  *   then k x: METRIC, COST, "m"|"d" (its period)
  *   then the plan table (built per rule at configuration time): the number
- *   of plans, and per plan: NAME, GRACE%, RATE, RATE_MS, BURST,
- *   CONCURRENCY, LEASE_MS, then k x: LIMIT (-1: none), PER_SEAT 0|1,
- *   PRICE (micro-USD, -1: no overage)
+ *   of plans, and per plan: NAME, "GRACE RATE RATE_MS BURST CONCURRENCY
+ *   LEASE_MS", then k x "LIMIT PER_SEAT PRICE" (LIMIT -1: none, PRICE in
+ *   micro-USD, -1: no overage)
+ *
+ * ARGV[14] = "PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS BEFORE_1ST
+ * BEFORE_DAYS BEFORE_YM TODAY_END" (BEFORE: the month before the previous
+ * one).  Redis' cost per request is mostly Lua turning ARGV into strings and
+ * numbers, so what is rarely used travels packed and is parsed on demand.
  *
  * Reply: { code, index, plan, period_start, period_end, retry_after_ms,
  *          slot_taken, used_1, limit_1, ..., used_k, limit_k }
@@ -51,7 +52,7 @@
  *
  * Alerts go to the capped stream P{T}:alerts; the hash
  * P{T}:alerted:START remembers which fired this period.  Events are
- * published on ARGV[24] as JSON.
+ * published on the channel named in ARGV[15] as JSON.
  */
 
 
@@ -68,9 +69,9 @@ static const char  ngx_http_quota_charge_text[] =
 "local now_ms = tonumber(ARGV[3])\n"
 "local now = math.floor(now_ms / 1000)\n"
 "local keep = " NGX_HTTP_QUOTA_KEEP "\n"
-"local k = tonumber(ARGV[27])\n"
+"local k = tonumber(ARGV[16])\n"
 "local names, costs, argcost, daily = {}, {}, {}, {}\n"
-"local pos = 28\n"
+"local pos = 17\n"
 "for i = 1, k do\n"
 "  names[i] = ARGV[pos]\n"
 "  argcost[i] = ARGV[pos + 1]\n"
@@ -106,7 +107,7 @@ static const char  ngx_http_quota_charge_text[] =
 "if a[7] and at and now >= at then plan_name = a[7] end\n"
 "local np = tonumber(ARGV[pos])\n"
 "pos = pos + 1\n"
-"local per = 7 + 3 * k\n"
+"local per = 2 + k\n"
 "local p_at\n"
 "for j = 1, np do\n"
 "  if ARGV[pos + (j - 1) * per] == plan_name then\n"
@@ -115,18 +116,16 @@ static const char  ngx_http_quota_charge_text[] =
 "    break\n"
 "  end\n"
 "end\n"
-"if not p_at and tonumber(ARGV[17]) > 0 then\n"
-"  p_idx = tonumber(ARGV[17])\n"
+"if not p_at and tonumber(ARGV[11]) > 0 then\n"
+"  p_idx = tonumber(ARGV[11])\n"
 "  p_at = pos + (p_idx - 1) * per\n"
 "end\n"
 "local grace, rate, rate_ms, burst, conc, lease = 0, 0, 0, 0, 0, 0\n"
 "if p_at then\n"
-"  grace = tonumber(ARGV[p_at + 1])\n"
-"  rate = tonumber(ARGV[p_at + 2])\n"
-"  rate_ms = tonumber(ARGV[p_at + 3])\n"
-"  burst = tonumber(ARGV[p_at + 4])\n"
-"  conc = tonumber(ARGV[p_at + 5])\n"
-"  lease = tonumber(ARGV[p_at + 6])\n"
+"  local g, r, rm, b, c, l = string.match(ARGV[p_at + 1],\n"
+"    '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')\n"
+"  grace, rate, rate_ms = tonumber(g), tonumber(r), tonumber(rm)\n"
+"  burst, conc, lease = tonumber(b), tonumber(c), tonumber(l)\n"
 "end\n"
 
 /* the billing month of the account's anchor (quota_period_from_calendar);
@@ -139,30 +138,40 @@ static const char  ngx_http_quota_charge_text[] =
 "  return tonumber(first) + (d - 1) * 86400,\n"
 "         ym .. '-' .. string.format('%02d', d)\n"
 "end\n"
+"local cal\n"
+"local function calendar()\n"
+"  if not cal then\n"
+"    cal = {}\n"
+"    for w in string.gmatch(ARGV[14], '%S+') do cal[#cal + 1] = w end\n"
+"  end\n"
+"  return cal\n"
+"end\n"
 "local start, end_date, in_here\n"
 "if anchor == 1 then\n"
-"  pstart, pend = tonumber(ARGV[7]), tonumber(ARGV[8])\n"
-"  start, end_date, in_here = ARGV[13] .. '-01', ARGV[14] .. '-01', true\n"
+"  pstart, pend = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+"  start, end_date, in_here = ARGV[8] .. '-01', ARGV[9] .. '-01', true\n"
 "else\n"
-"  local here, here_date = clamped(ARGV[7], ARGV[10], ARGV[13])\n"
+"  local c = calendar()\n"
+"  local here, here_date = clamped(ARGV[6], c[4], ARGV[8])\n"
 "  in_here = now >= here\n"
 "  if in_here then\n"
 "    pstart, start = here, here_date\n"
-"    pend, end_date = clamped(ARGV[8], ARGV[11], ARGV[14])\n"
+"    pend, end_date = clamped(ARGV[7], c[5], ARGV[9])\n"
 "  else\n"
-"    pstart, start = clamped(ARGV[6], ARGV[9], ARGV[12])\n"
+"    pstart, start = clamped(c[1], c[2], c[3])\n"
 "    pend, end_date = here, here_date\n"
 "  end\n"
 "end\n"
 /* the start of the period before this one, for quota_reset only */
 "local function previous_start()\n"
 "  local _, p\n"
-"  if in_here then _, p = clamped(ARGV[6], ARGV[9], ARGV[12])\n"
-"  else _, p = clamped(ARGV[18], ARGV[19], ARGV[20]) end\n"
+"  local c = calendar()\n"
+"  if in_here then _, p = clamped(c[1], c[2], c[3])\n"
+"  else _, p = clamped(c[6], c[7], c[8]) end\n"
 "  return p\n"
 "end\n"
 "local usage_key = base .. 'usage:' .. start\n"
-"local day_key = base .. 'usage:' .. ARGV[15]\n"
+"local day_key = base .. 'usage:' .. ARGV[10]\n"
 "local daily_key = base .. 'daily:' .. start\n"
 "local ttl = pend - now + keep\n"
 
@@ -179,10 +188,11 @@ static const char  ngx_http_quota_charge_text[] =
 "  local lim = -1\n"
 "  price[i] = -1\n"
 "  if p_at then\n"
-"    local o = p_at + 7 + (i - 1) * 3\n"
-"    lim = tonumber(ARGV[o])\n"
-"    if lim >= 0 and ARGV[o + 1] == '1' then lim = lim * seats end\n"
-"    price[i] = tonumber(ARGV[o + 2])\n"
+"    local l, seat, pr = string.match(ARGV[p_at + 1 + i],\n"
+"                                     '^(%-?%d+) (%d) (%-?%d+)$')\n"
+"    lim = tonumber(l)\n"
+"    if lim >= 0 and seat == '1' then lim = lim * seats end\n"
+"    price[i] = tonumber(pr)\n"
 "  end\n"
 "  if custom and custom >= 0 then lim = math.floor(custom) end\n"
 "  limits[i] = lim\n"
@@ -213,11 +223,19 @@ static const char  ngx_http_quota_charge_text[] =
 "end\n"
 
 /* alerts and events */
-"local events = tonumber(ARGV[22])\n"
+"local events = tonumber(ARGV[13])\n"
+"local evinfo\n"
+"local function info()\n"
+"  if not evinfo then\n"
+"    local t, ch, n, tm = string.match(ARGV[15], '^(.-)\\n(.-)\\n(.-)\\n(.*)$')\n"
+"    evinfo = {tenant = t, channel = ch, now = n, tomorrow = tm}\n"
+"  end\n"
+"  return evinfo\n"
+"end\n"
 "local function event(kind, alert_type, i)\n"
 "  local l = limits[i]\n"
-"  local e = {type = kind, tenant_id = ARGV[23], metric = names[i] or '',\n"
-"             used = used[i] or 0, timestamp = ARGV[25],\n"
+"  local e = {type = kind, tenant_id = info().tenant, metric = names[i] or '',\n"
+"             used = used[i] or 0, timestamp = info().now,\n"
 "             limit = cjson.null, remaining = cjson.null,\n"
 "             percent = cjson.null}\n"
 "  if alert_type then e.alert_type = alert_type end\n"
@@ -228,22 +246,22 @@ static const char  ngx_http_quota_charge_text[] =
 "    elseif used[i] > 0 then e.percent = 100 else e.percent = 0 end\n"
 "  end\n"
 "  if i and daily[i] then\n"
-"    e.quota_reset_date = ARGV[26] .. 'T00:00:00Z'\n"
+"    e.quota_reset_date = info().tomorrow .. 'T00:00:00Z'\n"
 "  else\n"
 "    e.quota_reset_date = end_date .. 'T00:00:00Z'\n"
 "  end\n"
-"  redis.call('PUBLISH', ARGV[24], cjson.encode(e))\n"
+"  redis.call('PUBLISH', info().channel, cjson.encode(e))\n"
 "end\n"
 "local mark_key = base .. 'alerted:' .. start\n"
 "local function alert(kind, i)\n"
 "  local field = kind .. ':' .. (names[i] or '')\n"
-"  if i and daily[i] then field = field .. ':' .. ARGV[15] end\n"
+"  if i and daily[i] then field = field .. ':' .. ARGV[10] end\n"
 "  if redis.call('HSETNX', mark_key, field, 1) == 0 then return end\n"
 "  redis.call('EXPIRE', mark_key, ttl)\n"
 "  redis.call('XADD', base .. 'alerts', 'MAXLEN', '~', 1000, '*',\n"
 "             'type', kind, 'metric', names[i] or '',\n"
 "             'used', used[i] or 0, 'limit', limits[i] or -1,\n"
-"             'at', ARGV[25])\n"
+"             'at', info().now)\n"
 "  if events > 0 then event('alert', kind, i) end\n"
 "end\n"
 
@@ -280,7 +298,10 @@ static const char  ngx_http_quota_charge_text[] =
 "        over[i] = math.max(0, used[i] + costs[i] - limits[i]) - before\n"
 "        add_cost = add_cost + over[i] * price[i]\n"
 "      elseif used[i] + costs[i] > enforce[i] then\n"
-"        alert('quota_exceeded', i)\n"
+/* usage that reached the limit has fired it already: no write per refusal */
+"        if used[i] < limits[i] or limits[i] == 0 then\n"
+"          alert('quota_exceeded', i)\n"
+"        end\n"
 "        return finish(2, i, 0)\n"
 "      end\n"
 "    end\n"
@@ -307,17 +328,21 @@ static const char  ngx_http_quota_charge_text[] =
 "  redis.call('PEXPIRE', ckey, lease + 1000)\n"
 "end\n"
 "local charged = false\n"
-"local threshold = tonumber(ARGV[21])\n"
+"local threshold = tonumber(ARGV[12])\n"
 "for i = 1, k do\n"
 "  if costs[i] > 0 then\n"
 "    charged = true\n"
 "    local key = daily[i] and day_key or usage_key\n"
 "    used[i] = redis.call('HINCRBY', key, names[i], argcost[i])\n"
-"    if daily[i] then\n"
-"      redis.call('EXPIRE', key, tonumber(ARGV[16]) - now + keep)\n"
+/* a key gets its TTL when a charge creates its field, not on every charge */
+"    if used[i] == costs[i] then\n"
+"      redis.call('EXPIRE', key,\n"
+"                 daily[i] and tonumber(calendar()[9]) - now + keep or ttl)\n"
 "    end\n"
-"    redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[15],\n"
-"               argcost[i])\n"
+"    if redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[10],\n"
+"                  argcost[i]) == costs[i] then\n"
+"      redis.call('EXPIRE', daily_key, ttl)\n"
+"    end\n"
 "    if over[i] > 0 then\n"
 "      redis.call('HINCRBY', usage_key, names[i] .. ':overage', over[i])\n"
 "    end\n"
@@ -327,23 +352,27 @@ static const char  ngx_http_quota_charge_text[] =
 "    then\n"
 "      alert('quota_reset', i)\n"
 "    end\n"
+/* alerts fire when a charge crosses a line, so a tenant past it costs no
+   extra write per request */
+"    local before = used[i] - costs[i]\n"
 "    if limits[i] >= 0 then\n"
-"      if used[i] * 100 >= limits[i] * threshold then\n"
+"      local line = limits[i] * threshold\n"
+"      if used[i] * 100 >= line and before * 100 < line then\n"
 "        alert('approaching_limit', i)\n"
 "      end\n"
-"      if used[i] >= limits[i] then alert('quota_exceeded', i) end\n"
-"      if over[i] > 0 then alert('overage_started', i) end\n"
+"      if used[i] >= limits[i] and before < limits[i] then\n"
+"        alert('quota_exceeded', i)\n"
+"      end\n"
+"      if over[i] > 0 and before <= limits[i] then\n"
+"        alert('overage_started', i)\n"
+"      end\n"
 "    end\n"
 "  end\n"
 "end\n"
 "if add_cost > 0 then\n"
 "  redis.call('HINCRBY', usage_key, 'overage_cost', add_cost)\n"
 "end\n"
-"if charged then\n"
-"  redis.call('EXPIRE', usage_key, ttl)\n"
-"  redis.call('EXPIRE', daily_key, ttl)\n"
-"  if events == 2 then event('usage_update', nil, 1) end\n"
-"end\n"
+"if charged and events == 2 then event('usage_update', nil, 1) end\n"
 "return finish(1, 0, 0)\n";
 
 

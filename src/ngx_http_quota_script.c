@@ -16,7 +16,7 @@
 #include <ngx_sha1.h>
 
 
-#define NGX_HTTP_QUOTA_HEAD_ARGS   27    /* ARGV 1-27 of the charge script */
+#define NGX_HTTP_QUOTA_HEAD_ARGS   16    /* ARGV 1-16 of the charge script */
 
 
 static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
@@ -87,21 +87,24 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 }
 
 
-/* "number of plans", then per plan its settings and the rule's metrics */
+/*
+ * "number of plans", then per plan: NAME, "GRACE RATE RATE_MS BURST
+ * CONCURRENCY LEASE_MS", and per charged metric "LIMIT PER_SEAT PRICE"
+ */
 static ngx_int_t
 ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_rule_t *rule, ngx_http_quota_plan_table_t *table)
 {
-    int64_t                        limit, per_seat, price;
+    int64_t                        limit, price;
     ngx_str_t                     *arg;
-    ngx_uint_t                     i, j, m, k;
+    ngx_uint_t                     i, j, m, k, per_seat;
     ngx_http_quota_plan_t         *plan;
     ngx_http_quota_plan_metric_t  *pm;
 
     k = rule ? rule->ncharges : 0;
     plan = qmcf->plans.elts;
 
-    table->nargs = 1 + qmcf->plans.nelts * (7 + 3 * k);
+    table->nargs = 1 + qmcf->plans.nelts * (2 + k);
     table->args = ngx_palloc(cf->pool, table->nargs * sizeof(ngx_str_t));
     if (table->args == NULL) {
         return NGX_ERROR;
@@ -116,17 +119,17 @@ ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
     for (j = 0; j < qmcf->plans.nelts; j++) {
         *arg++ = plan[j].name;
 
-        if (ngx_http_quota_table_num(cf, arg++, plan[j].grace) != NGX_OK
-            || ngx_http_quota_table_num(cf, arg++, plan[j].rate) != NGX_OK
-            || ngx_http_quota_table_num(cf, arg++, plan[j].rate_period)
-               != NGX_OK
-            || ngx_http_quota_table_num(cf, arg++, plan[j].burst) != NGX_OK
-            || ngx_http_quota_table_num(cf, arg++, plan[j].concurrency)
-               != NGX_OK
-            || ngx_http_quota_table_num(cf, arg++, plan[j].lease) != NGX_OK)
-        {
+        arg->data = ngx_pnalloc(cf->pool, 6 * NGX_INT_T_LEN);
+        if (arg->data == NULL) {
             return NGX_ERROR;
         }
+
+        arg->len = ngx_sprintf(arg->data, "%ui %ui %M %ui %ui %M",
+                               plan[j].grace, plan[j].rate,
+                               plan[j].rate_period, plan[j].burst,
+                               plan[j].concurrency, plan[j].lease)
+                   - arg->data;
+        arg++;
 
         for (i = 0; i < k; i++) {
             limit = NGX_HTTP_QUOTA_UNLIMITED;
@@ -138,18 +141,21 @@ ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
             for (m = 0; m < plan[j].metrics.nelts; m++) {
                 if (pm[m].metric == rule->charges[i].metric) {
                     limit = pm[m].limit;
-                    per_seat = pm[m].per_seat;
+                    per_seat = pm[m].per_seat ? 1 : 0;
                     price = pm[m].price;
                     break;
                 }
             }
 
-            if (ngx_http_quota_table_num(cf, arg++, limit) != NGX_OK
-                || ngx_http_quota_table_num(cf, arg++, per_seat) != NGX_OK
-                || ngx_http_quota_table_num(cf, arg++, price) != NGX_OK)
-            {
+            arg->data = ngx_pnalloc(cf->pool, 3 * NGX_INT64_LEN);
+            if (arg->data == NULL) {
                 return NGX_ERROR;
             }
+
+            arg->len = ngx_sprintf(arg->data, "%L %ui %L", limit, per_seat,
+                                   price)
+                       - arg->data;
+            arg++;
         }
     }
 
@@ -213,8 +219,9 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
 
     /* every number and date of the request in one buffer */
-    p = ngx_pnalloc(r->pool, (24 + k) * NGX_INT64_LEN + 6 * QUOTA_DATE_LEN
-                             + QUOTA_ISO8601_LEN);
+    p = ngx_pnalloc(r->pool, (24 + k) * NGX_INT64_LEN + 8 * QUOTA_DATE_LEN
+                             + QUOTA_ISO8601_LEN + ctx->tenant.len
+                             + qmcf->events_channel.len + 8);
 
     if (argv == NULL || argvlen == NULL || p == NULL) {
         return NGX_ERROR;
@@ -274,13 +281,8 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
                                          : (u_char *) "",
                        ctx->slot_id.len);
 
-    for (i = 0; i < 3; i++) {
-        ngx_http_quota_arg_num(cal.month_start[i]);
-    }
-
-    for (i = 0; i < 3; i++) {
-        ngx_http_quota_arg_num(cal.days[i]);
-    }
+    ngx_http_quota_arg_num(cal.month_start[1]);             /* 6 */
+    ngx_http_quota_arg_num(cal.month_start[2]);             /* 7 */
 
     dates = p;
     quota_format_date(cal.month_start[0], (char *) p);
@@ -289,28 +291,37 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     quota_format_date(today.start, (char *) p + 3 * QUOTA_DATE_LEN);
     quota_format_date(before.month_start[1], (char *) p + 4 * QUOTA_DATE_LEN);
     quota_format_date(today.end, (char *) p + 5 * QUOTA_DATE_LEN);
-    quota_format_iso8601(tp->sec, (char *) p + 6 * QUOTA_DATE_LEN);
-    p += 6 * QUOTA_DATE_LEN + QUOTA_ISO8601_LEN;
+    p += 6 * QUOTA_DATE_LEN;
 
-    ngx_http_quota_arg(dates, 7);                           /* 12 "YYYY-MM" */
-    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);          /* 13 */
-    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, 7);      /* 14 */
-    ngx_http_quota_arg(dates + 3 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
-    ngx_http_quota_arg_num(today.end);                      /* 16 */
-    ngx_http_quota_arg_num(qmcf->default_plan + 1);         /* 17 */
-    ngx_http_quota_arg_num(before.month_start[1]);          /* 18 */
-    ngx_http_quota_arg_num(before.days[1]);                 /* 19 */
-    ngx_http_quota_arg(dates + 4 * QUOTA_DATE_LEN, 7);      /* 20 */
-    ngx_http_quota_arg_num(qlcf->warning_threshold);        /* 21 */
-    ngx_http_quota_arg_num(qmcf->events);                   /* 22 */
-    ngx_http_quota_arg(ctx->tenant.data, ctx->tenant.len);  /* 23 */
-    ngx_http_quota_arg(qmcf->events_channel.data,          /* 24 */
-                       qmcf->events_channel.len);
-    ngx_http_quota_arg(dates + 6 * QUOTA_DATE_LEN,          /* 25 */
-                       QUOTA_ISO8601_LEN);
-    ngx_http_quota_arg(dates + 5 * QUOTA_DATE_LEN,          /* 26 */
+    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);          /* 8 "YYYY-MM" */
+    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, 7);      /* 9 */
+    ngx_http_quota_arg(dates + 3 * QUOTA_DATE_LEN,          /* 10 */
                        QUOTA_DATE_LEN);
-    ngx_http_quota_arg_num(k);                              /* 27 */
+    ngx_http_quota_arg_num(qmcf->default_plan + 1);         /* 11 */
+    ngx_http_quota_arg_num(qlcf->warning_threshold);        /* 12 */
+    ngx_http_quota_arg_num(qmcf->events);                   /* 13 */
+
+    /* 14: the rest of the calendar, parsed by the script only if needed */
+    argv[argc] = (const char *) p;
+    p = ngx_sprintf(p, "%L %d %*s %d %d %L %d %*s %L",
+                    cal.month_start[0], cal.days[0], (size_t) 7, dates,
+                    cal.days[1], cal.days[2], before.month_start[1],
+                    before.days[1], (size_t) 7, dates + 4 * QUOTA_DATE_LEN,
+                    today.end);
+    argvlen[argc] = p - (u_char *) argv[argc];
+    argc++;
+
+    /* 15: what only an alert or an event needs */
+    argv[argc] = (const char *) p;
+    p = ngx_sprintf(p, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
+    quota_format_iso8601(tp->sec, (char *) p);
+    p += QUOTA_ISO8601_LEN;
+    *p++ = '\n';
+    p = ngx_cpymem(p, dates + 5 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
+    argvlen[argc] = p - (u_char *) argv[argc];
+    argc++;
+
+    ngx_http_quota_arg_num(k);                              /* 16 */
 
     for (i = 0; i < k; i++) {
         ngx_http_quota_arg(metrics[rule->charges[i].metric].name.data,
