@@ -228,24 +228,24 @@ static ngx_command_t  ngx_http_quota_commands[] = {
 
     { ngx_string("quota_usage"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_quota_usage_directive,
+      ngx_http_quota_endpoint_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      NULL },
+      ngx_http_quota_usage_handler },
 
     { ngx_string("quota_alerts"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_quota_alerts_directive,
+      ngx_http_quota_endpoint_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      NULL },
+      ngx_http_quota_alerts_handler },
 
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_quota_metrics_directive,
+      ngx_http_quota_endpoint_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
-      NULL },
+      ngx_http_quota_metrics_handler },
 
       ngx_null_command
 };

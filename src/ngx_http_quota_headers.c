@@ -29,8 +29,6 @@ static ngx_int_t ngx_http_quota_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_int_t ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
-static ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
-    ngx_str_t *name);
 static ngx_int_t ngx_http_quota_header_num(ngx_http_request_t *r,
     ngx_str_t *name, int64_t n);
 
@@ -312,7 +310,8 @@ ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
 }
 
 
-static ngx_table_elt_t *
+/* a response header; the value is the caller's to set */
+ngx_table_elt_t *
 ngx_http_quota_push_header(ngx_http_request_t *r, ngx_str_t *name)
 {
     ngx_table_elt_t  *h;

@@ -76,7 +76,7 @@ ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     time_t                       retry;
     yajl_gen                     g;
     ngx_str_t                   *name;
-    ngx_uint_t                   i, daily;
+    ngx_uint_t                   i, daily, exceeded;
     quota_period_t               period;
     yajl_gen_status              s;
     ngx_http_quota_metric_t     *m;
@@ -98,36 +98,32 @@ ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     s |= yajl_gen_string(g, (const unsigned char *) error, ngx_strlen(error));
     s |= ngx_http_quota_yajl_literal(g, "message");
 
-    if (ngx_strcmp(error, "QUOTA_EXCEEDED") == 0 && name) {
-        daily = (m[ctx->rule->charges[i].metric].period
-                 == NGX_HTTP_QUOTA_PERIOD_DAY);
+    exceeded = (ngx_strcmp(error, "QUOTA_EXCEEDED") == 0 && name);
 
-        /* the refused metric may not be the first one: its own period */
-        period = ngx_http_quota_metric_period(r, ctx, i);
-        quota_format_iso8601(period.end, (char *) reset);
+    if (exceeded || ngx_strcmp(error, "SPENDING_CAP_REACHED") == 0) {
 
-        p = ngx_snprintf(message, sizeof(message),
-                         "%s %V quota exhausted. Quota resets on %*s.",
-                         daily ? "Daily" : "Monthly", name,
-                         (size_t) QUOTA_DATE_LEN, reset);
+        if (exceeded) {
+            daily = (m[ctx->rule->charges[i].metric].period
+                     == NGX_HTTP_QUOTA_PERIOD_DAY);
 
-        s |= yajl_gen_string(g, message, p - message);
-        s |= ngx_http_quota_yajl_literal(g, "metric");
-        s |= yajl_gen_string(g, name->data, name->len);
-        s |= ngx_http_quota_yajl_literal(g, "current_usage");
-        s |= yajl_gen_integer(g, ctx->used[i]);
-        s |= ngx_http_quota_yajl_literal(g, "quota_limit");
-        s |= yajl_gen_integer(g, ctx->limit[i]);
-        s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
-        s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
+            /* the refused metric may not be the first one: its own period */
+            period = ngx_http_quota_metric_period(r, ctx, i);
+            quota_format_iso8601(period.end, (char *) reset);
 
-    } else if (ngx_strcmp(error, "SPENDING_CAP_REACHED") == 0) {
-        quota_format_iso8601(ctx->billing.end, (char *) reset);
+            p = ngx_snprintf(message, sizeof(message),
+                             "%s %V quota exhausted. Quota resets on %*s.",
+                             daily ? "Daily" : "Monthly", name,
+                             (size_t) QUOTA_DATE_LEN, reset);
 
-        p = ngx_snprintf(message, sizeof(message),
-                         "Spending cap reached for this billing period. "
-                         "Quota resets on %*s.",
-                         (size_t) QUOTA_DATE_LEN, reset);
+        } else {
+            /* the cap is the account's: its billing period */
+            quota_format_iso8601(ctx->billing.end, (char *) reset);
+
+            p = ngx_snprintf(message, sizeof(message),
+                             "Spending cap reached for this billing period. "
+                             "Quota resets on %*s.",
+                             (size_t) QUOTA_DATE_LEN, reset);
+        }
 
         s |= yajl_gen_string(g, message, p - message);
 
@@ -335,21 +331,17 @@ ngx_http_quota_retry_after(ngx_http_request_t *r, time_t seconds)
     u_char           *p;
     ngx_table_elt_t  *h;
 
+    static ngx_str_t  name = ngx_string("Retry-After");
+
     p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-    h = ngx_list_push(&r->headers_out.headers);
+    h = ngx_http_quota_push_header(r, &name);
 
     if (p == NULL || h == NULL) {
         return NGX_ERROR;
     }
 
-    h->hash = 1;
-    ngx_str_set(&h->key, "Retry-After");
     h->value.data = p;
     h->value.len = ngx_sprintf(p, "%T", seconds) - p;
-    h->lowcase_key = NULL;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
 
     return NGX_OK;
 }

@@ -30,7 +30,6 @@ static const char  *ngx_http_quota_error_kinds[NGX_HTTP_QUOTA_ERR_COUNT] = {
 
 static ngx_int_t ngx_http_quota_stats_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-static ngx_int_t ngx_http_quota_metrics_handler(ngx_http_request_t *r);
 
 
 ngx_int_t
@@ -118,23 +117,7 @@ ngx_http_quota_stats_latency(ngx_http_quota_stats_t *stats, uint64_t us)
 }
 
 
-char *
-ngx_http_quota_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    ngx_http_quota_loc_conf_t *qlcf = conf;
-
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_quota_metrics_handler;
-    qlcf->endpoint = 1;
-
-    return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
+ngx_int_t
 ngx_http_quota_metrics_handler(ngx_http_request_t *r)
 {
     u_char                      *p;

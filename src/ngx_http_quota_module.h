@@ -413,10 +413,10 @@ ngx_int_t ngx_http_quota_gen_body(ngx_http_request_t *r, void *g,
 size_t ngx_http_quota_format_usd(u_char *buf, int64_t micro);
 
 /* ngx_http_quota_usage.c */
-char *ngx_http_quota_usage_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+char *ngx_http_quota_endpoint_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-char *ngx_http_quota_alerts_directive(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+ngx_int_t ngx_http_quota_usage_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_quota_alerts_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_quota_report_rule(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
 
@@ -430,6 +430,8 @@ typedef struct {
     quota_period_t               period;
 } ngx_http_quota_numbers_t;
 
+ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
+    ngx_str_t *name);
 ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_numbers_t *n);
 quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,
@@ -440,8 +442,7 @@ ngx_int_t ngx_http_quota_stats_zone(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
 uint64_t ngx_http_quota_now_us(void);
 void ngx_http_quota_stats_latency(ngx_http_quota_stats_t *stats, uint64_t us);
-char *ngx_http_quota_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+ngx_int_t ngx_http_quota_metrics_handler(ngx_http_request_t *r);
 
 /* ngx_http_quota_variables.c */
 ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);

@@ -35,10 +35,11 @@ typedef struct {
 } ngx_http_quota_day_t;
 
 
-static ngx_int_t ngx_http_quota_usage_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_quota_alerts_handler(ngx_http_request_t *r);
+
 static ngx_int_t ngx_http_quota_endpoint_start(ngx_http_request_t *r,
     ngx_http_quota_ctx_t **ctxp);
+static ngx_int_t ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t sent);
 static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static ngx_int_t ngx_http_quota_usage_daily(ngx_http_request_t *r,
@@ -54,23 +55,12 @@ static ngx_uint_t ngx_http_quota_arg_uint(ngx_http_request_t *r,
     const char *name, size_t len, ngx_uint_t dflt);
 
 
+/*
+ * quota_usage, quota_alerts, quota_metrics: the content handler comes in
+ * cmd->post; the location itself is never metered.
+ */
 char *
-ngx_http_quota_usage_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_quota_loc_conf_t *qlcf = conf;
-
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_quota_usage_handler;
-    qlcf->endpoint = 1;
-
-    return NGX_CONF_OK;
-}
-
-
-char *
-ngx_http_quota_alerts_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+ngx_http_quota_endpoint_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
     ngx_http_quota_loc_conf_t *qlcf = conf;
@@ -78,7 +68,12 @@ ngx_http_quota_alerts_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_quota_alerts_handler;
+
+    if (clcf->handler) {
+        return "is duplicate, or the location has another content handler";
+    }
+
+    clcf->handler = (ngx_http_handler_pt) cmd->post;
     qlcf->endpoint = 1;
 
     return NGX_CONF_OK;
@@ -120,6 +115,8 @@ ngx_http_quota_endpoint_start(ngx_http_request_t *r,
     ngx_str_t                   value, body;
     ngx_table_elt_t            *allow;
     ngx_http_quota_ctx_t       *ctx;
+
+    static ngx_str_t  allow_name = ngx_string("Allow");
     ngx_http_quota_loc_conf_t  *qlcf;
 
     qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
@@ -133,18 +130,12 @@ ngx_http_quota_endpoint_start(ngx_http_request_t *r,
     *ctxp = ctx;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        allow = ngx_list_push(&r->headers_out.headers);
+        allow = ngx_http_quota_push_header(r, &allow_name);
         if (allow == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        allow->hash = 1;
-        allow->lowcase_key = NULL;
-        ngx_str_set(&allow->key, "Allow");
         ngx_str_set(&allow->value, "GET, HEAD");
-#if (nginx_version >= 1023000)
-        allow->next = NULL;
-#endif
 
         rc = NGX_HTTP_NOT_ALLOWED;
         goto answer;
@@ -198,7 +189,7 @@ answer:
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_quota_usage_handler(ngx_http_request_t *r)
 {
     ngx_int_t                    rc;
@@ -230,22 +221,7 @@ ngx_http_quota_usage_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (rc == NGX_DECLINED) {
-        ctx->redis_failed = 1;
-        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
-
-        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
-    }
-
-    ngx_http_quota_suspend(r, ctx);
-
-    return NGX_DONE;
+    return ngx_http_quota_endpoint_wait(r, ctx, rc == NGX_OK);
 }
 
 
@@ -577,7 +553,7 @@ ngx_http_quota_day_cmp(const void *a, const void *b)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_quota_alerts_handler(ngx_http_request_t *r)
 {
     ngx_int_t                    rc;
@@ -616,21 +592,29 @@ ngx_http_quota_alerts_handler(ngx_http_request_t *r)
     ctx->op = ngx_http_quota_redis_send(qmcf, 6, argv, argvlen,
                                         ngx_http_quota_alerts_reply, ctx);
 
-    if (ctx->op == NULL) {
-        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
+    return ngx_http_quota_endpoint_wait(r, ctx, ctx->op != NULL);
+}
 
-        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
 
-        return ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
+/* sent: wait for Redis; not sent (no connection): 503 at once */
+static ngx_int_t
+ngx_http_quota_endpoint_wait(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_uint_t sent)
+{
+    ngx_str_t  body;
+
+    if (sent) {
+        ngx_http_quota_suspend(r, ctx);
+        return NGX_DONE;
     }
 
-    ngx_http_quota_suspend(r, ctx);
+    if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &body)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    return NGX_DONE;
+    return ngx_http_quota_send_json(r, NGX_HTTP_SERVICE_UNAVAILABLE, &body);
 }
 
 
