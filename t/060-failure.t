@@ -224,4 +224,37 @@ my $slack = $valgrind ? 3 : 1;
     stop_redis($rs);
 }
 
+# 5. AUTH and SELECT: password= and db= reach Redis before any charge; a
+#    wrong password is logged and follows quota_failure_mode
+{
+    my $rs = start_redis(args => ['--requirepass', 's3cret']);
+    my $rport = $rs->{port};
+    my ($good, $bad);
+    nginx_run(
+        no_root_location => 1,
+        http_config => "    quota_redis 127.0.0.1:$rport password=s3cret db=3 timeout=2s;\n"
+                       . "    quota_metric api_requests;\n",
+        config => server_config(),
+        code => sub { $good = post($_[0], '/api/x', 'authed') },
+    );
+    is($good->{headers}{'x-status'}, 'ALLOWED', 'password=: charged');
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $rport) or die $!;
+    print $s "*2\r\n\$4\r\nAUTH\r\n\$6\r\ns3cret\r\n*2\r\n\$6\r\nSELECT\r\n\$1\r\n3\r\n"
+           . "*3\r\n\$4\r\nHGET\r\n\$" . length("quota:{authed}:usage:$start")
+           . "\r\nquota:{authed}:usage:$start\r\n\$12\r\napi_requests\r\n";
+    my @lines = map { scalar <$s> } 1 .. 4;
+    is($lines[3], "1\r\n", 'db=3: the usage is in database 3');
+
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => "    quota_redis 127.0.0.1:$rport password=wrong timeout=2s;\n"
+                       . "    quota_metric api_requests;\n",
+        config => server_config(),
+        code => sub { sleep 0.2; $bad = post($_[0], '/closed/x', 'authed') },
+    );
+    is($bad->{status}, 503, 'wrong password: quota_failure_mode closed answers 503');
+    like($log, qr/quota: redis AUTH failed/, 'wrong password: logged');
+    stop_redis($rs);
+}
+
 done_testing();

@@ -186,6 +186,7 @@ sub start_redis {
         }
         my $pong = eval { redis_at($port, 'PING') };
         return $h if defined $pong && $pong eq 'PONG';
+        return $h if $@ =~ /^NOAUTH/;    # up, with --requirepass
         delete $redis_conns{$port};
         sleep 0.01;
     }
