@@ -89,7 +89,7 @@ sub start_consumer {
     if ($pid == 0) {
         POSIX::setpgid(0, 0);
         open STDOUT, '>', $out or POSIX::_exit(1);
-        exec "$FindBin::Bin/../scripts/events", '-p', $ENV{TEST_NGINX_REDIS_PORT}, '--alerts';
+        { exec "$FindBin::Bin/../scripts/events", '-p', $ENV{TEST_NGINX_REDIS_PORT}, '--alerts' }
         POSIX::_exit(127);
     }
     sleep 0.3;
