@@ -179,6 +179,24 @@ typedef struct {
     }
 
 
+/*
+ * The calendar arguments of the charge script depend only on the second:
+ * each worker formats them once a second, not once a request.
+ */
+typedef struct {
+    time_t                       sec;         /* 0: not built yet */
+    ngx_str_t                    cur_start;   /* this month's 1st, epoch s */
+    ngx_str_t                    next_start;
+    ngx_str_t                    ym_cur;      /* "YYYY-MM" */
+    ngx_str_t                    ym_next;
+    ngx_str_t                    today;       /* "YYYY-MM-DD" */
+    ngx_str_t                    calendar;    /* the script's ARGV[14] */
+    ngx_str_t                    now_iso;
+    ngx_str_t                    tomorrow;    /* "YYYY-MM-DD" */
+    u_char                       buf[256];
+} ngx_http_quota_clock_t;
+
+
 typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
 
 
@@ -220,6 +238,8 @@ typedef struct {
 
     /* quota_usage reports every metric: a rule that charges all of them 0 */
     ngx_http_quota_rule_t        report_rule;
+
+    ngx_http_quota_clock_t       clock;       /* per process, see above */
 
     ngx_http_quota_worker_t     *worker;      /* per-process Redis state */
     ngx_http_quota_stats_t      *stats;       /* shared, see _metrics.c */

@@ -24,6 +24,8 @@ static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
     ngx_http_quota_plan_table_t *table);
 static ngx_int_t ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg,
     int64_t n);
+static ngx_http_quota_clock_t *ngx_http_quota_clock(
+    ngx_http_quota_main_conf_t *qmcf, time_t sec);
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
 static u_char *ngx_http_quota_num(ngx_pool_t *pool, int64_t n, size_t *len);
 
@@ -172,17 +174,93 @@ ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg, int64_t n)
 }
 
 
+/* the calendar arguments for "sec", rebuilt when the second changes */
+static ngx_http_quota_clock_t *
+ngx_http_quota_clock(ngx_http_quota_main_conf_t *qmcf, time_t sec)
+{
+    u_char                  *p, *dates;
+    quota_period_t           today;
+    quota_calendar_t         cal, before;
+    ngx_http_quota_clock_t  *c;
+
+    c = &qmcf->clock;
+
+    if (c->sec == sec) {
+        return c;
+    }
+
+    /* "before" holds the month before the previous one in month_start[1] */
+    if (quota_calendar(sec, &cal) != 0
+        || quota_calendar(cal.month_start[0] - 1, &before) != 0
+        || quota_period_day(sec, &today) != 0)
+    {
+        return NULL;
+    }
+
+    p = c->buf;
+
+#define ngx_http_quota_clock_field(f, fmt, ...)                              \
+    c->f.data = p;                                                           \
+    p = ngx_sprintf(p, fmt, __VA_ARGS__);                                    \
+    c->f.len = p - c->f.data
+
+    dates = p;
+    quota_format_date(cal.month_start[0], (char *) p);
+    quota_format_date(cal.month_start[1], (char *) p + QUOTA_DATE_LEN);
+    quota_format_date(cal.month_start[2], (char *) p + 2 * QUOTA_DATE_LEN);
+    quota_format_date(before.month_start[1], (char *) p + 3 * QUOTA_DATE_LEN);
+    p += 4 * QUOTA_DATE_LEN;
+
+    c->ym_cur.data = dates + QUOTA_DATE_LEN;
+    c->ym_cur.len = 7;
+    c->ym_next.data = dates + 2 * QUOTA_DATE_LEN;
+    c->ym_next.len = 7;
+
+    ngx_http_quota_clock_field(cur_start, "%L", cal.month_start[1]);
+    ngx_http_quota_clock_field(next_start, "%L", cal.month_start[2]);
+
+    c->today.data = p;
+    quota_format_date(today.start, (char *) p);
+    p += QUOTA_DATE_LEN;
+    c->today.len = QUOTA_DATE_LEN;
+
+    c->tomorrow.data = p;
+    quota_format_date(today.end, (char *) p);
+    p += QUOTA_DATE_LEN;
+    c->tomorrow.len = QUOTA_DATE_LEN;
+
+    c->now_iso.data = p;
+    quota_format_iso8601(sec, (char *) p);
+    p += QUOTA_ISO8601_LEN;
+    c->now_iso.len = QUOTA_ISO8601_LEN;
+
+    /* PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS BEFORE_1ST BEFORE_DAYS
+       BEFORE_YM TODAY_END */
+    ngx_http_quota_clock_field(calendar, "%L %d %*s %d %d %L %d %*s %L",
+                               cal.month_start[0], cal.days[0], (size_t) 7,
+                               dates, cal.days[1], cal.days[2],
+                               before.month_start[1], before.days[1],
+                               (size_t) 7, dates + 3 * QUOTA_DATE_LEN,
+                               today.end);
+
+#undef ngx_http_quota_clock_field
+
+    c->sec = sec;
+
+    return c;
+}
+
+
 ngx_int_t
 ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
-    u_char                       *p, *dates;
+    u_char                       *p;
     size_t                       *argvlen;
     int64_t                       now_ms;
     ngx_uint_t                    i, k, n, argc;
     ngx_time_t                   *tp;
     const char                  **argv;
-    quota_period_t                today;
-    quota_calendar_t              cal, before;
+    ngx_http_quota_clock_t       *clock;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_rule_t        *rule;
     ngx_http_quota_metric_t      *metrics;
@@ -204,11 +282,8 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     tp = ngx_timeofday();
     now_ms = (int64_t) tp->sec * 1000 + tp->msec;
 
-    /* "before" holds the month before the previous one in month_start[1] */
-    if (quota_calendar(tp->sec, &cal) != 0
-        || quota_calendar(cal.month_start[0] - 1, &before) != 0
-        || quota_period_day(tp->sec, &today) != 0)
-    {
+    clock = ngx_http_quota_clock(qmcf, tp->sec);
+    if (clock == NULL) {
         return NGX_ERROR;
     }
 
@@ -219,7 +294,7 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
 
     /* every number and date of the request in one buffer */
-    p = ngx_pnalloc(r->pool, (24 + k) * NGX_INT64_LEN + 8 * QUOTA_DATE_LEN
+    p = ngx_pnalloc(r->pool, (8 + k) * NGX_INT64_LEN + QUOTA_DATE_LEN
                              + QUOTA_ISO8601_LEN + ctx->tenant.len
                              + qmcf->events_channel.len + 8);
 
@@ -281,43 +356,20 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
                                          : (u_char *) "",
                        ctx->slot_id.len);
 
-    ngx_http_quota_arg_num(cal.month_start[1]);             /* 6 */
-    ngx_http_quota_arg_num(cal.month_start[2]);             /* 7 */
-
-    dates = p;
-    quota_format_date(cal.month_start[0], (char *) p);
-    quota_format_date(cal.month_start[1], (char *) p + QUOTA_DATE_LEN);
-    quota_format_date(cal.month_start[2], (char *) p + 2 * QUOTA_DATE_LEN);
-    quota_format_date(today.start, (char *) p + 3 * QUOTA_DATE_LEN);
-    quota_format_date(before.month_start[1], (char *) p + 4 * QUOTA_DATE_LEN);
-    quota_format_date(today.end, (char *) p + 5 * QUOTA_DATE_LEN);
-    p += 6 * QUOTA_DATE_LEN;
-
-    ngx_http_quota_arg(dates + QUOTA_DATE_LEN, 7);          /* 8 "YYYY-MM" */
-    ngx_http_quota_arg(dates + 2 * QUOTA_DATE_LEN, 7);      /* 9 */
-    ngx_http_quota_arg(dates + 3 * QUOTA_DATE_LEN,          /* 10 */
-                       QUOTA_DATE_LEN);
-    ngx_http_quota_arg_num(qmcf->default_plan + 1);         /* 11 */
-    ngx_http_quota_arg_num(qlcf->warning_threshold);        /* 12 */
-    ngx_http_quota_arg_num(qmcf->events);                   /* 13 */
-
-    /* 14: the rest of the calendar, parsed by the script only if needed */
-    argv[argc] = (const char *) p;
-    p = ngx_sprintf(p, "%L %d %*s %d %d %L %d %*s %L",
-                    cal.month_start[0], cal.days[0], (size_t) 7, dates,
-                    cal.days[1], cal.days[2], before.month_start[1],
-                    before.days[1], (size_t) 7, dates + 4 * QUOTA_DATE_LEN,
-                    today.end);
-    argvlen[argc] = p - (u_char *) argv[argc];
-    argc++;
+    ngx_http_quota_arg(clock->cur_start.data, clock->cur_start.len);  /* 6 */
+    ngx_http_quota_arg(clock->next_start.data, clock->next_start.len);
+    ngx_http_quota_arg(clock->ym_cur.data, clock->ym_cur.len);        /* 8 */
+    ngx_http_quota_arg(clock->ym_next.data, clock->ym_next.len);
+    ngx_http_quota_arg(clock->today.data, clock->today.len);          /* 10 */
+    ngx_http_quota_arg_num(qmcf->default_plan + 1);
+    ngx_http_quota_arg_num(qlcf->warning_threshold);                  /* 12 */
+    ngx_http_quota_arg_num(qmcf->events);
+    ngx_http_quota_arg(clock->calendar.data, clock->calendar.len);    /* 14 */
 
     /* 15: what only an alert or an event needs */
     argv[argc] = (const char *) p;
-    p = ngx_sprintf(p, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
-    quota_format_iso8601(tp->sec, (char *) p);
-    p += QUOTA_ISO8601_LEN;
-    *p++ = '\n';
-    p = ngx_cpymem(p, dates + 5 * QUOTA_DATE_LEN, QUOTA_DATE_LEN);
+    p = ngx_sprintf(p, "%V\n%V\n%V\n%V", &ctx->tenant, &qmcf->events_channel,
+                    &clock->now_iso, &clock->tomorrow);
     argvlen[argc] = p - (u_char *) argv[argc];
     argc++;
 
