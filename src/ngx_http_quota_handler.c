@@ -728,7 +728,7 @@ ngx_http_quota_timeout_handler(ngx_event_t *ev)
      */
 
     if (ctx->op) {
-        ngx_http_quota_redis_detach(ctx->op);
+        ngx_http_quota_redis_timed_out(ctx->op);
         ctx->op = NULL;
     }
 

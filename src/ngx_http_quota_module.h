@@ -397,6 +397,7 @@ ngx_http_quota_op_t *ngx_http_quota_redis_send(
     ngx_http_quota_main_conf_t *qmcf, int argc, const char **argv,
     const size_t *argvlen, ngx_http_quota_reply_pt handler, void *data);
 void ngx_http_quota_redis_detach(ngx_http_quota_op_t *op);
+void ngx_http_quota_redis_timed_out(ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf,
     int argc, const char **argv, const size_t *argvlen);
 

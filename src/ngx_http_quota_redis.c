@@ -35,6 +35,10 @@
 #define NGX_HTTP_QUOTA_BACKOFF_MIN        50      /* ms */
 #define NGX_HTTP_QUOTA_BACKOFF_MAX        1000    /* ms */
 
+/* past this many unanswered commands a connection takes no more: a stalled
+   Redis must not grow hiredis' output buffer without bound */
+#define NGX_HTTP_QUOTA_MAX_PENDING        8192
+
 
 typedef struct {
     ngx_http_quota_worker_t     *worker;
@@ -45,6 +49,8 @@ typedef struct {
     ngx_event_t                  connect_timer;
     ngx_event_t                  reconnect_timer;
     ngx_uint_t                   index;
+    ngx_uint_t                   pending;     /* replies hiredis still owes */
+    ngx_msec_t                   last_reply;  /* when Redis last answered */
 } ngx_http_quota_redis_conn_t;
 
 
@@ -53,6 +59,7 @@ struct ngx_http_quota_op_s {
     ngx_http_quota_reply_pt      handler;     /* NULL once detached */
     void                        *data;
     ngx_http_quota_op_t         *next;        /* free list */
+    ngx_http_quota_redis_conn_t *conn;
     uint64_t                     sent_us;     /* for the latency histogram */
 };
 
@@ -203,7 +210,9 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     for (n = 0; n < w->nconns; n++) {
         i = (w->next + n) % w->nconns;
 
-        if (w->conns[i].state != NGX_HTTP_QUOTA_REDIS_DOWN) {
+        if (w->conns[i].state != NGX_HTTP_QUOTA_REDIS_DOWN
+            && w->conns[i].pending < NGX_HTTP_QUOTA_MAX_PENDING)
+        {
             rc = &w->conns[i];
             w->next = i + 1;
             break;
@@ -230,6 +239,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     op->handler = handler;
     op->data = data;
     op->next = NULL;
+    op->conn = rc;
     op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
 
     if (redisAsyncCommandArgv(rc->ac, ngx_http_quota_redis_reply, op, argc,
@@ -248,6 +258,11 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     ngx_http_quota_count(qmcf, inflight);
+
+    if (rc->pending++ == 0) {
+        /* the silence that counts starts now, not at the last reply */
+        rc->last_reply = ngx_current_msec;
+    }
 
     return op;
 }
@@ -304,6 +319,45 @@ ngx_http_quota_redis_detach(ngx_http_quota_op_t *op)
 }
 
 
+/*
+ * A request gave up waiting.  If its connection has not answered anything
+ * for a whole timeout while commands wait, it is stalled (a peer gone
+ * without a reset, a partition): drop it, so that later requests fail at
+ * once instead of each waiting its timeout, and reconnect.  Nothing is
+ * resent; the requests still waiting on it follow quota_failure_mode.
+ */
+void
+ngx_http_quota_redis_timed_out(ngx_http_quota_op_t *op)
+{
+    redisAsyncContext            *ac;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    rc = op->conn;
+
+    ngx_http_quota_redis_detach(op);
+
+    if (rc->state != NGX_HTTP_QUOTA_REDIS_READY || rc->ac == NULL
+        || rc->pending == 0
+        || ngx_current_msec - rc->last_reply
+           < rc->worker->qmcf->redis_timeout)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
+                  "quota: redis connection #%ui stalled: no reply for %Mms "
+                  "with %ui commands waiting, reconnecting", rc->index,
+                  ngx_current_msec - rc->last_reply, rc->pending);
+
+    ngx_http_quota_count(rc->worker->qmcf,
+                         errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
+
+    /* the waiting callbacks run with a NULL reply, on_disconnect reconnects */
+    ac = rc->ac;
+    redisAsyncFree(ac);
+}
+
+
 static void
 ngx_http_quota_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
@@ -314,6 +368,9 @@ ngx_http_quota_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     ngx_http_quota_main_conf_t   *qmcf;
 
     qmcf = rc->worker->qmcf;
+
+    rc->pending--;
+    rc->last_reply = ngx_current_msec;
 
     if (qmcf->stats) {
         (void) ngx_atomic_fetch_add(&qmcf->stats->inflight, -1);
@@ -500,6 +557,7 @@ ngx_http_quota_redis_handshake_reply(redisAsyncContext *ac, void *r,
 
         rc->state = NGX_HTTP_QUOTA_REDIS_READY;
         rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MIN;
+        rc->last_reply = ngx_current_msec;
 
         ngx_log_error(NGX_LOG_INFO, rc->worker->log, 0,
                       "quota: redis connection #%ui ready", rc->index);

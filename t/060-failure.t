@@ -11,6 +11,7 @@ use Test::More;
 use QuotaTest;
 use QuotaTime;
 use IO::Socket::INET;
+use IO::Select;
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
@@ -255,6 +256,88 @@ my $slack = $valgrind ? 3 : 1;
     is($bad->{status}, 503, 'wrong password: quota_failure_mode closed answers 503');
     like($log, qr/quota: redis AUTH failed/, 'wrong password: logged');
     stop_redis($rs);
+}
+
+# 6. a connection that goes silent (a peer gone without a reset: here a
+#    proxy that stops forwarding) is dropped after one timeout, so later
+#    requests fail at once instead of each waiting; it comes back by itself
+{
+    my $rs = start_redis();
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 16, ReuseAddr => 1) or die $!;
+    my $pport = $l->sockport;
+    my $ppid = fork;
+    die "fork: $!" unless defined $ppid;
+    if ($ppid == 0) {
+        # SIGUSR1 freezes every connection, SIGUSR2 thaws them
+        my $frozen = 0;
+        local $SIG{USR1} = sub { $frozen = 1 };
+        local $SIG{USR2} = sub { $frozen = 0 };
+        alarm 30;
+        my $sel = IO::Select->new($l);
+        my %peer;
+        while (1) {
+            my @ready = $sel->can_read(0.01);
+            for my $h (@ready) {
+                if ($h == $l) {
+                    my $c = $l->accept or next;
+                    my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                                  PeerPort => $rs->{port}) or next;
+                    $peer{$c} = $u; $peer{$u} = $c;
+                    $sel->add($c, $u);
+                    next;
+                }
+                next if $frozen;
+                my $buf;
+                my $n = sysread($h, $buf, 65536);
+                if (!$n) {
+                    my $o = delete $peer{$h};
+                    delete $peer{$o} if $o;
+                    $sel->remove($h); $sel->remove($o) if $o;
+                    close $h; close $o if $o;
+                    next;
+                }
+                syswrite($peer{$h}, $buf) if $peer{$h};
+            }
+        }
+    }
+    close $l;
+
+    my (@during, $first, $back, $elapsed_back);
+    my $log = nginx_run(
+        no_root_location => 1,
+        http_config => "    quota_redis 127.0.0.1:$pport timeout=150ms connect_timeout=300ms;\n"
+                       . "    quota_metric api_requests;\n",
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            $first = post($port, '/api/x', 'silent');
+            kill 'USR1', $ppid;
+            sleep 0.05;
+            push @during, post($port, '/api/x', 'silent') for 1 .. 12;
+            kill 'USR2', $ppid;
+            my $deadline = time + 5;
+            while (time < $deadline) {
+                $back = post($port, '/api/x', 'silent');
+                last if ($back->{headers}{'x-status'} // '') eq 'ALLOWED';
+                sleep 0.05;
+            }
+        },
+    );
+    kill 'KILL', $ppid;
+    waitpid $ppid, 0;
+    stop_redis($rs);
+
+    is($first->{headers}{'x-status'}, 'ALLOWED', 'silent peer: charged before');
+    is(scalar(grep { ($_->{headers}{'x-status'} // '') eq 'FAIL_OPEN' } @during), 12,
+       'silent peer: every request follows the failure mode');
+    my @fast = grep { $_->{elapsed} < 0.1 } @during;
+    ok(@fast >= 3, 'silent peer: once the connection is dropped, requests no longer wait ('
+                   . scalar(@fast) . ' of 12 answered at once)')
+        or diag join ' ', map { sprintf '%.3f', $_->{elapsed} } @during;
+    like($log, qr/quota: redis connection #0 stalled: no reply for \d+ms/, 'silent peer: logged');
+    is($back->{headers}{'x-status'}, 'ALLOWED', 'silent peer: charging resumes when it answers again');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'silent peer: no alert, no crash');
 }
 
 done_testing();
