@@ -135,7 +135,12 @@ _EOC_
             sleep 0.2;
             my $master = do { open my $f, '<', "$root/logs/nginx.pid" or die $!; local $/; <$f> };
             chomp $master;
-            my @workers = split ' ', `pgrep -P $master`;
+            # the master's children, from /proc (no procps needed)
+            my @workers = grep {
+                open my $st, '<', "/proc/$_/stat" or next;
+                my ($ppid) = (<$st> =~ /^\d+ \(.*?\) \S (\d+)/);
+                defined $ppid && $ppid == $master;
+            } map { m{/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
             kill 'KILL', @workers;
             close $k;
             sleep 0.3;    # the master starts a new worker
