@@ -616,10 +616,11 @@ ngx_http_quota_parse_money(ngx_str_t *v)
 {
     u_char     *p, *last;
     int64_t     units;
-    ngx_uint_t  decimals, dot;
+    ngx_uint_t  decimals, digits, dot;
 
     units = 0;
     decimals = 0;
+    digits = 0;
     dot = 0;
     last = v->data + v->len;
 
@@ -637,7 +638,8 @@ ngx_http_quota_parse_money(ngx_str_t *v)
             return -1;
         }
 
-        if (dot && ++decimals > 6) {
+        if (dot ? ++decimals > 6 : ++digits > 12) {
+            /* 12 digits of dollars and 6 of micro-dollars fit an int64 */
             return -1;
         }
 
