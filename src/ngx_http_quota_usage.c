@@ -235,7 +235,8 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
 {
     ngx_http_quota_ctx_t  *ctx = data;
 
-    int64_t                      seats, cap, cost, projected, over, lim;
+    double                       projected_d, total_d;
+    int64_t                      seats, cap, cost, projected, lim;
     int64_t                      elapsed, length, price;
     size_t                       base, ndaily;
     time_t                       now;
@@ -327,7 +328,7 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
 
     /* approaching: some metric at or past the warning threshold */
     approaching = 0;
-    projected = 0;
+    total_d = 0;
 
     for (i = 0; i < k; i++) {
         lim = ctx->limit[i];
@@ -362,12 +363,15 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
             continue;
         }
 
-        over = ctx->used[i] * length / elapsed - lim;
+        /* in double: units x seconds x micro-USD can pass 2^63 */
+        projected_d = (double) ctx->used[i] * length / elapsed - lim;
 
-        if (over > 0) {
-            projected += over * price;
+        if (projected_d > 0) {
+            total_d += projected_d * price;
         }
     }
+
+    projected = total_d < 1e18 ? (int64_t) total_d : (int64_t) 1e18;
 
     if (cap >= 0 && projected > cap) {
         projected = cap;

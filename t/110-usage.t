@@ -168,3 +168,20 @@ GET /api/v1/usage
 --- error_code: 503
 --- response_body_like chop
 ^\{"error":"QUOTA_UNAVAILABLE",
+
+
+
+=== TEST 8: projected overage: extrapolated, priced, bounded by the cap; usage past the limit shows
+--- init
+redis('HSET', 'quota:{proj}:account', 'plan', 'team', 'overage', 1, 'cap', 3);
+redis('HSET', "quota:{proj}:usage:$main::start", 'a', 10, 'a:overage', 6, 'overage_cost', 3000000);
+--- config
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route * /** a=1;
+--- more_headers
+X-API-Key: proj
+--- request
+GET /api/v1/usage
+--- response_body_like chop
+"overage_enabled":true,"spending_cap":3,"projected_overage":3,"metrics":\{"a":\{"used":10,"limit":4,"remaining":0,"overage":6\}
