@@ -170,8 +170,6 @@ ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     qmcf->redis_configured = 1;
-    qmcf->redis_conf_file = cf->conf_file->file.name;
-    qmcf->redis_conf_line = cf->conf_file->line;
 
     if (ngx_http_quota_stats_zone(cf, qmcf) != NGX_OK) {
         return NGX_CONF_ERROR;

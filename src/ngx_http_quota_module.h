@@ -57,8 +57,6 @@
 /* no limit for a metric in a plan */
 #define NGX_HTTP_QUOTA_UNLIMITED         (-1)
 
-/* counters outlive their period by this much, so last period stays readable */
-#define NGX_HTTP_QUOTA_KEEP_AFTER_PERIOD (62 * 86400)
 
 
 /* $quota_status values, in the order of ngx_http_quota_status_names[] */
@@ -163,7 +161,7 @@ typedef struct {
 
 /* in the shared zone: every worker adds to the same counters */
 typedef struct {
-    ngx_atomic_t                 decisions[16];   /* by $quota_status */
+    ngx_atomic_t                 decisions[NGX_HTTP_QUOTA_STATUS_COUNT];
     ngx_atomic_t                 latency[NGX_HTTP_QUOTA_LATENCY_BUCKETS];
     ngx_atomic_t                 latency_count;
     ngx_atomic_t                 latency_sum_us;
@@ -211,8 +209,6 @@ typedef struct {
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_pool;
     ngx_flag_t                   redis_configured;
-    ngx_str_t                    redis_conf_file;   /* where quota_redis is */
-    ngx_uint_t                   redis_conf_line;
 
     ngx_str_t                    prefix;      /* quota_redis_prefix */
 
