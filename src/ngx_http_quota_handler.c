@@ -27,13 +27,6 @@
 
 static ngx_int_t ngx_http_quota_evaluate(ngx_http_request_t *r,
     ngx_http_quota_loc_conf_t *qlcf);
-static ngx_http_quota_rule_t *ngx_http_quota_match(ngx_http_request_t *r,
-    ngx_http_quota_loc_conf_t *qlcf);
-static ngx_int_t ngx_http_quota_auth_holds(ngx_http_request_t *r,
-    ngx_http_quota_loc_conf_t *qlcf, ngx_uint_t auth);
-static ngx_int_t ngx_http_quota_has_cookie(ngx_http_request_t *r);
-static ngx_int_t ngx_http_quota_has_header(ngx_http_request_t *r,
-    ngx_str_t *name);
 static ngx_int_t ngx_http_quota_costs(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 static ngx_int_t ngx_http_quota_act(ngx_http_request_t *r,
@@ -110,7 +103,7 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         return NGX_DECLINED;
     }
 
-    rule = qlcf->rules ? ngx_http_quota_match(r, qlcf) : NULL;
+    rule = qlcf->rules ? ngx_http_quota_route_match(r, qlcf) : NULL;
 
     /*
      * No rule: nothing to charge, but when some plan limits rate or
@@ -212,148 +205,6 @@ ngx_http_quota_reply_done(ngx_http_quota_ctx_t *ctx)
 
     /* never run nginx request code from inside hiredis' callback loop */
     ngx_post_event(&ctx->wake, &ngx_posted_events);
-}
-
-
-/*
- * Rules are sorted most specific first at configuration time, so the first
- * rule whose template and conditions hold is the one SPEC 4a asks for.
- */
-static ngx_http_quota_rule_t *
-ngx_http_quota_match(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
-{
-    ngx_str_t               version;
-    ngx_uint_t              i, m, have_version;
-    ngx_http_quota_rule_t  *rule;
-
-    rule = qlcf->rules->elts;
-    have_version = 0;
-    ngx_str_null(&version);
-
-    for (i = 0; i < qlcf->rules->nelts; i++, rule++) {
-
-        if (rule->methods) {
-            for (m = 0; m < rule->nmethods; m++) {
-                if (rule->methods[m].len == r->method_name.len
-                    && ngx_strncmp(rule->methods[m].data, r->method_name.data,
-                                   r->method_name.len) == 0)
-                {
-                    break;
-                }
-            }
-
-            if (m == rule->nmethods) {
-                continue;
-            }
-        }
-
-        if (!quota_tpl_match(rule->segs, rule->nsegs, (char *) r->uri.data,
-                             r->uri.len))
-        {
-            continue;
-        }
-
-        if (rule->auth != NGX_HTTP_QUOTA_AUTH_ANY
-            && !ngx_http_quota_auth_holds(r, qlcf, rule->auth))
-        {
-            continue;
-        }
-
-        if (rule->version.len) {
-            if (!have_version) {
-                have_version = 1;
-
-                if (qlcf->api_version == NULL
-                    || ngx_http_complex_value(r, qlcf->api_version, &version)
-                       != NGX_OK)
-                {
-                    ngx_str_null(&version);
-                }
-            }
-
-            if (version.len != rule->version.len
-                || ngx_strncmp(version.data, rule->version.data, version.len)
-                   != 0)
-            {
-                continue;
-            }
-        }
-
-        return rule;
-    }
-
-    return NULL;
-}
-
-
-static ngx_int_t
-ngx_http_quota_auth_holds(ngx_http_request_t *r,
-    ngx_http_quota_loc_conf_t *qlcf, ngx_uint_t auth)
-{
-    ngx_uint_t  authorization;
-
-    authorization = (r->headers_in.authorization != NULL);
-
-    switch (auth) {
-
-    case NGX_HTTP_QUOTA_AUTH_HEADER:
-        return authorization;
-
-    case NGX_HTTP_QUOTA_AUTH_COOKIE:
-        return !authorization && ngx_http_quota_has_cookie(r);
-
-    case NGX_HTTP_QUOTA_AUTH_APIKEY:
-        return ngx_http_quota_has_header(r, &qlcf->apikey_header);
-
-    case NGX_HTTP_QUOTA_AUTH_NONE:
-        return !authorization && !ngx_http_quota_has_cookie(r)
-               && !ngx_http_quota_has_header(r, &qlcf->apikey_header);
-
-    default:
-        return 1;
-    }
-}
-
-
-static ngx_int_t
-ngx_http_quota_has_cookie(ngx_http_request_t *r)
-{
-#if (nginx_version >= 1023000)
-    return r->headers_in.cookie != NULL;
-#else
-    return r->headers_in.cookies.nelts != 0;
-#endif
-}
-
-
-static ngx_int_t
-ngx_http_quota_has_header(ngx_http_request_t *r, ngx_str_t *name)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return 0;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == name->len
-            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
-        {
-            return 1;
-        }
-    }
 }
 
 

@@ -78,61 +78,6 @@ ngx_http_quota_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
-/* the period a charged metric was counted in */
-quota_period_t
-ngx_http_quota_metric_period(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_uint_t index)
-{
-    quota_period_t               day;
-    ngx_http_quota_metric_t     *metrics;
-    ngx_http_quota_main_conf_t  *qmcf;
-
-    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-    metrics = qmcf->metrics.elts;
-
-    if (metrics[ctx->rule->charges[index].metric].period
-        == NGX_HTTP_QUOTA_PERIOD_DAY
-        && quota_period_day(ngx_time(), &day) == 0)
-    {
-        return day;
-    }
-
-    return ctx->billing;
-}
-
-
-ngx_int_t
-ngx_http_quota_first_numbers(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_http_quota_numbers_t *n)
-{
-    /* quota_usage answers with JSON, not with headers about itself */
-    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL || ctx->build) {
-        return NGX_DECLINED;
-    }
-
-    n->used = ctx->used[0];
-    n->limit = ctx->limit[0];
-    n->period = ngx_http_quota_metric_period(r, ctx, 0);
-
-    if (n->limit < 0) {
-        n->remaining = -1;
-        n->percent = -1;
-        return NGX_OK;
-    }
-
-    n->remaining = n->limit > n->used ? n->limit - n->used : 0;
-
-    if (n->limit == 0) {
-        n->percent = n->used > 0 ? 100 : 0;
-
-    } else {
-        n->percent = n->used * 100 / n->limit;
-    }
-
-    return NGX_OK;
-}
-
-
 static ngx_int_t
 ngx_http_quota_header_filter(ngx_http_request_t *r)
 {

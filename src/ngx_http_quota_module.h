@@ -4,16 +4,29 @@
  *
  * The module is split by concern:
  *
- *   ngx_http_quota_module.c      module definition, conf create/merge,
- *                                postconfiguration, worker init/exit
- *   ngx_http_quota_conf.c        directive parsers
+ *   ngx_http_quota_module.c      module definition, command table, conf
+ *                                create/merge, postconfiguration, worker
+ *                                init/exit
+ *   ngx_http_quota_conf.c        directive parsers: quota_redis, metrics,
+ *                                plans, tenant, warning, reconcile
+ *   ngx_http_quota_route.c       the classifier: quota_route parsing and
+ *                                sorting, matching with auth/version
  *   ngx_http_quota_handler.c     the precontent-phase handler: decision
- *                                order, suspend/resume, failure mode
+ *                                order, suspend/resume, failure mode, log
+ *                                phase (reconcile, decision counters)
  *   ngx_http_quota_redis.c       hiredis async contexts bound to nginx events
- *   ngx_http_quota_script.c      the charge script, its argv and EVALSHA
+ *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
+ *                                and reconcile commands
+ *   ngx_http_quota_lua.c         the Redis Lua scripts (charge, reconcile)
  *   ngx_http_quota_reply.c       strict decoding of the script's reply
- *   ngx_http_quota_headers.c     X-Quota-* headers (header filter)
- *   ngx_http_quota_json.c        every JSON body, through yajl_gen
+ *   ngx_http_quota_numbers.c     what a decoded reply says: a metric's
+ *                                period, the first metric's numbers
+ *   ngx_http_quota_headers.c     X-Quota-* and RateLimit headers (header
+ *                                filter), slot release at the last buffer
+ *   ngx_http_quota_json.c        every JSON error body, through yajl_gen
+ *   ngx_http_quota_usage.c       quota_usage and quota_alerts content
+ *                                handlers and their JSON
+ *   ngx_http_quota_metrics.c     shared-memory counters, quota_metrics
  *   ngx_http_quota_variables.c   $quota_* variables
  *   ngx_http_quota_tenant.c      tenant value, SHA-256, key names
  *   ngx_http_quota_{template,period,parse}.c
@@ -172,9 +185,11 @@ typedef struct {
 } ngx_http_quota_stats_t;
 
 #define ngx_http_quota_count(qmcf, field)                                    \
-    if ((qmcf)->stats) {                                                     \
-        (void) ngx_atomic_fetch_add(&(qmcf)->stats->field, 1);               \
-    }
+    do {                                                                     \
+        if ((qmcf)->stats) {                                                 \
+            (void) ngx_atomic_fetch_add(&(qmcf)->stats->field, 1);           \
+        }                                                                    \
+    } while (0)
 
 
 /*
@@ -366,8 +381,6 @@ char *ngx_http_quota_default_plan_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 char *ngx_http_quota_tenant_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-char *ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 char *ngx_http_quota_warning_header_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 char *ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -376,6 +389,12 @@ char *ngx_http_quota_percent_slot(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *name);
+
+/* ngx_http_quota_route.c */
+char *ngx_http_quota_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_quota_rule_t *ngx_http_quota_route_match(ngx_http_request_t *r,
+    ngx_http_quota_loc_conf_t *qlcf);
 
 /* ngx_http_quota_handler.c */
 ngx_int_t ngx_http_quota_handler(ngx_http_request_t *r);
@@ -417,6 +436,8 @@ ngx_int_t ngx_http_quota_reply_decode(ngx_http_request_t *r,
 
 /* ngx_http_quota_headers.c */
 ngx_int_t ngx_http_quota_headers_init(ngx_conf_t *cf);
+ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
+    ngx_str_t *name);
 
 /* ngx_http_quota_json.c */
 ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
@@ -437,8 +458,8 @@ ngx_int_t ngx_http_quota_alerts_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_quota_report_rule(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
 
-/* ngx_http_quota_headers.c: the first metric's numbers, shared with the
-   variables */
+/* ngx_http_quota_numbers.c: the first metric's numbers, for the headers
+   and the variables */
 typedef struct {
     int64_t                      used;
     int64_t                      limit;       /* < 0: unlimited */
@@ -447,8 +468,6 @@ typedef struct {
     quota_period_t               period;
 } ngx_http_quota_numbers_t;
 
-ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
-    ngx_str_t *name);
 ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_numbers_t *n);
 quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,

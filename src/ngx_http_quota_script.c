@@ -199,11 +199,6 @@ ngx_http_quota_clock(ngx_http_quota_main_conf_t *qmcf, time_t sec)
 
     p = c->buf;
 
-#define ngx_http_quota_clock_field(f, fmt, ...)                              \
-    c->f.data = p;                                                           \
-    p = ngx_sprintf(p, fmt, __VA_ARGS__);                                    \
-    c->f.len = p - c->f.data
-
     dates = p;
     quota_format_date(cal.month_start[0], (char *) p);
     quota_format_date(cal.month_start[1], (char *) p + QUOTA_DATE_LEN);
@@ -216,8 +211,13 @@ ngx_http_quota_clock(ngx_http_quota_main_conf_t *qmcf, time_t sec)
     c->ym_next.data = dates + 2 * QUOTA_DATE_LEN;
     c->ym_next.len = 7;
 
-    ngx_http_quota_clock_field(cur_start, "%L", cal.month_start[1]);
-    ngx_http_quota_clock_field(next_start, "%L", cal.month_start[2]);
+    c->cur_start.data = p;
+    p = ngx_sprintf(p, "%L", cal.month_start[1]);
+    c->cur_start.len = p - c->cur_start.data;
+
+    c->next_start.data = p;
+    p = ngx_sprintf(p, "%L", cal.month_start[2]);
+    c->next_start.len = p - c->next_start.data;
 
     c->today.data = p;
     quota_format_date(today.start, (char *) p);
@@ -236,14 +236,13 @@ ngx_http_quota_clock(ngx_http_quota_main_conf_t *qmcf, time_t sec)
 
     /* PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS BEFORE_1ST BEFORE_DAYS
        BEFORE_YM TODAY_END */
-    ngx_http_quota_clock_field(calendar, "%L %d %*s %d %d %L %d %*s %L",
-                               cal.month_start[0], cal.days[0], (size_t) 7,
-                               dates, cal.days[1], cal.days[2],
-                               before.month_start[1], before.days[1],
-                               (size_t) 7, dates + 3 * QUOTA_DATE_LEN,
-                               today.end);
-
-#undef ngx_http_quota_clock_field
+    c->calendar.data = p;
+    p = ngx_sprintf(p, "%L %d %*s %d %d %L %d %*s %L",
+                    cal.month_start[0], cal.days[0], (size_t) 7, dates,
+                    cal.days[1], cal.days[2], before.month_start[1],
+                    before.days[1], (size_t) 7, dates + 3 * QUOTA_DATE_LEN,
+                    today.end);
+    c->calendar.len = p - c->calendar.data;
 
     c->sec = sec;
 
