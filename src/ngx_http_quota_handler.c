@@ -34,8 +34,6 @@ static ngx_int_t ngx_http_quota_act(ngx_http_request_t *r,
 static void ngx_http_quota_cleanup(void *data);
 static void ngx_http_quota_wake_handler(ngx_event_t *ev);
 static void ngx_http_quota_timeout_handler(ngx_event_t *ev);
-static void ngx_http_quota_finish_content(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx);
 
 
 ngx_int_t
@@ -348,7 +346,7 @@ ngx_http_quota_log_handler(ngx_http_request_t *r)
     ctx = ngx_http_quota_get_ctx(r);
 
     /* every request of a "quota on" context counts once, as it ended */
-    if ((ctx && !ctx->build) || (ctx == NULL && qlcf->enable && !qlcf->endpoint)) {
+    if (ctx || (qlcf->enable && !qlcf->endpoint)) {
         qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
         ngx_http_quota_count(qmcf,
                      decisions[ctx ? ctx->status : NGX_HTTP_QUOTA_UNMETERED]);
@@ -510,12 +508,6 @@ ngx_http_quota_wake_handler(ngx_event_t *ev)
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "quota: resuming request");
 
-    if (ctx->build) {
-        ngx_http_quota_finish_content(r, ctx);
-        ngx_http_run_posted_requests(c);
-        return;
-    }
-
     r->main->count--;
 
     r->read_event_handler = ngx_http_block_reading;
@@ -523,37 +515,6 @@ ngx_http_quota_wake_handler(ngx_event_t *ev)
 
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);
-}
-
-
-/*
- * quota_usage and quota_alerts: the content handler returned NGX_DONE, so
- * the request is finalized here, once, with the body built from the reply.
- */
-static void
-ngx_http_quota_finish_content(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
-{
-    ngx_int_t  rc;
-
-    ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
-
-    r->read_event_handler = ngx_http_block_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
-
-    if (ctx->redis_failed || ctx->body.data == NULL) {
-        ctx->body_status = NGX_HTTP_SERVICE_UNAVAILABLE;
-
-        if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &ctx->body)
-            != NGX_OK)
-        {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-    }
-
-    rc = ngx_http_quota_send_json(r, ctx->body_status, &ctx->body);
-
-    ngx_http_finalize_request(r, rc);
 }
 
 

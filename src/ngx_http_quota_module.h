@@ -300,7 +300,11 @@ typedef enum {
 typedef struct ngx_http_quota_op_s  ngx_http_quota_op_t;
 
 
-/* per-request state; survives internal redirects via its pool cleanup */
+/*
+ * Per-request metering state; survives internal redirects via its pool
+ * cleanup.  quota_usage/quota_alerts requests never have one as the module
+ * ctx: they keep their own (_usage.c).
+ */
 typedef struct {
     ngx_http_request_t          *request;
     ngx_http_quota_ctx_state_e   state;
@@ -342,14 +346,12 @@ typedef struct {
     ngx_event_t                  wake;        /* posted when the reply is in */
 
     /*
-     * Content handlers (quota_usage, quota_alerts) turn the reply into a
-     * JSON body inside the Redis callback (the reply is freed after it),
-     * and the wake event sends it instead of running the phases again.
+     * Report mode (quota_usage, whose endpoint ctx embeds this one): the
+     * reply has a tail after the decision, turned into JSON by this hook
+     * inside the Redis callback (the reply is freed after it).
      */
     ngx_int_t                  (*build)(ngx_http_request_t *r,
                                         void *ctx, redisReply *reply);
-    ngx_str_t                    body;
-    ngx_uint_t                   body_status;
 } ngx_http_quota_ctx_t;
 
 

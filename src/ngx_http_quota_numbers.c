@@ -36,8 +36,7 @@ ngx_int_t
 ngx_http_quota_first_numbers(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_numbers_t *n)
 {
-    /* quota_usage answers with JSON, not with headers about itself */
-    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL || ctx->build) {
+    if (ctx == NULL || !ctx->have_usage || ctx->rule == NULL) {
         return NGX_DECLINED;
     }
 

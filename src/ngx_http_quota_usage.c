@@ -13,6 +13,19 @@
  *
  * The JSON is built with yajl inside the Redis callback (the reply is freed
  * right after it) and sent when the request wakes up.
+ *
+ * An endpoint request has its own context, ngx_http_quota_endpoint_ctx_t:
+ * it is never the module's request ctx, so the metering code (header
+ * filter, variables, log phase, wake and timeout handlers) never sees it,
+ * and it has its own wake, timeout and cleanup.  Its Redis part is a
+ * metering ctx in report mode, so quota_usage shares the charge script's
+ * argv and reply decoding.
+ *
+ * One convention for answers: the content handlers and the functions they
+ * call never finalize the request; they return what the content phase
+ * finalizes (the status, or the output filter's result), or NGX_DONE after
+ * suspending.  Only the wake and timeout handlers, which run outside the
+ * content phase, finalize, once.
  */
 
 
@@ -29,6 +42,13 @@
 
 
 typedef struct {
+    ngx_http_quota_ctx_t         quota;       /* first: the Redis part */
+    ngx_str_t                    body;        /* built in the callback */
+    ngx_uint_t                   status;
+} ngx_http_quota_endpoint_ctx_t;
+
+
+typedef struct {
     u_char      *date;          /* "YYYY-MM-DD", points into the reply */
     ngx_uint_t   metric;
     int64_t      units;
@@ -36,16 +56,25 @@ typedef struct {
 
 
 
+static ngx_http_quota_endpoint_ctx_t *ngx_http_quota_endpoint_ctx(
+    ngx_http_request_t *r);
 static ngx_int_t ngx_http_quota_endpoint_start(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t **ctxp);
+    ngx_http_quota_endpoint_ctx_t *ectx);
+static ngx_int_t ngx_http_quota_endpoint_error(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_int_t status);
 static ngx_int_t ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, ngx_uint_t sent);
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_uint_t sent);
+static void ngx_http_quota_endpoint_wake(ngx_event_t *ev);
+static void ngx_http_quota_endpoint_timeout(ngx_event_t *ev);
+static void ngx_http_quota_endpoint_cleanup(void *data);
 static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
     void *data, redisReply *reply);
 static ngx_int_t ngx_http_quota_usage_daily(ngx_http_request_t *r,
     yajl_gen g, redisReply **e, size_t n);
 static ngx_int_t ngx_http_quota_alerts_build(ngx_http_request_t *r,
-    void *data, redisReply *reply);
+    ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply);
+static void ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx);
 static void ngx_http_quota_alerts_reply(void *data, redisReply *reply);
 static void ngx_http_quota_gen_iso(yajl_gen g, int64_t t);
 static void ngx_http_quota_gen_usd(yajl_gen g, int64_t micro);
@@ -106,45 +135,66 @@ ngx_http_quota_report_rule(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 }
 
 
-/* the tenant, the ctx, and the answers that need no Redis */
-static ngx_int_t
-ngx_http_quota_endpoint_start(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t **ctxp)
+/*
+ * The endpoint's own ctx, in a pool cleanup that detaches a pending Redis
+ * operation when the request goes away early.  It is deliberately not set
+ * as the module ctx: an endpoint is never metered.
+ */
+static ngx_http_quota_endpoint_ctx_t *
+ngx_http_quota_endpoint_ctx(ngx_http_request_t *r)
 {
-    ngx_int_t                   rc;
-    ngx_str_t                   value, body;
-    ngx_table_elt_t            *allow;
-    ngx_http_quota_ctx_t       *ctx;
+    ngx_pool_cleanup_t             *cln;
+    ngx_http_quota_ctx_t           *ctx;
+    ngx_http_quota_endpoint_ctx_t  *ectx;
 
-    static ngx_str_t  allow_name = ngx_string("Allow");
-    ngx_http_quota_loc_conf_t  *qlcf;
-
-    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
-
-    ctx = ngx_http_quota_create_ctx(r);
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_quota_endpoint_ctx_t));
+    if (cln == NULL) {
+        return NULL;
     }
 
+    ectx = cln->data;
+    ngx_memzero(ectx, sizeof(ngx_http_quota_endpoint_ctx_t));
+
+    ctx = &ectx->quota;
+    ctx->request = r;
     ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
-    *ctxp = ctx;
+
+    ctx->timeout.handler = ngx_http_quota_endpoint_timeout;
+    ctx->timeout.data = ectx;
+    ctx->timeout.log = r->connection->log;
+
+    ctx->wake.handler = ngx_http_quota_endpoint_wake;
+    ctx->wake.data = ectx;
+    ctx->wake.log = r->connection->log;
+
+    cln->handler = ngx_http_quota_endpoint_cleanup;
+
+    return ectx;
+}
+
+
+/*
+ * The method and the tenant: NGX_OK when the request goes on to Redis,
+ * else the status to answer with.  Sends nothing.
+ */
+static ngx_int_t
+ngx_http_quota_endpoint_start(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   value;
+    ngx_http_quota_loc_conf_t  *qlcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        allow = ngx_http_quota_push_header(r, &allow_name);
-        if (allow == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_str_set(&allow->value, "GET, HEAD");
-
-        rc = NGX_HTTP_NOT_ALLOWED;
-        goto answer;
+        return NGX_HTTP_NOT_ALLOWED;
     }
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
     }
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
     value.len = 0;
 
@@ -155,55 +205,89 @@ ngx_http_quota_endpoint_start(ngx_http_request_t *r,
     }
 
     if (value.len == 0) {
-        rc = NGX_HTTP_UNAUTHORIZED;
-        goto answer;
+        return NGX_HTTP_UNAUTHORIZED;
     }
 
-    rc = ngx_http_quota_tenant_id(r, qlcf, &value, &ctx->tenant);
+    rc = ngx_http_quota_tenant_id(r, qlcf, &value, &ectx->quota.tenant);
 
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (rc == NGX_DECLINED) {
-        rc = NGX_HTTP_BAD_REQUEST;
-        goto answer;
+        return NGX_HTTP_BAD_REQUEST;
     }
 
     return NGX_OK;
+}
 
-answer:
 
-    if (ngx_http_quota_error_body(r, ctx,
-                                  rc == NGX_HTTP_NOT_ALLOWED
-                                  ? "METHOD_NOT_ALLOWED"
-                                  : rc == NGX_HTTP_UNAUTHORIZED
-                                    ? "MISSING_TENANT" : "BAD_TENANT",
-                                  &body)
-        != NGX_OK)
-    {
+/* 405, 401, 400 as JSON; what the content phase finalizes */
+static ngx_int_t
+ngx_http_quota_endpoint_error(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_int_t status)
+{
+    ngx_str_t         body;
+    const char       *error;
+    ngx_table_elt_t  *allow;
+
+    static ngx_str_t  allow_name = ngx_string("Allow");
+
+    switch (status) {
+
+    case NGX_HTTP_NOT_ALLOWED:
+        allow = ngx_http_quota_push_header(r, &allow_name);
+        if (allow == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_str_set(&allow->value, "GET, HEAD");
+        error = "METHOD_NOT_ALLOWED";
+        break;
+
+    case NGX_HTTP_UNAUTHORIZED:
+        error = "MISSING_TENANT";
+        break;
+
+    case NGX_HTTP_BAD_REQUEST:
+        error = "BAD_TENANT";
+        break;
+
+    default:
+        /* 500, or what discarding the body answered: nginx's own page */
+        return status;
+    }
+
+    if (ngx_http_quota_error_body(r, &ectx->quota, error, &body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_quota_send_json(r, rc, &body);
+    return ngx_http_quota_send_json(r, status, &body);
 }
 
 
 ngx_int_t
 ngx_http_quota_usage_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                    rc;
-    ngx_str_t                    daily;
-    ngx_http_quota_ctx_t        *ctx;
-    ngx_http_quota_main_conf_t  *qmcf;
+    ngx_int_t                       rc;
+    ngx_str_t                       daily;
+    ngx_http_quota_ctx_t           *ctx;
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+    ngx_http_quota_main_conf_t     *qmcf;
 
-    rc = ngx_http_quota_endpoint_start(r, &ctx);
+    ectx = ngx_http_quota_endpoint_ctx(r);
+    if (ectx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_quota_endpoint_start(r, ectx);
     if (rc != NGX_OK) {
-        return rc;
+        return ngx_http_quota_endpoint_error(r, ectx, rc);
     }
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
+    ctx = &ectx->quota;
     ctx->rule = &qmcf->report_rule;
     ctx->ncharges = qmcf->report_rule.ncharges;
     ctx->report = 1;
@@ -221,7 +305,7 @@ ngx_http_quota_usage_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_quota_endpoint_wait(r, ctx, rc == NGX_OK);
+    return ngx_http_quota_endpoint_wait(r, ectx, rc == NGX_OK);
 }
 
 
@@ -234,6 +318,8 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     redisReply *reply)
 {
     ngx_http_quota_ctx_t  *ctx = data;
+
+    ngx_http_quota_endpoint_ctx_t  *ectx = data;   /* ctx is its first field */
 
     double                       projected_d, total_d;
     int64_t                      seats, cap, cost, projected, lim;
@@ -259,9 +345,9 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     base = 7 + 2 * k;
 
     if (ctx->code == NGX_HTTP_QUOTA_CODE_UNKNOWN) {
-        ctx->body_status = NGX_HTTP_FORBIDDEN;
+        ectx->status = NGX_HTTP_FORBIDDEN;
         return ngx_http_quota_error_body(r, ctx, "UNKNOWN_TENANT",
-                                         &ctx->body);
+                                         &ectx->body);
     }
 
     /* status (string), seats, overage, cap, cost, k overage units */
@@ -451,9 +537,9 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
         return NGX_ERROR;
     }
 
-    ctx->body_status = NGX_HTTP_OK;
+    ectx->status = NGX_HTTP_OK;
 
-    return ngx_http_quota_gen_body(r, g, &ctx->body);
+    return ngx_http_quota_gen_body(r, g, &ectx->body);
 }
 
 
@@ -560,20 +646,25 @@ ngx_http_quota_day_cmp(const void *a, const void *b)
 ngx_int_t
 ngx_http_quota_alerts_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                    rc;
-    size_t                       argvlen[6];
-    const char                  *argv[6];
-    ngx_http_quota_ctx_t        *ctx;
-    ngx_http_quota_main_conf_t  *qmcf;
+    ngx_int_t                       rc;
+    size_t                          argvlen[6];
+    const char                     *argv[6];
+    ngx_http_quota_ctx_t           *ctx;
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+    ngx_http_quota_main_conf_t     *qmcf;
 
-    rc = ngx_http_quota_endpoint_start(r, &ctx);
+    ectx = ngx_http_quota_endpoint_ctx(r);
+    if (ectx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_quota_endpoint_start(r, ectx);
     if (rc != NGX_OK) {
-        return rc;
+        return ngx_http_quota_endpoint_error(r, ectx, rc);
     }
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-
-    ctx->build = ngx_http_quota_alerts_build;
+    ctx = &ectx->quota;
 
     argv[0] = "XREVRANGE";
     argvlen[0] = 9;
@@ -594,25 +685,28 @@ ngx_http_quota_alerts_handler(ngx_http_request_t *r)
     }
 
     ctx->op = ngx_http_quota_redis_send(qmcf, 6, argv, argvlen,
-                                        ngx_http_quota_alerts_reply, ctx);
+                                        ngx_http_quota_alerts_reply, ectx);
 
-    return ngx_http_quota_endpoint_wait(r, ctx, ctx->op != NULL);
+    return ngx_http_quota_endpoint_wait(r, ectx, ctx->op != NULL);
 }
 
 
-/* sent: wait for Redis; not sent (no connection): 503 at once */
+/*
+ * Sent: wait for Redis (NGX_DONE; the wake or timeout handler finalizes).
+ * Not sent (no connection): 503 at once, finalized by the content phase.
+ */
 static ngx_int_t
-ngx_http_quota_endpoint_wait(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_uint_t sent)
+ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_uint_t sent)
 {
     ngx_str_t  body;
 
     if (sent) {
-        ngx_http_quota_suspend(r, ctx);
+        ngx_http_quota_suspend(r, &ectx->quota);
         return NGX_DONE;
     }
 
-    if (ngx_http_quota_error_body(r, ctx, "QUOTA_UNAVAILABLE", &body)
+    if (ngx_http_quota_error_body(r, &ectx->quota, "QUOTA_UNAVAILABLE", &body)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -622,27 +716,131 @@ ngx_http_quota_endpoint_wait(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
+/*
+ * The reply is in (or Redis failed, or the timeout fired): the content
+ * handler returned NGX_DONE, so the request is finalized here, once.
+ */
+static void
+ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx)
+{
+    ngx_int_t  rc;
+
+    ectx->quota.state = NGX_HTTP_QUOTA_CTX_FINISHED;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (ectx->quota.redis_failed || ectx->body.data == NULL) {
+        ectx->status = NGX_HTTP_SERVICE_UNAVAILABLE;
+
+        if (ngx_http_quota_error_body(r, &ectx->quota, "QUOTA_UNAVAILABLE",
+                                      &ectx->body)
+            != NGX_OK)
+        {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+    }
+
+    rc = ngx_http_quota_send_json(r, ectx->status, &ectx->body);
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static void
+ngx_http_quota_endpoint_wake(ngx_event_t *ev)
+{
+    ngx_connection_t               *c;
+    ngx_http_request_t             *r;
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+
+    ectx = ev->data;
+    r = ectx->quota.request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_http_quota_endpoint_finish(r, ectx);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_quota_endpoint_timeout(ngx_event_t *ev)
+{
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+    ngx_http_quota_main_conf_t     *qmcf;
+
+    ectx = ev->data;
+
+    qmcf = ngx_http_get_module_main_conf(ectx->quota.request,
+                                         ngx_http_quota_module);
+
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "quota: redis did not answer within %Mms",
+                  qmcf->redis_timeout);
+
+    ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_TIMEOUT]);
+
+    /* read only: its reply, if it comes, is dropped */
+    if (ectx->quota.op) {
+        ngx_http_quota_redis_timed_out(ectx->quota.op);
+        ectx->quota.op = NULL;
+    }
+
+    ectx->quota.redis_failed = 1;
+
+    ngx_http_quota_endpoint_wake(&ectx->quota.wake);
+}
+
+
+/* the request is being freed, whatever the reason */
+static void
+ngx_http_quota_endpoint_cleanup(void *data)
+{
+    ngx_http_quota_endpoint_ctx_t  *ectx = data;
+
+    if (ectx->quota.op) {
+        ngx_http_quota_redis_detach(ectx->quota.op);
+        ectx->quota.op = NULL;
+    }
+
+    if (ectx->quota.timeout.timer_set) {
+        ngx_del_timer(&ectx->quota.timeout);
+    }
+
+    if (ectx->quota.wake.posted) {
+        ngx_delete_posted_event(&ectx->quota.wake);
+    }
+}
+
+
 static void
 ngx_http_quota_alerts_reply(void *data, redisReply *reply)
 {
-    ngx_http_quota_ctx_t *ctx = data;
+    ngx_http_quota_endpoint_ctx_t  *ectx = data;
 
-    ctx->op = NULL;
+    ngx_http_request_t  *r;
+
+    r = ectx->quota.request;
+    ectx->quota.op = NULL;
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR
-        || ctx->build(ctx->request, ctx, reply) != NGX_OK)
+        || ngx_http_quota_alerts_build(r, ectx, reply) != NGX_OK)
     {
-        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "quota: alerts not read from redis%s%*s",
                       reply && reply->type == REDIS_REPLY_ERROR ? ": " : "",
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? (size_t) reply->len : (size_t) 0,
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? reply->str : "");
-        ctx->redis_failed = 1;
+        ectx->quota.redis_failed = 1;
     }
 
-    ngx_http_quota_reply_done(ctx);
+    ngx_http_quota_reply_done(&ectx->quota);
 }
 
 
@@ -651,11 +849,9 @@ ngx_http_quota_alerts_reply(void *data, redisReply *reply)
  * ?type=, count them all for "total", and keep one page.
  */
 static ngx_int_t
-ngx_http_quota_alerts_build(ngx_http_request_t *r, void *data,
-    redisReply *reply)
+ngx_http_quota_alerts_build(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply)
 {
-    ngx_http_quota_ctx_t  *ctx = data;
-
     u_char           *p, message[NGX_MAX_ERROR_STR];
     int64_t           used, limit;
     yajl_gen          g;
@@ -826,9 +1022,9 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r, void *data,
         return NGX_ERROR;
     }
 
-    ctx->body_status = NGX_HTTP_OK;
+    ectx->status = NGX_HTTP_OK;
 
-    return ngx_http_quota_gen_body(r, g, &ctx->body);
+    return ngx_http_quota_gen_body(r, g, &ectx->body);
 }
 
 

@@ -29,6 +29,10 @@ add_block_preprocessor(sub {
     quota_default_plan basic;
 _EOC_
 
+    # an endpoint answers once: never "header already sent" (review D3)
+    $block->set_value('no_error_log', "[alert]\n[crit]\n[emerg]\n")
+        unless defined $block->no_error_log;
+
     $block->set_value('config', ($block->config // '') . <<'_EOC_');
     location / {
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
