@@ -128,14 +128,14 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
 
     if (rc == NGX_DECLINED) {
         ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
-        return ngx_http_quota_send_rejection(r, ctx, "BAD_TENANT",
-                                             NGX_HTTP_BAD_REQUEST);
+        return ngx_http_quota_send_rejection(r, ctx, qlcf,
+                                             NGX_HTTP_QUOTA_ERROR_BAD_TENANT);
     }
 
     if (rule && ngx_http_quota_costs(r, ctx) != NGX_OK) {
         ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
-        return ngx_http_quota_send_rejection(r, ctx, "BAD_COST",
-                                             NGX_HTTP_BAD_REQUEST);
+        return ngx_http_quota_send_rejection(r, ctx, qlcf,
+                                             NGX_HTTP_QUOTA_ERROR_BAD_COST);
     }
 
     /* shadow traffic: look up the numbers for the headers, charge nothing */
@@ -243,9 +243,7 @@ static ngx_int_t
 ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf)
 {
-    const char               *error;
-    ngx_uint_t                status;
-    ngx_http_quota_status_e   reject;
+    ngx_http_quota_error_e  error;
 
     if (ctx->bypass) {
         /* shadow traffic is never refused, not even by a Redis failure */
@@ -256,53 +254,17 @@ ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     if (ctx->redis_failed) {
         if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED) {
             ctx->status = NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS;
-            return ngx_http_quota_send_rejection(r, ctx, "QUOTA_UNAVAILABLE",
-                                       NGX_HTTP_SERVICE_UNAVAILABLE);
+            return ngx_http_quota_send_rejection(r, ctx, qlcf,
+                                       NGX_HTTP_QUOTA_ERROR_UNAVAILABLE);
         }
 
         ctx->status = NGX_HTTP_QUOTA_FAIL_OPEN_STATUS;
         return NGX_DECLINED;
     }
 
-    switch (ctx->code) {
+    error = ngx_http_quota_code_error(ctx->code);
 
-    case NGX_HTTP_QUOTA_CODE_QUOTA:
-        reject = NGX_HTTP_QUOTA_REJECTED_QUOTA;
-        error = "QUOTA_EXCEEDED";
-        status = qlcf->status;
-        break;
-
-    case NGX_HTTP_QUOTA_CODE_CAP:
-        reject = NGX_HTTP_QUOTA_REJECTED_CAP;
-        error = "SPENDING_CAP_REACHED";
-        status = qlcf->status;
-        break;
-
-    case NGX_HTTP_QUOTA_CODE_SUSPENDED:
-        reject = NGX_HTTP_QUOTA_REJECTED_SUSPENDED;
-        error = "ACCOUNT_SUSPENDED";
-        status = qlcf->status;
-        break;
-
-    case NGX_HTTP_QUOTA_CODE_UNKNOWN:
-        reject = NGX_HTTP_QUOTA_REJECTED_UNKNOWN;
-        error = "UNKNOWN_TENANT";
-        status = NGX_HTTP_FORBIDDEN;
-        break;
-
-    case NGX_HTTP_QUOTA_CODE_RATE:
-        reject = NGX_HTTP_QUOTA_REJECTED_RATE;
-        error = "RATE_LIMITED";
-        status = qlcf->rate_status;
-        break;
-
-    case NGX_HTTP_QUOTA_CODE_CONCURRENCY:
-        reject = NGX_HTTP_QUOTA_REJECTED_CONCURRENCY;
-        error = "CONCURRENCY_LIMIT";
-        status = qlcf->rate_status;
-        break;
-
-    default:
+    if (error == NGX_HTTP_QUOTA_ERROR_NONE) {
         ctx->status = NGX_HTTP_QUOTA_ALLOWED;
         return NGX_DECLINED;
     }
@@ -312,14 +274,15 @@ ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         ctx->status = NGX_HTTP_QUOTA_DRY_RUN_REJECT;
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "quota: dry run, would answer %s", error);
+                      "quota: dry run, would answer %V",
+                      &ngx_http_quota_errors[error].name);
 
         return NGX_DECLINED;
     }
 
-    ctx->status = reject;
+    ctx->status = ngx_http_quota_errors[error].decision;
 
-    return ngx_http_quota_send_rejection(r, ctx, error, status);
+    return ngx_http_quota_send_rejection(r, ctx, qlcf, error);
 }
 
 

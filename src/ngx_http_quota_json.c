@@ -18,32 +18,142 @@ static ngx_int_t ngx_http_quota_has_error_page(ngx_http_request_t *r,
     ngx_uint_t status);
 static ngx_int_t ngx_http_quota_retry_after(ngx_http_request_t *r,
     time_t seconds);
+static int ngx_http_quota_exceeded_details(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, void *gen, ngx_http_quota_error_e error);
+static int ngx_http_quota_cap_details(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, void *gen, ngx_http_quota_error_e error);
+static int ngx_http_quota_retry_details(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, void *gen, ngx_http_quota_error_e error);
+static int ngx_http_quota_cost_details(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, void *gen, ngx_http_quota_error_e error);
+static yajl_gen_status ngx_http_quota_gen_str(yajl_gen g, const char *s);
+static ngx_str_t *ngx_http_quota_error_metric(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
 
 
 /*
- * Answers a rejection.  Returns what the phase handler must return: the
- * status itself when an error_page takes it over, else NGX_DONE after the
- * request has been finalized here.
+ * Every error the module answers with (SPEC 5), in the order of
+ * ngx_http_quota_error_e: name, default status (and the directive that
+ * overrides it), the script code and $quota_status of a refusal, the
+ * message, Retry-After, and a writer for the fields beyond the message.
+ */
+const ngx_http_quota_error_t  ngx_http_quota_errors[] = {
+
+    { ngx_string("QUOTA_EXCEEDED"), 402, NGX_HTTP_QUOTA_STATUS_QUOTA,
+      NGX_HTTP_QUOTA_CODE_QUOTA, NGX_HTTP_QUOTA_REJECTED_QUOTA,
+      "Quota exhausted.", 0, ngx_http_quota_exceeded_details },
+
+    { ngx_string("SPENDING_CAP_REACHED"), 402, NGX_HTTP_QUOTA_STATUS_QUOTA,
+      NGX_HTTP_QUOTA_CODE_CAP, NGX_HTTP_QUOTA_REJECTED_CAP,
+      "Spending cap reached for this billing period. Quota resets on %*s.",
+      0, ngx_http_quota_cap_details },
+
+    { ngx_string("ACCOUNT_SUSPENDED"), 402, NGX_HTTP_QUOTA_STATUS_QUOTA,
+      NGX_HTTP_QUOTA_CODE_SUSPENDED, NGX_HTTP_QUOTA_REJECTED_SUSPENDED,
+      "Account suspended.", 0, NULL },
+
+    { ngx_string("UNKNOWN_TENANT"), NGX_HTTP_FORBIDDEN,
+      NGX_HTTP_QUOTA_STATUS_FIXED,
+      NGX_HTTP_QUOTA_CODE_UNKNOWN, NGX_HTTP_QUOTA_REJECTED_UNKNOWN,
+      "Unknown tenant.", 0, NULL },
+
+    { ngx_string("RATE_LIMITED"), 429, NGX_HTTP_QUOTA_STATUS_RATE,
+      NGX_HTTP_QUOTA_CODE_RATE, NGX_HTTP_QUOTA_REJECTED_RATE,
+      "Rate limit exceeded. Retry in %T s.", 1,
+      ngx_http_quota_retry_details },
+
+    { ngx_string("CONCURRENCY_LIMIT"), 429, NGX_HTTP_QUOTA_STATUS_RATE,
+      NGX_HTTP_QUOTA_CODE_CONCURRENCY, NGX_HTTP_QUOTA_REJECTED_CONCURRENCY,
+      "Too many concurrent requests. Retry in %T s.", 1,
+      ngx_http_quota_retry_details },
+
+    { ngx_string("BAD_TENANT"), NGX_HTTP_BAD_REQUEST,
+      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_BAD_REQUEST,
+      "Invalid tenant id: at most 256 printable ASCII characters without "
+      "spaces or braces.", 0, NULL },
+
+    { ngx_string("BAD_COST"), NGX_HTTP_BAD_REQUEST,
+      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_BAD_REQUEST,
+      "Invalid cost for metric %V: expected an integer from 0 to "
+      "9007199254740991.", 0, ngx_http_quota_cost_details },
+
+    { ngx_string("MISSING_TENANT"), NGX_HTTP_UNAUTHORIZED,
+      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_UNMETERED,
+      "No tenant: send the credentials quota_tenant reads.", 0, NULL },
+
+    { ngx_string("METHOD_NOT_ALLOWED"), NGX_HTTP_NOT_ALLOWED,
+      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_UNMETERED,
+      "Use GET.", 0, NULL },
+
+    { ngx_string("QUOTA_UNAVAILABLE"), NGX_HTTP_SERVICE_UNAVAILABLE,
+      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS,
+      "Quota service unavailable, please retry later.", 0, NULL }
+};
+
+
+/* the error a charge script code refuses with; NGX_HTTP_QUOTA_ERR_NONE:
+   admitted */
+ngx_http_quota_error_e
+ngx_http_quota_code_error(ngx_uint_t code)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_QUOTA_ERROR_COUNT; i++) {
+        if (code != 0 && ngx_http_quota_errors[i].code == code) {
+            return (ngx_http_quota_error_e) i;
+        }
+    }
+
+    return NGX_HTTP_QUOTA_ERROR_NONE;
+}
+
+
+/* the status of an error in this location (quota_status, quota_rate_status) */
+ngx_uint_t
+ngx_http_quota_error_status(ngx_http_quota_loc_conf_t *qlcf,
+    ngx_http_quota_error_e error)
+{
+    switch (ngx_http_quota_errors[error].status_conf) {
+
+    case NGX_HTTP_QUOTA_STATUS_QUOTA:
+        return qlcf->status;
+
+    case NGX_HTTP_QUOTA_STATUS_RATE:
+        return qlcf->rate_status;
+
+    default:
+        return ngx_http_quota_errors[error].status;
+    }
+}
+
+
+/*
+ * Answers a rejection in a phase handler.  Returns what the phase handler
+ * must return: the status itself when an error_page takes it over, else
+ * NGX_DONE after the request has been finalized here.
  */
 ngx_int_t
 ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    const char *error, ngx_uint_t status)
+    ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_error_e error)
 {
-    ngx_int_t  rc;
-    ngx_str_t  body;
+    ngx_int_t         rc;
+    ngx_str_t         body;
+    ngx_uint_t        status;
+    const ngx_str_t  *name;
+
+    name = &ngx_http_quota_errors[error].name;
+    status = ngx_http_quota_error_status(qlcf, error);
 
     if (ctx->tenant.len) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "quota: %s for tenant \"%V\"", error, &ctx->tenant);
+                      "quota: %V for tenant \"%V\"", name, &ctx->tenant);
 
     } else {
         /* a rejected raw tenant value is not logged: it may be a secret */
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "quota: %s", error);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "quota: %V", name);
     }
 
-    if (ctx->code == NGX_HTTP_QUOTA_CODE_RATE
-        || ctx->code == NGX_HTTP_QUOTA_CODE_CONCURRENCY)
-    {
+    if (ngx_http_quota_errors[error].retry_after) {
         if (ngx_http_quota_retry_after(r, (ctx->retry_after + 999) / 1000)
             != NGX_OK)
         {
@@ -67,26 +177,16 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
+/* {"error": NAME, "message": ..., details} */
 ngx_int_t
 ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    const char *error, ngx_str_t *body)
+    ngx_http_quota_error_e error, ngx_str_t *body)
 {
-    u_char                      *p, reset[QUOTA_ISO8601_LEN];
-    u_char                       message[NGX_MAX_ERROR_STR];
-    time_t                       retry;
-    yajl_gen                     g;
-    ngx_str_t                   *name;
-    ngx_uint_t                   i, daily, exceeded;
-    quota_period_t               period;
-    yajl_gen_status              s;
-    ngx_http_quota_metric_t     *m;
-    ngx_http_quota_main_conf_t  *qmcf;
+    yajl_gen                      g;
+    yajl_gen_status               s;
+    const ngx_http_quota_error_t  *e;
 
-    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-    m = qmcf->metrics.elts;
-
-    i = ctx->reject_index;
-    name = ctx->rule ? &m[ctx->rule->charges[i].metric].name : NULL;
+    e = &ngx_http_quota_errors[error];
 
     g = yajl_gen_alloc(NULL);
     if (g == NULL) {
@@ -95,95 +195,14 @@ ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     s = yajl_gen_map_open(g);
     s |= ngx_http_quota_yajl_literal(g, "error");
-    s |= yajl_gen_string(g, (const unsigned char *) error, ngx_strlen(error));
+    s |= yajl_gen_string(g, e->name.data, e->name.len);
     s |= ngx_http_quota_yajl_literal(g, "message");
 
-    exceeded = (ngx_strcmp(error, "QUOTA_EXCEEDED") == 0 && name);
-
-    if (exceeded || ngx_strcmp(error, "SPENDING_CAP_REACHED") == 0) {
-
-        if (exceeded) {
-            daily = (m[ctx->rule->charges[i].metric].period
-                     == NGX_HTTP_QUOTA_PERIOD_DAY);
-
-            /* the refused metric may not be the first one: its own period */
-            period = ngx_http_quota_metric_period(r, ctx, i);
-            quota_format_iso8601(period.end, (char *) reset);
-
-            p = ngx_snprintf(message, sizeof(message),
-                             "%s %V quota exhausted. Quota resets on %*s.",
-                             daily ? "Daily" : "Monthly", name,
-                             (size_t) QUOTA_DATE_LEN, reset);
-
-        } else {
-            /* the cap is the account's: its billing period */
-            quota_format_iso8601(ctx->billing.end, (char *) reset);
-
-            p = ngx_snprintf(message, sizeof(message),
-                             "Spending cap reached for this billing period. "
-                             "Quota resets on %*s.",
-                             (size_t) QUOTA_DATE_LEN, reset);
-        }
-
-        s |= yajl_gen_string(g, message, p - message);
-
-        if (name) {
-            s |= ngx_http_quota_yajl_literal(g, "metric");
-            s |= yajl_gen_string(g, name->data, name->len);
-            s |= ngx_http_quota_yajl_literal(g, "current_usage");
-            s |= yajl_gen_integer(g, ctx->used[i]);
-            s |= ngx_http_quota_yajl_literal(g, "quota_limit");
-            s |= yajl_gen_integer(g, ctx->limit[i]);
-        }
-
-        s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
-        s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
-
-    } else if (ngx_strcmp(error, "RATE_LIMITED") == 0
-               || ngx_strcmp(error, "CONCURRENCY_LIMIT") == 0)
-    {
-        retry = (time_t) ((ctx->retry_after + 999) / 1000);
-
-        p = ngx_snprintf(message, sizeof(message),
-                         error[0] == 'R'
-                         ? "Rate limit exceeded. Retry in %T s."
-                         : "Too many concurrent requests. Retry in %T s.",
-                         retry);
-
-        s |= yajl_gen_string(g, message, p - message);
-        s |= ngx_http_quota_yajl_literal(g, "retry_after");
-        s |= yajl_gen_integer(g, retry);
-
-    } else if (ngx_strcmp(error, "ACCOUNT_SUSPENDED") == 0) {
-        s |= ngx_http_quota_yajl_literal(g, "Account suspended.");
-
-    } else if (ngx_strcmp(error, "UNKNOWN_TENANT") == 0) {
-        s |= ngx_http_quota_yajl_literal(g, "Unknown tenant.");
-
-    } else if (ngx_strcmp(error, "BAD_COST") == 0 && name) {
-        p = ngx_snprintf(message, sizeof(message),
-                         "Invalid cost for metric %V: expected an integer "
-                         "from 0 to 9007199254740991.", name);
-
-        s |= yajl_gen_string(g, message, p - message);
-        s |= ngx_http_quota_yajl_literal(g, "metric");
-        s |= yajl_gen_string(g, name->data, name->len);
-
-    } else if (ngx_strcmp(error, "MISSING_TENANT") == 0) {
-        s |= ngx_http_quota_yajl_literal(g,
-                 "No tenant: send the credentials quota_tenant reads.");
-
-    } else if (ngx_strcmp(error, "METHOD_NOT_ALLOWED") == 0) {
-        s |= ngx_http_quota_yajl_literal(g, "Use GET.");
-
-    } else if (ngx_strcmp(error, "BAD_TENANT") == 0) {
-        s |= ngx_http_quota_yajl_literal(g,
-                 "Invalid tenant id: at most 256 printable ASCII characters "
-                 "without spaces or braces.");
+    if (e->details) {
+        s |= e->details(r, ctx, g, error);
 
     } else {
-        s |= ngx_http_quota_yajl_literal(g,
-                 "Quota service unavailable, please retry later.");
+        s |= ngx_http_quota_gen_str(g, e->message);
     }
 
     s |= yajl_gen_map_close(g);
@@ -194,6 +213,173 @@ ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     return ngx_http_quota_gen_body(r, g, body);
+}
+
+
+/* the refused (or badly costed) metric's name; NULL without a rule */
+static ngx_str_t *
+ngx_http_quota_error_metric(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_http_quota_metric_t     *m;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (ctx->rule == NULL || ctx->reject_index >= ctx->rule->ncharges) {
+        return NULL;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    m = qmcf->metrics.elts;
+
+    return &m[ctx->rule->charges[ctx->reject_index].metric].name;
+}
+
+
+static int
+ngx_http_quota_exceeded_details(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, void *gen, ngx_http_quota_error_e error)
+{
+    yajl_gen  g = gen;
+
+    u_char                      *p, reset[QUOTA_ISO8601_LEN];
+    u_char                       message[NGX_MAX_ERROR_STR];
+    ngx_str_t                   *name;
+    ngx_uint_t                   i, daily;
+    quota_period_t               period;
+    yajl_gen_status              s;
+    ngx_http_quota_metric_t     *m;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    name = ngx_http_quota_error_metric(r, ctx);
+
+    if (name == NULL) {
+        return ngx_http_quota_gen_str(g, ngx_http_quota_errors[error].message);
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    m = qmcf->metrics.elts;
+    i = ctx->reject_index;
+
+    daily = (m[ctx->rule->charges[i].metric].period
+             == NGX_HTTP_QUOTA_PERIOD_DAY);
+
+    /* the refused metric may not be the first one: its own period */
+    period = ngx_http_quota_metric_period(r, ctx, i);
+    quota_format_iso8601(period.end, (char *) reset);
+
+    p = ngx_snprintf(message, sizeof(message),
+                     "%s %V quota exhausted. Quota resets on %*s.",
+                     daily ? "Daily" : "Monthly", name,
+                     (size_t) QUOTA_DATE_LEN, reset);
+
+    s = yajl_gen_string(g, message, p - message);
+    s |= ngx_http_quota_yajl_literal(g, "metric");
+    s |= yajl_gen_string(g, name->data, name->len);
+    s |= ngx_http_quota_yajl_literal(g, "current_usage");
+    s |= yajl_gen_integer(g, ctx->used[i]);
+    s |= ngx_http_quota_yajl_literal(g, "quota_limit");
+    s |= yajl_gen_integer(g, ctx->limit[i]);
+    s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
+    s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
+
+    return s;
+}
+
+
+static int
+ngx_http_quota_cap_details(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    void *gen, ngx_http_quota_error_e error)
+{
+    yajl_gen  g = gen;
+
+    u_char           *p, reset[QUOTA_ISO8601_LEN];
+    u_char            message[NGX_MAX_ERROR_STR];
+    ngx_str_t        *name;
+    ngx_uint_t        i;
+    yajl_gen_status   s;
+
+    /* the cap is the account's: its billing period */
+    quota_format_iso8601(ctx->billing.end, (char *) reset);
+
+    p = ngx_snprintf(message, sizeof(message),
+                     ngx_http_quota_errors[error].message,
+                     (size_t) QUOTA_DATE_LEN, reset);
+
+    s = yajl_gen_string(g, message, p - message);
+
+    name = ngx_http_quota_error_metric(r, ctx);
+
+    if (name) {
+        i = ctx->reject_index;
+
+        s |= ngx_http_quota_yajl_literal(g, "metric");
+        s |= yajl_gen_string(g, name->data, name->len);
+        s |= ngx_http_quota_yajl_literal(g, "current_usage");
+        s |= yajl_gen_integer(g, ctx->used[i]);
+        s |= ngx_http_quota_yajl_literal(g, "quota_limit");
+        s |= yajl_gen_integer(g, ctx->limit[i]);
+    }
+
+    s |= ngx_http_quota_yajl_literal(g, "quota_reset_date");
+    s |= yajl_gen_string(g, reset, QUOTA_ISO8601_LEN);
+
+    return s;
+}
+
+
+static int
+ngx_http_quota_retry_details(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    void *gen, ngx_http_quota_error_e error)
+{
+    yajl_gen  g = gen;
+
+    u_char           *p, message[NGX_MAX_ERROR_STR];
+    time_t            retry;
+    yajl_gen_status   s;
+
+    retry = (time_t) ((ctx->retry_after + 999) / 1000);
+
+    p = ngx_snprintf(message, sizeof(message),
+                     ngx_http_quota_errors[error].message, retry);
+
+    s = yajl_gen_string(g, message, p - message);
+    s |= ngx_http_quota_yajl_literal(g, "retry_after");
+    s |= yajl_gen_integer(g, retry);
+
+    return s;
+}
+
+
+static int
+ngx_http_quota_cost_details(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    void *gen, ngx_http_quota_error_e error)
+{
+    yajl_gen  g = gen;
+
+    u_char           *p, message[NGX_MAX_ERROR_STR];
+    ngx_str_t        *name;
+    yajl_gen_status   s;
+
+    name = ngx_http_quota_error_metric(r, ctx);
+
+    if (name == NULL) {
+        return ngx_http_quota_gen_str(g, "Invalid cost.");
+    }
+
+    p = ngx_snprintf(message, sizeof(message),
+                     ngx_http_quota_errors[error].message, name);
+
+    s = yajl_gen_string(g, message, p - message);
+    s |= ngx_http_quota_yajl_literal(g, "metric");
+    s |= yajl_gen_string(g, name->data, name->len);
+
+    return s;
+}
+
+
+static yajl_gen_status
+ngx_http_quota_gen_str(yajl_gen g, const char *s)
+{
+    return yajl_gen_string(g, (const unsigned char *) s, ngx_strlen(s));
 }
 
 

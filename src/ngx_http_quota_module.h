@@ -365,6 +365,46 @@ typedef struct {
 #define NGX_HTTP_QUOTA_CODE_CONCURRENCY  7
 
 
+/* the module's error answers, in the order of ngx_http_quota_errors[] */
+typedef enum {
+    NGX_HTTP_QUOTA_ERROR_QUOTA_EXCEEDED = 0,
+    NGX_HTTP_QUOTA_ERROR_SPENDING_CAP,
+    NGX_HTTP_QUOTA_ERROR_SUSPENDED,
+    NGX_HTTP_QUOTA_ERROR_UNKNOWN_TENANT,
+    NGX_HTTP_QUOTA_ERROR_RATE_LIMITED,
+    NGX_HTTP_QUOTA_ERROR_CONCURRENCY,
+    NGX_HTTP_QUOTA_ERROR_BAD_TENANT,
+    NGX_HTTP_QUOTA_ERROR_BAD_COST,
+    NGX_HTTP_QUOTA_ERROR_MISSING_TENANT,
+    NGX_HTTP_QUOTA_ERROR_METHOD,
+    NGX_HTTP_QUOTA_ERROR_UNAVAILABLE,
+    NGX_HTTP_QUOTA_ERROR_COUNT,
+    NGX_HTTP_QUOTA_ERROR_NONE = NGX_HTTP_QUOTA_ERROR_COUNT
+} ngx_http_quota_error_e;
+
+/* which directive overrides an error's default status */
+#define NGX_HTTP_QUOTA_STATUS_FIXED      0
+#define NGX_HTTP_QUOTA_STATUS_QUOTA      1    /* quota_status */
+#define NGX_HTTP_QUOTA_STATUS_RATE       2    /* quota_rate_status */
+
+typedef struct {
+    ngx_str_t                    name;        /* "error" in the JSON */
+    ngx_uint_t                   status;      /* default HTTP status */
+    ngx_uint_t                   status_conf; /* NGX_HTTP_QUOTA_STATUS_* */
+    ngx_uint_t                   code;        /* script code, 0: none */
+    ngx_http_quota_status_e      decision;    /* $quota_status */
+    const char                  *message;     /* or the details' format */
+    unsigned                     retry_after:1;
+    /* writes "message" and the fields after it */
+    int                        (*details)(ngx_http_request_t *r,
+                                          ngx_http_quota_ctx_t *ctx,
+                                          void *g,
+                                          ngx_http_quota_error_e error);
+} ngx_http_quota_error_t;
+
+extern const ngx_http_quota_error_t  ngx_http_quota_errors[];
+
+
 /* called with reply NULL when the connection failed or closed */
 typedef void (*ngx_http_quota_reply_pt)(void *data, redisReply *reply);
 
@@ -442,10 +482,15 @@ ngx_table_elt_t *ngx_http_quota_push_header(ngx_http_request_t *r,
     ngx_str_t *name);
 
 /* ngx_http_quota_json.c */
+ngx_http_quota_error_e ngx_http_quota_code_error(ngx_uint_t code);
+ngx_uint_t ngx_http_quota_error_status(ngx_http_quota_loc_conf_t *qlcf,
+    ngx_http_quota_error_e error);
 ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, const char *error, ngx_uint_t status);
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf,
+    ngx_http_quota_error_e error);
 ngx_int_t ngx_http_quota_error_body(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, const char *error, ngx_str_t *body);
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_error_e error,
+    ngx_str_t *body);
 ngx_int_t ngx_http_quota_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t ngx_http_quota_gen_body(ngx_http_request_t *r, void *g,

@@ -227,9 +227,9 @@ static ngx_int_t
 ngx_http_quota_endpoint_error(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_int_t status)
 {
-    ngx_str_t         body;
-    const char       *error;
-    ngx_table_elt_t  *allow;
+    ngx_str_t                body;
+    ngx_table_elt_t         *allow;
+    ngx_http_quota_error_e   error;
 
     static ngx_str_t  allow_name = ngx_string("Allow");
 
@@ -242,15 +242,15 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
         }
 
         ngx_str_set(&allow->value, "GET, HEAD");
-        error = "METHOD_NOT_ALLOWED";
+        error = NGX_HTTP_QUOTA_ERROR_METHOD;
         break;
 
     case NGX_HTTP_UNAUTHORIZED:
-        error = "MISSING_TENANT";
+        error = NGX_HTTP_QUOTA_ERROR_MISSING_TENANT;
         break;
 
     case NGX_HTTP_BAD_REQUEST:
-        error = "BAD_TENANT";
+        error = NGX_HTTP_QUOTA_ERROR_BAD_TENANT;
         break;
 
     default:
@@ -346,7 +346,8 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
 
     if (ctx->code == NGX_HTTP_QUOTA_CODE_UNKNOWN) {
         ectx->status = NGX_HTTP_FORBIDDEN;
-        return ngx_http_quota_error_body(r, ctx, "UNKNOWN_TENANT",
+        return ngx_http_quota_error_body(r, ctx,
+                                         NGX_HTTP_QUOTA_ERROR_UNKNOWN_TENANT,
                                          &ectx->body);
     }
 
@@ -706,7 +707,8 @@ ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
         return NGX_DONE;
     }
 
-    if (ngx_http_quota_error_body(r, &ectx->quota, "QUOTA_UNAVAILABLE", &body)
+    if (ngx_http_quota_error_body(r, &ectx->quota,
+                                  NGX_HTTP_QUOTA_ERROR_UNAVAILABLE, &body)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -734,7 +736,8 @@ ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
     if (ectx->quota.redis_failed || ectx->body.data == NULL) {
         ectx->status = NGX_HTTP_SERVICE_UNAVAILABLE;
 
-        if (ngx_http_quota_error_body(r, &ectx->quota, "QUOTA_UNAVAILABLE",
+        if (ngx_http_quota_error_body(r, &ectx->quota,
+                                      NGX_HTTP_QUOTA_ERROR_UNAVAILABLE,
                                       &ectx->body)
             != NGX_OK)
         {
