@@ -84,9 +84,17 @@ sub with_backend {
     server {
         listen 127.0.0.1:$bport;
         quota off;
-        location /api/v2/p/ai/ { add_header X-AI-Tokens-Used 1234; return 200 "ai\\n"; }
-        location /api/reporter/ { add_header X-Reports-Ingested 3; return 200 "reports\\n"; }
-        location / { return 200 "backend\\n"; }
+        location /api/v2/p/ai/ {
+            add_header X-AI-Tokens-Used 1234;
+            add_header X-Backend-URI \$request_uri;
+            return 200 "ai\\n";
+        }
+        location /api/reporter/ {
+            add_header X-Reports-Ingested 3;
+            add_header X-Backend-URI \$request_uri;
+            return 200 "reports\\n";
+        }
+        location / { add_header X-Backend-URI \$request_uri; return 200 "backend\\n"; }
     }
 }
 _EOC_
@@ -191,16 +199,44 @@ for my $f (@files) {
         $r = req($p, 'POST', '/api/p/tests/9', 'X-API-Key' => 'acme', Authorization => 'Bearer t');
         is($r->{headers}{'x-quota-used'}, 3, 'pools: v1 write with a token costs 2');
         $r = req($p, 'POST', '/api/p/tests/9', 'X-API-Key' => 'acme', Cookie => 'sid=1');
-        ok(!exists $r->{headers}{'x-quota-used'}, 'pools: v1 with cookie auth is free');
+        is($r->{headers}{'x-quota-used'}, 3, 'pools: v1 with cookie auth is free');
         $r = req($p, 'GET', '/api/v2/p/tests', 'X-API-Key' => 'acme');
         ok(!exists $r->{headers}{'x-quota-used'}, 'pools: reads are free');
 
-        $r = req($p, 'POST', '/api/v2/p/ai/chat', 'X-API-Key' => 'acme', 'X-Token-Estimate' => 500);
-        is($r->{headers}{'x-quota-used'}, 500, 'pools: AI tokens estimated first');
+        $r = req($p, 'POST', '/api/v2/p/ai/chat', 'X-API-Key' => 'acme', 'X-Token-Estimate' => 5000);
+        is($r->{headers}{'x-quota-used'}, 5000, 'pools: AI tokens estimated first');
         my $deadline = time + 3;
         sleep 0.02 while time < $deadline
             && (redis('HGET', "quota:{$k{acme}}:usage:$start", 'ai_tokens') // 0) != 1234;
         is(redis('HGET', "quota:{$k{acme}}:usage:$start", 'ai_tokens'), 1234, 'pools: then reconciled to 1234');
+
+        # S2: the estimate the client sends has a floor of 1000, so an
+        # estimate of 0 (or none, or garbage) cannot carry AI calls past
+        # the quota: limit 3000 + 10 % grace = 3300, the backend reports 1234
+        # a call; 0 + 1000, 1234 + 1000 pass, 2468 + 1000 does not
+        for my $est ('0', '', 'abc', '-5', '999', '0999', '1000', '020000') {
+            my $t = "est-$est";
+            $r = req($p, 'POST', '/api/v2/p/ai/chat', 'X-API-Key' => $t,
+                     'X-Token-Estimate' => $est);
+            is($r->{headers}{'x-quota-used'}, $est =~ /^0*([1-9]\d{3,})$/ ? $1 : 1000,
+               "pools: estimate '$est' charges max(estimate, 1000) first");
+        }
+        my $zero = sha256_hex('zero');
+        account($zero, plan => 'professional', seats => 1, 'limit:ai_tokens' => 3000);
+        my @z;
+        for my $n (1 .. 5) {
+            my $before = redis('HGET', "quota:{$zero}:usage:$start", 'ai_tokens') // 0;
+            push @z, req($p, 'POST', '/api/v2/p/ai/chat', 'X-API-Key' => 'zero',
+                         'X-Token-Estimate' => 0)->{status};
+            next unless $z[-1] == 200;
+            my $deadline = time + 3;
+            sleep 0.02 while time < $deadline
+                && (redis('HGET', "quota:{$zero}:usage:$start", 'ai_tokens') // 0) != $before + 1234;
+        }
+        is_deeply(\@z, [200, 200, 402, 402, 402],
+                  'pools: a client estimating 0 tokens is refused once the floor does not fit');
+        is(redis('HGET', "quota:{$zero}:usage:$start", 'ai_tokens'), 2468,
+           'pools: and its usage stays within limit + grace');
 
         my @c = map { req($p, 'POST', '/api/v2/p/tests', 'X-API-Key' => 'capped')->{status} } 1 .. 5;
         is_deeply(\@c, [200, 200, 200, 200, 402], 'pools: overage until the cap (2 units of 0.00001)');
@@ -228,5 +264,118 @@ for my $f (@files) {
     is(redis('HGET', "quota:{$k{capped}}:usage:$start", 'api_requests:overage'), 2,
        'pools: two overage units');
 }
+
+
+# 4. path spellings (README "Path normalisation"): rules match the normalized
+#    $uri, so a path spelled so that nginx's normalisation and the upstream's
+#    routing disagree (";" parameters, case, "%2F" inside a segment, "%2e%2e",
+#    "..") must not reach the upstream unmetered. Every example has a
+#    catch-all rule and forwards the normalized URI (proxy_pass with a URI
+#    part): whatever reaches the upstream was charged something, and the
+#    upstream never sees a raw dot segment or an encoded slash.
+sub spellings {
+    my ($base) = @_;
+    my @s = grep { length } split m{/}, $base;
+    my ($first, $rest) = ($s[0], join('/', @s[1 .. $#s]));
+    my $last = $s[-1];
+    my $stem = join '/', '', @s[0 .. $#s - 1];
+    my $cut = int(length($last) / 2);
+    my @p = (
+        "$base;jsessionid=1",
+        "/$first;x/$rest",
+        "/\U$first\E/$rest",
+        uc $base,
+        "$base%3Bx",
+        "$base%20",
+        "$stem/" . substr($last, 0, $cut) . '%2F' . substr($last, $cut),
+        "/$first/%2e%2e/x",
+        "/$first/x/../../etc",
+        "/$first/%2e%2e$base",
+        "/$first/%2E%2E/%2e%2e/$rest",
+        "//$first//$rest",
+        "/$first/./$rest",
+        "$base/",
+        '/%' . sprintf('%02X', ord substr($first, 0, 1)) . substr($base, 2),
+    );
+    if (@s >= 3) {    # an encoded slash inside a middle segment (a :param)
+        my $m = $s[-2];
+        my $c = int(length($m) / 2) || 1;
+        push @p, join('/', '', @s[0 .. $#s - 2], substr($m, 0, $c) . '%2F'
+                      . substr($m, $c), $last);
+    }
+    return @p;
+}
+
+sub usage_sum {
+    my ($t) = @_;
+    my %h = @{ redis('HGETALL', "quota:{$t}:usage:$start") || [] };
+    my $sum = 0;
+    $sum += $h{$_} for grep { !/:/ && $_ ne 'overage_cost' } keys %h;
+    return $sum;
+}
+
+my $n_spell = 0;
+for my $ex (
+    { file => 'quickstart.conf', ports => [8080, 8081], header => 'X-API-Key',
+      hash => 1, methods => ['POST'], bases => ['/api/v2/demo/tests'],
+      backend => qr/"ok":true/ },
+    { file => 'tiered-plans.conf', ports => [8080, 9000], header => 'X-API-Key',
+      hash => 1, methods => ['GET', 'POST'], bases => ['/api/scans', '/api/exports/csv'] },
+    { file => 'monthly-actions.conf', ports => [8080, 9000], header => 'X-Workspace',
+      methods => ['POST', 'DELETE'], bases => ['/v1/items', '/v1/batch'],
+      extra => { 'X-Batch-Size' => 5 } },
+    { file => 'per-seat-pools.conf', ports => [8080, 8081, 9000], header => 'X-API-Key',
+      hash => 1, methods => ['POST', 'PUT'],
+      bases => ['/api/v2/p/tests', '/api/v2/p/tests/9', '/api/p/tests',
+                '/api/v2/p/ai/chat', '/api/reporter/upload'],
+      extra => { 'X-Token-Estimate' => 10, Authorization => 'Bearer t' } },
+) {
+    my @ports = map { free_port() } @{ $ex->{ports} };
+    my %map = map { $ex->{ports}[$_] => $ports[$_] } 0 .. $#ports;
+    my $conf = prepare($ex->{file}, %map);
+    my $backend = $ex->{backend} // qr/^(backend|ai|reports)\n\z/;
+    if ($ex->{backend}) {
+        # the demo upstream also says what it was sent
+        $conf =~ s{"uri":"\$uri"}{"uri":"\$uri","sent":"\$request_uri"}
+            or die "quickstart: no demo upstream";
+    } else {
+        $conf = with_backend($conf, $map{9000});
+    }
+    my $p = $ports[0];
+    my (@rows, $i);
+    run_example($conf, sub {
+        for my $base (@{ $ex->{bases} }) {
+            for my $path (spellings($base)) {
+                for my $m (@{ $ex->{methods} }) {
+                    my $key = "spell-$ex->{file}-" . $i++;
+                    my $t = $ex->{hash} ? sha256_hex($key) : $key;
+                    my $r = req($p, $m, $path, $ex->{header} => $key,
+                                %{ $ex->{extra} || {} });
+                    my $reached = ($r->{body} // '') =~ $backend;
+                    my ($sent) = $ex->{backend}
+                        ? (($r->{body} // '') =~ /"sent":"([^"]*)"/)
+                        : ($r->{headers}{'x-backend-uri'});
+                    push @rows, [$m, $path, $r->{status} // '', $reached,
+                                 $sent // '-', $t];
+                }
+            }
+        }
+        # reconcile (log phase) has run once the next request is answered
+        req($p, 'GET', '/');
+        sleep 0.2;
+    }, $p);
+    for my $row (@rows) {
+        my ($m, $path, $st, $reached, $sent, $t) = @$row;
+        my $charged = usage_sum($t);
+        $n_spell++;
+        ok(!$reached || $charged > 0,
+           "$ex->{file}: $m $path reaches the upstream only metered")
+            or diag("status $st, upstream was sent $sent, charged $charged");
+        next unless $reached && $m ne 'GET';
+        unlike($sent, qr{%2[eEfF]|/\.\.?(/|$|\?)|//},
+               "$ex->{file}: $m $path: the upstream is sent the normalized URI");
+    }
+}
+ok($n_spell > 100, "$n_spell spellings tried");
 
 done_testing();
