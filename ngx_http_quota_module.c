@@ -33,6 +33,7 @@ static char *ngx_http_quota_enable(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_quota_header_name(ngx_conf_t *cf, ngx_str_t *prefix,
     const char *suffix, ngx_str_t *name);
+static ngx_int_t ngx_http_quota_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_quota_init_process(ngx_cycle_t *cycle);
 static void ngx_http_quota_exit_process(ngx_cycle_t *cycle);
 
@@ -272,7 +273,7 @@ ngx_module_t  ngx_http_quota_module = {
     ngx_http_quota_commands,               /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_quota_init_module,            /* init module */
     ngx_http_quota_init_process,           /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -562,6 +563,20 @@ ngx_http_quota_enable(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_init_module(ngx_cycle_t *cycle)
+{
+    /* at every start and reload, next to nginx's own "nginx/1.22.1"
+       notice, so a bug report's log names the module version */
+    if (!ngx_test_config) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "ngx_http_quota_module/" NGX_HTTP_QUOTA_VERSION);
+    }
+
+    return NGX_OK;
 }
 
 

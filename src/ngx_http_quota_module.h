@@ -47,6 +47,10 @@
 #include "ngx_http_quota_pure.h"
 
 
+/* the one version string: debian/changelog, README.md and CHANGELOG.md
+   name the same (t/160-package.t checks) */
+#define NGX_HTTP_QUOTA_VERSION           "0.2.0"
+
 #define NGX_HTTP_QUOTA_PERIOD_MONTH      0
 #define NGX_HTTP_QUOTA_PERIOD_DAY        1
 
