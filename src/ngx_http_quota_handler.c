@@ -56,7 +56,7 @@ ngx_http_quota_handler(ngx_http_request_t *r)
 
         case NGX_HTTP_QUOTA_CTX_DECIDED:
             ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
-            return ngx_http_quota_act(r, ctx, qlcf);
+            return ngx_http_quota_act(r, ctx, ctx->conf);
 
         case NGX_HTTP_QUOTA_CTX_WAITING:
             /* nothing runs the phases while we wait; be safe anyway */
@@ -315,21 +315,22 @@ ngx_http_quota_log_handler(ngx_http_request_t *r)
                      decisions[ctx ? ctx->status : NGX_HTTP_QUOTA_UNMETERED]);
     }
 
-    if (qlcf->reconcile == NULL) {
-        return NGX_OK;
-    }
-
-    /* only admitted, charged requests: not shadow, not dry-run refusals */
+    /*
+     * Only admitted, charged requests (not shadow, not dry-run refusals),
+     * with the reconcile of the location that charged (review D6): after
+     * try_files or error_page, qlcf is another location's.
+     */
     if (ctx == NULL || ctx->rule == NULL || ctx->reconciled
-        || ctx->status != NGX_HTTP_QUOTA_ALLOWED)
+        || ctx->status != NGX_HTTP_QUOTA_ALLOWED
+        || ctx->conf->reconcile == NULL)
     {
         return NGX_OK;
     }
 
     ctx->reconciled = 1;
-    rc = qlcf->reconcile->elts;
+    rc = ctx->conf->reconcile->elts;
 
-    for (i = 0; i < qlcf->reconcile->nelts; i++) {
+    for (i = 0; i < ctx->conf->reconcile->nelts; i++) {
 
         for (j = 0; j < ctx->ncharges; j++) {
             if (ctx->rule->charges[j].metric == rc[i].metric) {
@@ -413,6 +414,7 @@ ngx_http_quota_create_ctx(ngx_http_request_t *r)
     ngx_memzero(ctx, sizeof(ngx_http_quota_ctx_t));
 
     ctx->request = r;
+    ctx->conf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
     ctx->timeout.handler = ngx_http_quota_timeout_handler;
     ctx->timeout.data = ctx;

@@ -98,7 +98,8 @@ ngx_http_quota_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+    /* the charging location's settings, wherever the answer comes from */
+    qlcf = ctx->conf;
 
     if (qlcf->headers) {
         if (n.limit >= 0) {

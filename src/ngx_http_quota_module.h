@@ -311,6 +311,9 @@ typedef struct ngx_http_quota_op_s  ngx_http_quota_op_t;
  */
 typedef struct {
     ngx_http_request_t          *request;
+    /* the location that charged: its reconcile, headers, failure mode and
+       statuses hold even after try_files/error_page moved the request */
+    ngx_http_quota_loc_conf_t   *conf;
     ngx_http_quota_ctx_state_e   state;
     ngx_http_quota_status_e      status;
 
