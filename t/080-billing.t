@@ -121,7 +121,7 @@ X-T: seats
 
 === TEST 3: per_seat: seats raised to 4 in Redis admits 2 more, no reload
 --- init
-redis('HSET', 'quota:{seats}:account', 'seats', 4);
+QuotaTest::redis('HSET', 'quota:{seats}:account', 'seats', 4);
 --- config
     quota on;
     quota_tenant $http_x_t;
@@ -196,7 +196,7 @@ X-T: capraise
 
 === TEST 7: cap raised: one more admitted
 --- init
-redis('HSET', 'quota:{capraise}:account', 'cap', '2');
+QuotaTest::redis('HSET', 'quota:{capraise}:account', 'cap', '2');
 --- config
     quota on;
     quota_tenant $http_x_t;
@@ -306,7 +306,7 @@ X-Quota-Limit: 100
 
 === TEST 13: ... and applies from that instant on
 --- init
-redis('HSET', 'quota:{sched}:account', 'next_plan_at', time - 1);
+QuotaTest::redis('HSET', 'quota:{sched}:account', 'next_plan_at', time - 1);
 --- config
     quota on;
     quota_tenant $http_x_t;

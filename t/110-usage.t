@@ -79,7 +79,7 @@ X-API-Key: acme
 
 === TEST 2: another tenant sees its own numbers, plan, seats, cap; daily=1 adds the breakdown
 --- init
-redis('HSET', 'quota:{other}:account', 'plan', 'team', 'seats', 2, 'overage', 1, 'cap', '12.5', 'status', 'trial');
+QuotaTest::redis('HSET', 'quota:{other}:account', 'plan', 'team', 'seats', 2, 'overage', 1, 'cap', '12.5', 'status', 'trial');
 --- config
     quota on;
     quota_tenant $http_x_api_key;
@@ -96,7 +96,7 @@ X-API-Key: other
 
 === TEST 3: approaching_limit from the warning threshold on
 --- init
-redis('HSET', "quota:{near}:usage:$main::start", 'a', 8);
+QuotaTest::redis('HSET', "quota:{near}:usage:$main::start", 'a', 8);
 --- config
     quota on;
     quota_tenant $http_x_api_key;
@@ -177,8 +177,8 @@ GET /api/v1/usage
 
 === TEST 8: projected overage: extrapolated, priced, bounded by the cap; usage past the limit shows
 --- init
-redis('HSET', 'quota:{proj}:account', 'plan', 'team', 'overage', 1, 'cap', 3);
-redis('HSET', "quota:{proj}:usage:$main::start", 'a', 10, 'a:overage', 6, 'overage_cost', 3000000);
+QuotaTest::redis('HSET', 'quota:{proj}:account', 'plan', 'team', 'overage', 1, 'cap', 3);
+QuotaTest::redis('HSET', "quota:{proj}:usage:$main::start", 'a', 10, 'a:overage', 6, 'overage_cost', 3000000);
 --- config
     quota on;
     quota_tenant $http_x_api_key;

@@ -26,7 +26,7 @@ our @EXPORT = qw(
 );
 
 our @EXPORT_OK = qw(parse_http_response nginx_start nginx_stop
-                    valgrind_problems);
+                    valgrind_problems sanitizer_problems);
 
 
 # ---------------------------------------------------------------- Redis ----
@@ -135,13 +135,23 @@ sub redis_flush {
 
 # ---------------------------------------------------------------- ports ----
 
+# a port nothing listens on, never one this process was given before: the
+# kernel may hand out a just-closed port again, so two free_port() calls in
+# a row (a gateway and its upstream) could otherwise get the same number
+my %ports_given;
+
 sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Proto => 'tcp', Listen => 1)
-        or die "QuotaTest: cannot bind a free port: $!\n";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                      LocalPort => 0, Proto => 'tcp',
+                                      Listen => 1)
+            or die "QuotaTest: cannot bind a free port: $!\n";
+        my $port = $s->sockport;
+        close $s;
+        next if $ports_given{$port}++;
+        return $port;
+    }
+    die "QuotaTest: no fresh free port after 100 tries\n";
 }
 
 
@@ -265,6 +275,59 @@ sub _use_valgrind {
     return $ENV{TEST_NGINX_USE_VALGRIND} ? 1 : 0;
 }
 
+# scripts/test --sanitize: nginx loads the ASan+UBSan build of the module,
+# with the sanitizer runtimes preloaded (TEST_NGINX_LD_PRELOAD, which the
+# real Test::Nginx honours too) and their reports written under the
+# servroot (see sanitizer_problems)
+sub _use_sanitizer {
+    return $ENV{TEST_NGINX_USE_SANITIZER} ? 1 : 0;
+}
+
+# the environment of an nginx started here: LD_PRELOAD from
+# TEST_NGINX_LD_PRELOAD (as the real runner does), and with sanitizers the
+# report files moved into $root/logs, so each block sees only its own
+sub _nginx_child_env {
+    my ($root) = @_;
+    if (defined $ENV{TEST_NGINX_LD_PRELOAD}) {
+        $ENV{LD_PRELOAD} = join ' ', grep { defined && length }
+                           $ENV{TEST_NGINX_LD_PRELOAD}, $ENV{LD_PRELOAD};
+    }
+    if (_use_sanitizer()) {
+        for my $v (['ASAN_OPTIONS', 'asan'], ['UBSAN_OPTIONS', 'ubsan']) {
+            my ($name, $file) = @$v;
+            my $o = defined $ENV{$name} ? $ENV{$name} : '';
+            $o =~ s/(?:^|:)log_path=[^:]*//g;
+            $o =~ s/^://;
+            $ENV{$name} = ($o eq '' ? '' : "$o:")
+                          . "log_path=$root/logs/$file";
+        }
+    }
+}
+
+# sanitizer_problems($servroot): the ASan/UBSan reports nginx wrote there.
+# Any AddressSanitizer or UBSan ("runtime error:") report is a problem;
+# a LeakSanitizer record counts only when its stack names our module,
+# hiredis or yajl: Debian's nginx keeps some allocations for its whole life
+# and exits without freeing them (the environment copy, the connection
+# array), exactly as valgrind_problems ignores them.
+sub sanitizer_problems {
+    my ($root) = @_;
+    my $ours = qr/ngx_http_quota|hiredis|redisAsync|redisReader|yajl/;
+    my @problems;
+    for my $f (sort glob("$root/logs/asan.* $root/logs/ubsan.*")) {
+        my $text = _slurp($f);
+        next unless length $text;
+        if ($text =~ /ERROR: LeakSanitizer/ && $text !~ /ERROR: AddressSanitizer|runtime error:/) {
+            my @leaks = grep { /$ours/ }
+                        split /\n(?=(?:Direct|Indirect) leak of )/, $text;
+            push @problems, "$f:\n" . join("\n", @leaks) if @leaks;
+            next;
+        }
+        push @problems, "$f:\n$text";
+    }
+    return @problems;
+}
+
 # returns the repository root (where valgrind.suppress lives)
 sub _repo_root {
     my $dir = __FILE__;
@@ -374,6 +437,7 @@ sub nginx_start {
 
     my $h = { servroot => $root, port => $o{port},
               valgrind => _use_valgrind(), started => time };
+    $o{setup}->() if $o{setup};
 
     open my $fh, '>', "$root/conf/nginx.conf" or die "nginx.conf: $!\n";
     print {$fh} nginx_conf(%o);
@@ -397,6 +461,7 @@ sub nginx_start {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', "$root/logs/stderr.log";
         open STDERR, '>&', \*STDOUT;
+        _nginx_child_env($root);
         exec @cmd or POSIX::_exit(127);
     }
     POSIX::setpgid($pid, $pid);    # no race with the child's own call
@@ -592,6 +657,13 @@ sub nginx_run {
             Test::More::diag($_) for @p;
         }
     }
+    if (_use_sanitizer()) {
+        my @p = sanitizer_problems($root);
+        if (@p) {
+            Test::More::fail("nginx_run - sanitizer reported problems");
+            Test::More::diag($_) for @p;
+        }
+    }
     return _slurp("$root/logs/error.log");
 }
 
@@ -636,7 +708,13 @@ sub parse_http_response {
 
     my $te = $res->{headers}{'transfer-encoding'};
     my $len = $res->{headers}{'content-length'};
-    if (defined $te && $te =~ /chunked/i) {
+    # {consumed}: bytes of $raw this response took (the next pipelined
+    # response starts there)
+    $res->{consumed} = length $raw;
+    if ($res->{status} =~ /^(?:1\d\d|204|304)$/) {
+        $res->{complete} = 1;
+        $res->{consumed} = $pos + 4;
+    } elsif (defined $te && $te =~ /chunked/i) {
         my $decoded = '';
         my $p = 0;
         while (1) {
@@ -654,6 +732,9 @@ sub parse_http_response {
             $p = $eol + 2;
             if ($size == 0) {
                 $res->{complete} = 1;
+                my $end = index($body, "\r\n\r\n", $p - 2);
+                $res->{consumed} = $pos + 4 + ($end < 0 ? length $body
+                                                        : $end + 4);
                 last;
             }
             if (length($body) < $p + $size + 2) {
@@ -673,6 +754,7 @@ sub parse_http_response {
             $res->{complete} = 1;
         }
         $res->{body} = substr($body, 0, $len);
+        $res->{consumed} = $pos + 4 + $len if $res->{complete};
     } else {
         $res->{body} = $body;
         $res->{complete} = 1;
