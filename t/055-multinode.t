@@ -8,7 +8,7 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use QuotaTime;
 use QuotaLoad;
 use File::Temp qw(tempdir);
@@ -115,6 +115,10 @@ for my $n (@nodes) {
     my $log = do { local $/; open my $e, '<', "$n->{root}/logs/error.log"; <$e> // '' };
     unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/,
            "node $n->{port}: no alert, no crash");
+    if ($n->{h}{valgrind}) {
+        my @p = valgrind_problems($n->{root});
+        is(scalar @p, 0, "node $n->{port}: valgrind clean") or diag(join "\n", @p);
+    }
 }
 
 for my $ph (@phases) {
