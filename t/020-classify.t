@@ -249,14 +249,16 @@ X-Quota-Used: 5
 --- config
     quota on;
     quota_tenant $http_x_tenant;
-    quota_api_version $http_x_api_version;
+    quota_api_version $arg_v;
     quota_route POST /v/** a=1 version=2;
---- more_headers eval
-"X-Tenant: versions2\nX-Api-Version: 2"
---- request
-POST /v/x
---- response_headers
-X-Quota-Used: 1
+--- more_headers
+X-Tenant: versions2
+--- request eval
+["POST /v/x?v=2", "POST /v/x?v=3", "POST /v/x", "POST /v/x?v=22", "POST /v/x?v=", "POST /v/x?v=2"]
+--- error_code eval
+[(200) x 6]
+--- response_headers eval
+["X-Quota-Used: 1", ("!X-Quota-Used") x 4, "X-Quota-Used: 2"]
 
 
 
@@ -306,3 +308,129 @@ X-API-Key: methods
 ["GET /any", "FOO /any", "PROPFIND /dav", "PUT /dav"]
 --- response_headers eval
 ["X-Quota-Used: 1", "X-Quota-Used: 2", "X-Quota-Used: 4", "!X-Quota-Used"]
+
+
+
+=== TEST 15: auth=cookie: a Cookie without Authorization
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+Cookie: session=1
+--- request
+POST /auth?t=cookie1
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 2
+
+
+
+=== TEST 16: auth=cookie does not hold with Authorization, even listed first: auth=header
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+Cookie: session=1
+Authorization: Bearer x
+--- request
+POST /auth?t=cookie2
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 1
+
+
+
+=== TEST 17: auth=apikey reads the default header X-API-Key
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+X-API-Key: k
+--- request
+POST /auth?t=apikey1
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 3
+
+
+
+=== TEST 18: the default apikey header matches in any case; apikey listed before header wins
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+x-api-key: k
+Authorization: Bearer x
+--- request
+POST /auth?t=apikey2
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 3
+
+
+
+=== TEST 19: auth=none: no Authorization, Cookie or API key
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+X-Other: 1
+--- request
+POST /auth?t=none1
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 4
+
+
+
+=== TEST 20: auth=none does not hold with only a Cookie under another rule order
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=4 auth=none;
+    quota_route POST /auth a=2 auth=cookie;
+--- more_headers
+Cookie: a=b
+--- request
+POST /auth?t=none2
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 2
+
+
+
+=== TEST 21: a header named like the API key but different is no API key
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=2 auth=cookie;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+    quota_route POST /auth a=4 auth=none;
+--- more_headers
+X-API-Keys: k
+--- request
+POST /auth?t=none3
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 4
