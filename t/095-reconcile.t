@@ -37,6 +37,14 @@ my $server = <<'_EOC_';
     quota_tenant $http_x_t;
     quota_route POST /ai/** ai_tokens=100 api_requests=1;
     quota_reconcile ai_tokens $upstream_http_x_ai_tokens_used;
+    quota_bypass $arg_shadow;
+
+    location /dry/ {
+        quota_dry_run on;
+        quota_route POST /dry/** ai_tokens=100;
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
 
     location / {
         add_header X-Status $quota_status always;
@@ -120,15 +128,32 @@ my $log = nginx_run(
         redis_at($rport, 'HSET', 'quota:{over}:account', 'overage', 1, 'limit:ai_tokens', 150);
         http_request($port, 'POST', '/ai/chat?used=250', { 'X-T' => 'over' }, '');
         is(settle('over', 250), 250, 'reconcile overage: usage 250');
+        # that correction went out after those of the empty and invalid
+        # values: had they sent one, it would show by now
+        is(used('recon'), 590, 'reconcile: still 590 after a later correction landed');
         is(used('over', 'ai_tokens:overage'), 100, 'reconcile overage: 100 units past the limit of 150');
         is(used('over', 'overage_cost'), 100, 'reconcile overage: priced at 1 micro-USD each');
 
-        # a rejected or shadow request is never reconciled
+        # only admitted, charged requests are reconciled (SPEC 4a): not a
+        # rejected one, not a shadow (bypass) one, not a dry-run refusal.
+        # Each reports 250 for an estimate of 100: a wrong reconcile adds 150
         redis_at($rport, 'HSET', 'quota:{capped}:account', 'limit:ai_tokens', 50);
-        $r = http_request($port, 'POST', '/ai/chat?used=10', { 'X-T' => 'capped' }, '');
+        $r = http_request($port, 'POST', '/ai/chat?used=250', { 'X-T' => 'capped' }, '');
         is($r->{status}, 402, 'reconcile: a rejected request');
-        sleep 0.2;
+        $r = http_request($port, 'POST', '/ai/chat?used=250&shadow=1', { 'X-T' => 'shadow' }, '');
+        is($r->{headers}{'x-status'}, 'BYPASS', 'reconcile: a shadow request');
+        redis_at($rport, 'HSET', 'quota:{dry}:account', 'limit:ai_tokens', 50);
+        $r = http_request($port, 'POST', '/dry/chat?used=250', { 'X-T' => 'dry' }, '');
+        is($r->{headers}{'x-status'}, 'DRY_RUN_REJECT', 'reconcile: a dry-run refusal');
+        # then an admitted dry-run request: reconciled.  Corrections go out
+        # in order on the worker's connection, so once this one landed a
+        # wrong earlier one would have landed too: no sleep, no race
+        $r = http_request($port, 'POST', '/dry/chat?used=300', { 'X-T' => 'dryok' }, '');
+        is($r->{headers}{'x-status'}, 'ALLOWED', 'reconcile: an admitted dry-run request');
+        is(settle('dryok', 300), 300, 'reconcile: the admitted dry-run request is reconciled');
         is(used('capped'), undef, 'reconcile: never applied to a rejected request');
+        is(used('shadow'), undef, 'reconcile: never applied to a shadow request');
+        is(used('dry'), undef, 'reconcile: never applied to a dry-run refusal');
 
         # the response is not delayed when Redis is slow to take the correction:
         # the charge is done, then Redis stalls for 1 s while the response goes out
