@@ -163,6 +163,8 @@ sub start_consumer {
     is_deeply(\@types, [qw(spending_cap_reached overage_started quota_exceeded approaching_limit)],
               'overage: approaching, exceeded, overage_started, then spending_cap_reached once')
         or diag $over->{body};
+    like($over->{body}, qr/\{[^{}]*"type":"spending_cap_reached","metric":null,[^{}]*\}/,
+         'spending_cap_reached: metric null (the cap is the account\'s)');
     like($back->{body}, qr/^\{"alerts":\[\{[^{}]*"type":"quota_reset","metric":"a"[^{}]*\}\],"total":1,/,
          'quota_reset at the first charge of a period after usage in the previous one');
     is($none->{body}, '{"alerts":[],"total":0,"page":1,"per_page":20}', 'a tenant without alerts');
