@@ -93,7 +93,7 @@ X-API-Key: other
 # from the elapsed part of it): t/086-pinned-time.t checks it exactly at
 # pinned instants; here any amount up to the cap
 ["^ok\n\$",
- '^' . join('"projected_overage":(?:0|[1-9]\d*(?:\.\d+)?|0\.\d+),',
+ '^' . CORE::join('"projected_overage":(?:0|[1-9]\d*(?:\.\d+)?|0\.\d+),',
             map { quotemeta } split /"projected_overage":0,/,
  qq{{"tenant_id":"other","plan":"team","status":"trial","seats":2,"period_start":"$::pstart","period_end":"$::pend","quota_reset_date":"$::reset","approaching_limit":false,"overage_enabled":true,"spending_cap":12.5,"projected_overage":0,"metrics":{"a":{"used":2,"limit":8,"remaining":6,"overage":0},"b":{"used":1,"limit":100,"remaining":99,"overage":0}},"daily":[{"date":"$::today","a":2,"b":1}]}}) . '$']
 
