@@ -59,6 +59,11 @@ static ngx_conf_num_bounds_t  ngx_http_quota_status_bounds = {
 };
 
 
+static ngx_conf_post_t  ngx_http_quota_header_prefix_post = {
+    ngx_http_quota_header_prefix_check
+};
+
+
 /* where the first "quota on" is, to point at it when quota_redis is missing */
 static ngx_str_t   ngx_http_quota_on_file;
 static ngx_uint_t  ngx_http_quota_on_line;
@@ -169,7 +174,7 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_quota_loc_conf_t, header_prefix),
-      NULL },
+      &ngx_http_quota_header_prefix_post },
 
     { ngx_string("quota_require_account"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
@@ -307,6 +312,14 @@ ngx_http_quota_postconfiguration(ngx_conf_t *cf)
                       "\"quota on\" in %V:%ui needs \"quota_redis\" "
                       "in the http block",
                       &ngx_http_quota_on_file, ngx_http_quota_on_line);
+        return NGX_ERROR;
+    }
+
+    if (qmcf->endpoint_line && !qmcf->redis_configured) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"%V\" in %V:%ui needs \"quota_redis\" "
+                      "in the http block", &qmcf->endpoint_name,
+                      &qmcf->endpoint_file, qmcf->endpoint_line);
         return NGX_ERROR;
     }
 
@@ -460,6 +473,10 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->tenant_hash, prev->tenant_hash, 0);
 
+    if (ngx_http_quota_reconcile_check(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     /* a level's own rules replace the inherited ones, as add_header does */
     if (conf->rules == NULL) {
         conf->rules = prev->rules;
@@ -593,7 +610,9 @@ ngx_http_quota_init_process(ngx_cycle_t *cycle)
 
     qmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_quota_module);
 
-    if (qmcf == NULL || !qmcf->redis_configured || !qmcf->enabled_somewhere) {
+    if (qmcf == NULL || !qmcf->redis_configured
+        || (!qmcf->enabled_somewhere && qmcf->endpoint_line == 0))
+    {
         return NGX_OK;
     }
 

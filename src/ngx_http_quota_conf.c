@@ -11,14 +11,56 @@
 #include "ngx_http_quota_module.h"
 
 
+typedef char *(*ngx_http_quota_plan_stmt_pt)(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_uint_t                   min_args;    /* the name included */
+    ngx_uint_t                   max_args;
+    ngx_http_quota_plan_stmt_pt  handler;
+    const char                  *usage;
+} ngx_http_quota_plan_stmt_t;
+
+
 static char *ngx_http_quota_plan_statement(ngx_conf_t *cf,
     ngx_command_t *dummy, void *conf);
+static ngx_http_quota_plan_metric_t *ngx_http_quota_plan_metric_arg(
+    ngx_conf_t *cf, ngx_http_quota_plan_t *plan, ngx_str_t *name);
+static char *ngx_http_quota_plan_limit(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+static char *ngx_http_quota_plan_overage(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+static char *ngx_http_quota_plan_grace(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+static char *ngx_http_quota_plan_rate(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+static char *ngx_http_quota_plan_concurrency(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value, ngx_uint_t nargs);
+static char *ngx_http_quota_plan_duplicate(ngx_conf_t *cf,
+    ngx_http_quota_plan_t *plan, ngx_str_t *value);
+static ngx_int_t ngx_http_quota_is_token(ngx_str_t *s);
 static ngx_http_quota_plan_metric_t *ngx_http_quota_plan_metric(
     ngx_http_quota_plan_t *plan, ngx_uint_t metric);
 static int64_t ngx_http_quota_parse_money(ngx_str_t *v);
 static ngx_int_t ngx_http_quota_parse_name(ngx_str_t *name);
 
 
+
+
+static ngx_http_quota_plan_stmt_t  ngx_http_quota_plan_stmts[] = {
+    { ngx_string("limit"), 3, 4, ngx_http_quota_plan_limit,
+      "limit METRIC N [per_seat]" },
+    { ngx_string("overage"), 3, 3, ngx_http_quota_plan_overage,
+      "overage METRIC PRICE" },
+    { ngx_string("grace"), 2, 2, ngx_http_quota_plan_grace,
+      "grace P%" },
+    { ngx_string("rate"), 2, 3, ngx_http_quota_plan_rate,
+      "rate Nr/s|Nr/m [burst=N]" },
+    { ngx_string("concurrency"), 2, 3, ngx_http_quota_plan_concurrency,
+      "concurrency N [lease=TIME]" },
+    { ngx_null_string, 0, 0, NULL, NULL }
+};
 
 
 char *
@@ -318,6 +360,7 @@ ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     plan->name = value[1];
     plan->lease = 60000;
+    plan->grace = NGX_CONF_UNSET_UINT;     /* to see a duplicate "grace" */
 
     if (ngx_array_init(&plan->metrics, cf->pool, 4,
                        sizeof(ngx_http_quota_plan_metric_t))
@@ -334,232 +377,302 @@ ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     *cf = save;
 
+    if (plan->grace == NGX_CONF_UNSET_UINT) {
+        plan->grace = 0;
+    }
+
     return rv;
 }
 
 
+/*
+ * Inside quota_plan { }: one line, dispatched through the statement table
+ * (like geo { } and upstream { } lines in core), so argument counts and
+ * "is duplicate" are uniform.
+ */
 static char *
 ngx_http_quota_plan_statement(ngx_conf_t *cf, ngx_command_t *dummy,
     void *conf)
 {
     ngx_http_quota_plan_t  *plan = conf;
 
-    int64_t                        n;
-    ngx_int_t                      metric, k;
-    ngx_str_t                     *value, s;
-    ngx_uint_t                     nargs;
-    ngx_msec_t                     ms;
-    ngx_http_quota_plan_metric_t  *pm;
-    ngx_http_quota_main_conf_t    *qmcf;
+    ngx_str_t                         *value;
+    ngx_uint_t                         nargs;
+    ngx_http_quota_plan_stmt_t        *st;
 
     value = cf->args->elts;
     nargs = cf->args->nelts;
-    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
 
-#define ngx_http_quota_is(v, lit)                                            \
-    ((v).len == sizeof(lit) - 1 && ngx_strncmp((v).data, lit, (v).len) == 0)
+    for (st = ngx_http_quota_plan_stmts; st->name.len; st++) {
 
-    if (ngx_http_quota_is(value[0], "limit")
-        || ngx_http_quota_is(value[0], "overage"))
-    {
-        if (ngx_http_quota_is(value[0], "limit")
-            ? (nargs != 3 && nargs != 4) : nargs != 3)
+        if (st->name.len != value[0].len
+            || ngx_strncmp(st->name.data, value[0].data, value[0].len) != 0)
         {
+            continue;
+        }
+
+        if (nargs < st->min_args || nargs > st->max_args) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid number of arguments in \"%V\", "
-                               "expected \"limit METRIC N [per_seat]\" or "
-                               "\"overage METRIC PRICE\"", &value[0]);
+                               "expected \"%s\"", &value[0], st->usage);
             return NGX_CONF_ERROR;
         }
 
-        metric = ngx_http_quota_metric_index(qmcf, &value[1]);
-        if (metric == NGX_ERROR) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "unknown metric \"%V\" in plan \"%V\" "
-                               "(declare it with quota_metric first)",
-                               &value[1], &plan->name);
-            return NGX_CONF_ERROR;
-        }
-
-        pm = ngx_http_quota_plan_metric(plan, metric);
-        if (pm == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_http_quota_is(value[0], "overage")) {
-            if (pm->price >= 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "duplicate overage for metric \"%V\"",
-                                   &value[1]);
-                return NGX_CONF_ERROR;
-            }
-
-            pm->price = ngx_http_quota_parse_money(&value[2]);
-            if (pm->price < 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid price \"%V\" (USD per unit, at "
-                                   "most 6 decimals, e.g. 0.0001)",
-                                   &value[2]);
-                return NGX_CONF_ERROR;
-            }
-
-            return NGX_CONF_OK;
-        }
-
-        if (pm->limit != NGX_HTTP_QUOTA_UNLIMITED) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "duplicate limit for metric \"%V\"",
-                               &value[1]);
-            return NGX_CONF_ERROR;
-        }
-
-        if (quota_parse_cost((char *) value[2].data, value[2].len, &n) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid limit \"%V\" (an integer from 0 to "
-                               "2^53-1)", &value[2]);
-            return NGX_CONF_ERROR;
-        }
-
-        pm->limit = n;
-
-        if (nargs == 4) {
-            if (!ngx_http_quota_is(value[3], "per_seat")) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid parameter \"%V\", expected "
-                                   "\"per_seat\"", &value[3]);
-                return NGX_CONF_ERROR;
-            }
-
-            pm->per_seat = 1;
-        }
-
-        return NGX_CONF_OK;
+        return st->handler(cf, plan, value, nargs);
     }
 
-    if (ngx_http_quota_is(value[0], "grace")) {
-        if (nargs != 2 || value[1].len < 2
-            || value[1].data[value[1].len - 1] != '%')
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown directive \"%V\" in quota_plan", &value[0]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* limit METRIC N [per_seat], overage METRIC PRICE: the plan's metric */
+static ngx_http_quota_plan_metric_t *
+ngx_http_quota_plan_metric_arg(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *name)
+{
+    ngx_int_t                    metric;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+    metric = ngx_http_quota_metric_index(qmcf, name);
+    if (metric == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown metric \"%V\" in plan \"%V\" "
+                           "(declare it with quota_metric first)",
+                           name, &plan->name);
+        return NULL;
+    }
+
+    return ngx_http_quota_plan_metric(plan, metric);
+}
+
+
+static char *
+ngx_http_quota_plan_limit(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value, ngx_uint_t nargs)
+{
+    int64_t                        n;
+    ngx_http_quota_plan_metric_t  *pm;
+
+    pm = ngx_http_quota_plan_metric_arg(cf, plan, &value[1]);
+    if (pm == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (pm->limit != NGX_HTTP_QUOTA_UNLIMITED) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate limit for metric \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (quota_parse_cost((char *) value[2].data, value[2].len, &n) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid limit \"%V\" (an integer from 0 to "
+                           "2^53-1)", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    pm->limit = n;
+
+    if (nargs == 4) {
+        if (value[3].len != 8
+            || ngx_strncmp(value[3].data, "per_seat", 8) != 0)
         {
-            goto invalid_grace;
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", expected "
+                               "\"per_seat\"", &value[3]);
+            return NGX_CONF_ERROR;
         }
 
+        pm->per_seat = 1;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_quota_plan_overage(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value, ngx_uint_t nargs)
+{
+    ngx_http_quota_plan_metric_t  *pm;
+
+    pm = ngx_http_quota_plan_metric_arg(cf, plan, &value[1]);
+    if (pm == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (pm->price >= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate overage for metric \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    pm->price = ngx_http_quota_parse_money(&value[2]);
+    if (pm->price < 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid price \"%V\" (USD per unit, at most "
+                           "6 decimals, e.g. 0.0001)", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* grace P% */
+static char *
+ngx_http_quota_plan_grace(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value, ngx_uint_t nargs)
+{
+    ngx_int_t  k;
+
+    if (plan->grace != NGX_CONF_UNSET_UINT) {
+        return ngx_http_quota_plan_duplicate(cf, plan, value);
+    }
+
+    k = NGX_ERROR;
+
+    if (value[1].len >= 2 && value[1].data[value[1].len - 1] == '%') {
         k = ngx_atoi(value[1].data, value[1].len - 1);
-        if (k == NGX_ERROR || k > 1000) {
-            goto invalid_grace;
-        }
+    }
 
-        plan->grace = k;
-        return NGX_CONF_OK;
-
-    invalid_grace:
-
+    if (k == NGX_ERROR || k > 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid grace, expected \"grace P%%\" with P "
                            "from 0 to 1000");
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_quota_is(value[0], "rate")) {
-        if (nargs != 2 && nargs != 3) {
-            goto invalid_rate;
-        }
+    plan->grace = k;
 
-        /* "30r/m" or "5r/s", as limit_req_zone writes it */
+    return NGX_CONF_OK;
+}
 
-        s = value[1];
 
-        if (s.len > 3
-            && ngx_strncmp(s.data + s.len - 3, "r/s", 3) == 0)
-        {
-            plan->rate_period = 1000;
+/* rate Nr/s|Nr/m [burst=N], as limit_req_zone writes a rate */
+static char *
+ngx_http_quota_plan_rate(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value, ngx_uint_t nargs)
+{
+    ngx_int_t                    k;
+    ngx_str_t                    s;
+    ngx_http_quota_main_conf_t  *qmcf;
 
-        } else if (s.len > 3
-                   && ngx_strncmp(s.data + s.len - 3, "r/m", 3) == 0)
-        {
-            plan->rate_period = 60000;
+    if (plan->rate) {
+        return ngx_http_quota_plan_duplicate(cf, plan, value);
+    }
 
-        } else {
-            goto invalid_rate;
-        }
+    s = value[1];
+    k = NGX_ERROR;
 
+    if (s.len > 3 && ngx_strncmp(s.data + s.len - 3, "r/s", 3) == 0) {
+        plan->rate_period = 1000;
         k = ngx_atoi(s.data, s.len - 3);
+
+    } else if (s.len > 3 && ngx_strncmp(s.data + s.len - 3, "r/m", 3) == 0) {
+        plan->rate_period = 60000;
+        k = ngx_atoi(s.data, s.len - 3);
+    }
+
+    if (k == NGX_ERROR || k < 1 || k > 1000000) {
+        goto invalid;
+    }
+
+    plan->rate = k;
+    plan->burst = k;        /* a quiet tenant may send N at once */
+
+    if (nargs == 3) {
+        if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
+            goto invalid;
+        }
+
+        k = ngx_atoi(value[2].data + 6, value[2].len - 6);
         if (k == NGX_ERROR || k < 1 || k > 1000000) {
-            goto invalid_rate;
+            goto invalid;
         }
 
-        plan->rate = k;
-        plan->burst = k;        /* a quiet tenant may send N at once */
-
-        if (nargs == 3) {
-            if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
-                goto invalid_rate;
-            }
-
-            k = ngx_atoi(value[2].data + 6, value[2].len - 6);
-            if (k == NGX_ERROR || k < 1 || k > 1000000) {
-                goto invalid_rate;
-            }
-
-            plan->burst = k;
-        }
-
-        qmcf->rate_or_concurrency = 1;
-        return NGX_CONF_OK;
-
-    invalid_rate:
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid rate, expected \"rate Nr/s|Nr/m "
-                           "[burst=N]\" with N from 1 to 1000000");
-        return NGX_CONF_ERROR;
+        plan->burst = k;
     }
 
-    if (ngx_http_quota_is(value[0], "concurrency")) {
-        if (nargs != 2 && nargs != 3) {
-            goto invalid_concurrency;
-        }
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+    qmcf->rate_or_concurrency = 1;
 
-        k = ngx_atoi(value[1].data, value[1].len);
-        if (k == NGX_ERROR || k < 1 || k > 100000) {
-            goto invalid_concurrency;
-        }
+    return NGX_CONF_OK;
 
-        plan->concurrency = k;
-
-        if (nargs == 3) {
-            if (ngx_strncmp(value[2].data, "lease=", 6) != 0) {
-                goto invalid_concurrency;
-            }
-
-            s.data = value[2].data + 6;
-            s.len = value[2].len - 6;
-
-            ms = ngx_parse_time(&s, 0);
-            if (ms == (ngx_msec_t) NGX_ERROR || ms < 100) {
-                goto invalid_concurrency;
-            }
-
-            plan->lease = ms;
-        }
-
-        qmcf->rate_or_concurrency = 1;
-        qmcf->concurrency = 1;
-        return NGX_CONF_OK;
-
-    invalid_concurrency:
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid concurrency, expected \"concurrency N "
-                           "[lease=TIME]\" with N from 1 to 100000 and a "
-                           "lease of at least 100ms");
-        return NGX_CONF_ERROR;
-    }
-
-#undef ngx_http_quota_is
+invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "unknown directive \"%V\" in quota_plan", &value[0]);
+                       "invalid rate, expected \"rate Nr/s|Nr/m "
+                       "[burst=N]\" with N from 1 to 1000000");
+    return NGX_CONF_ERROR;
+}
 
+
+/* concurrency N [lease=TIME] */
+static char *
+ngx_http_quota_plan_concurrency(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value, ngx_uint_t nargs)
+{
+    ngx_int_t                    k;
+    ngx_str_t                    s;
+    ngx_msec_t                   ms;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (plan->concurrency) {
+        return ngx_http_quota_plan_duplicate(cf, plan, value);
+    }
+
+    k = ngx_atoi(value[1].data, value[1].len);
+    if (k == NGX_ERROR || k < 1 || k > 100000) {
+        goto invalid;
+    }
+
+    plan->concurrency = k;
+
+    if (nargs == 3) {
+        if (ngx_strncmp(value[2].data, "lease=", 6) != 0) {
+            goto invalid;
+        }
+
+        s.data = value[2].data + 6;
+        s.len = value[2].len - 6;
+
+        ms = ngx_parse_time(&s, 0);
+        if (ms == (ngx_msec_t) NGX_ERROR || ms < 100) {
+            goto invalid;
+        }
+
+        plan->lease = ms;
+    }
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+    qmcf->rate_or_concurrency = 1;
+    qmcf->concurrency = 1;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid concurrency, expected \"concurrency N "
+                       "[lease=TIME]\" with N from 1 to 100000 and a "
+                       "lease of at least 100ms");
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_quota_plan_duplicate(ngx_conf_t *cf, ngx_http_quota_plan_t *plan,
+    ngx_str_t *value)
+{
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"%V\" is duplicate in plan \"%V\"",
+                       &value[0], &plan->name);
     return NGX_CONF_ERROR;
 }
 
@@ -627,6 +740,10 @@ ngx_http_quota_parse_money(ngx_str_t *v)
         }
 
         units = units * 10 + (*p - '0');
+    }
+
+    if (digits + decimals == 0) {
+        return -1;              /* "." is not a price */
     }
 
     for ( /* void */ ; decimals < 6; decimals++) {
@@ -768,6 +885,12 @@ ngx_http_quota_warning_header_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
+    if (value[1].len == 0 || !ngx_http_quota_is_token(&value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid header name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
     qlcf->warning_name = value[1];
     qlcf->warning_value = ngx_palloc(cf->pool,
                                      sizeof(ngx_http_complex_value_t));
@@ -839,6 +962,8 @@ ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     rc->metric = metric;
+    rc->file = cf->conf_file->file.name;
+    rc->line = cf->conf_file->line;
 
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 
@@ -851,4 +976,98 @@ ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* quota_header_prefix: the names built from it must be header tokens */
+char *
+ngx_http_quota_header_prefix_check(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *prefix = data;
+
+    if (prefix->len == 0 || !ngx_http_quota_is_token(prefix)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid header name prefix \"%V\"", prefix);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* RFC 9110 5.6.2: token = 1*tchar */
+static ngx_int_t
+ngx_http_quota_is_token(ngx_str_t *s)
+{
+    u_char  *p, *last;
+
+    last = s->data + s->len;
+
+    for (p = s->data; p < last; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+            || (*p >= '0' && *p <= '9'))
+        {
+            continue;
+        }
+
+        if (ngx_strlchr((u_char *) "!#$%&'*+-.^_`|~",
+                        (u_char *) "!#$%&'*+-.^_`|~" + 15, *p)
+            == NULL)
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
+ * quota_reconcile for a metric that no quota_route of the same level
+ * charges can never apply (reconcile corrects what the rule charged, and
+ * only in the location that charged): an error, like an unknown metric.
+ * Called before merging, so both arrays are the level's own; inherited
+ * ones are not checked (a server-wide reconcile may well skip locations
+ * whose rules do not charge its metric).
+ */
+ngx_int_t
+ngx_http_quota_reconcile_check(ngx_conf_t *cf, ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_uint_t                   i, j, k;
+    ngx_http_quota_rule_t       *rule;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_reconcile_t  *rc;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (qlcf->reconcile == NULL || qlcf->rules == NULL) {
+        return NGX_OK;
+    }
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+    rc = qlcf->reconcile->elts;
+    rule = qlcf->rules->elts;
+
+    for (i = 0; i < qlcf->reconcile->nelts; i++) {
+
+        for (j = 0; j < qlcf->rules->nelts; j++) {
+            for (k = 0; k < rule[j].ncharges; k++) {
+                if (rule[j].charges[k].metric == rc[i].metric) {
+                    goto charged;
+                }
+            }
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "quota_reconcile \"%V\": no quota_route of this "
+                      "level charges it, in %V:%ui",
+                      &metrics[rc[i].metric].name, &rc[i].file, rc[i].line);
+        return NGX_ERROR;
+
+    charged:
+
+        continue;
+    }
+
+    return NGX_OK;
 }

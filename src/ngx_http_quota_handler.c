@@ -132,7 +132,13 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
                                              NGX_HTTP_QUOTA_ERROR_BAD_TENANT);
     }
 
-    if (rule && ngx_http_quota_costs(r, ctx) != NGX_OK) {
+    rc = rule ? ngx_http_quota_costs(r, ctx) : NGX_OK;
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
         ctx->status = NGX_HTTP_QUOTA_BAD_REQUEST;
         return ngx_http_quota_send_rejection(r, ctx, qlcf,
                                              NGX_HTTP_QUOTA_ERROR_BAD_COST);
@@ -222,16 +228,20 @@ ngx_http_quota_costs(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
             continue;
         }
 
-        if (ngx_http_complex_value(r, charge[i].value, &value) != NGX_OK
-            || quota_parse_cost((char *) value.data, value.len,
-                                &ctx->costs[i])
-               != 0)
+        /* a failed evaluation (no memory) leaves value.data unset: 500,
+           and nothing of it is logged (review D8) */
+        if (ngx_http_complex_value(r, charge[i].value, &value) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (quota_parse_cost((char *) value.data, value.len, &ctx->costs[i])
+            != 0)
         {
             ctx->reject_index = i;
 
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "quota: invalid cost \"%V\"", &value);
-            return NGX_ERROR;
+            return NGX_DECLINED;
         }
     }
 

@@ -130,18 +130,21 @@ ngx_http_quota_header_filter(ngx_http_request_t *r)
     }
 
     if (qlcf->warning_value && n.limit >= 0
-        && (ngx_uint_t) n.percent >= qlcf->warning_threshold)
+        && n.percent >= (int64_t) qlcf->warning_threshold)
     {
         if (ngx_http_complex_value(r, qlcf->warning_value, &value) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        h = ngx_http_quota_push_header(r, &qlcf->warning_name);
-        if (h == NULL) {
-            return NGX_ERROR;
-        }
+        /* like add_header: an empty value sends no header */
+        if (value.len) {
+            h = ngx_http_quota_push_header(r, &qlcf->warning_name);
+            if (h == NULL) {
+                return NGX_ERROR;
+            }
 
-        h->value = value;
+            h->value = value;
+        }
     }
 
     if (qlcf->ratelimit_headers
@@ -256,11 +259,40 @@ ngx_http_quota_ratelimit_headers(ngx_http_request_t *r,
 }
 
 
-/* a response header; the value is the caller's to set */
+/*
+ * A response header; the value is the caller's to set.  Ours win: an
+ * entry of the same name already there (the upstream's X-Quota-Used,
+ * RateLimit, ...) is dropped, so a client never sees two conflicting
+ * values (review D17; README, "HTTP contract").
+ */
 ngx_table_elt_t *
 ngx_http_quota_push_header(ngx_http_request_t *r, ngx_str_t *name)
 {
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0 && h[i].key.len == name->len
+            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+        {
+            h[i].hash = 0;
+        }
+    }
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {

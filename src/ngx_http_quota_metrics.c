@@ -127,10 +127,21 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
     ngx_buf_t                   *b;
     ngx_chain_t                  out;
     ngx_atomic_uint_t            cumulative;
+    ngx_table_elt_t             *h;
     ngx_http_quota_stats_t      *st;
     ngx_http_quota_main_conf_t  *qmcf;
 
+    static ngx_str_t  allow = ngx_string("Allow");
+
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        /* RFC 9110 15.5.6: a 405 says what is allowed */
+        h = ngx_http_quota_push_header(r, &allow);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_str_set(&h->value, "GET, HEAD");
+
         return NGX_HTTP_NOT_ALLOWED;
     }
 
@@ -178,8 +189,8 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
 
     for (i = 0; i < NGX_HTTP_QUOTA_LATENCY_BUCKETS; i++) {
         cumulative += st->latency[i];
-        p = ngx_sprintf(p, "quota_redis_latency_seconds_bucket{le=\"%ui.%06ui\"} "
-                           "%uA\n",
+        p = ngx_sprintf(p, "quota_redis_latency_seconds_bucket"
+                           "{le=\"%ui.%06ui\"} %uA\n",
                         ngx_http_quota_latency_le[i] / 1000000,
                         ngx_http_quota_latency_le[i] % 1000000, cumulative);
     }

@@ -162,6 +162,8 @@ typedef struct {
 typedef struct {
     ngx_uint_t                   metric;
     ngx_http_complex_value_t     value;
+    ngx_str_t                    file;        /* where it is, for errors */
+    ngx_uint_t                   line;        /* found at merge time */
 } ngx_http_quota_reconcile_t;
 
 
@@ -236,6 +238,12 @@ typedef struct {
     ngx_int_t                    default_plan;  /* index or -1 */
 
     ngx_flag_t                   enabled_somewhere;  /* "quota on" seen */
+
+    /* the first quota_usage/quota_alerts: they need quota_redis and a
+       worker connection even where no "quota on" is */
+    ngx_str_t                    endpoint_name;
+    ngx_str_t                    endpoint_file;
+    ngx_uint_t                   endpoint_line;
 
     /* some plan has a rate or concurrency limit: rule-less requests of a
        tenant still need a Redis trip (SPEC 4a, "Unmetered") */
@@ -436,6 +444,10 @@ char *ngx_http_quota_reconcile_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_quota_percent_slot(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_quota_header_prefix_check(ngx_conf_t *cf, void *post,
+    void *data);
+ngx_int_t ngx_http_quota_reconcile_check(ngx_conf_t *cf,
+    ngx_http_quota_loc_conf_t *qlcf);
 ngx_int_t ngx_http_quota_metric_index(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *name);
 
@@ -526,6 +538,7 @@ ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_numbers_t *n);
 quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index);
+int64_t ngx_http_quota_percent(int64_t used, int64_t limit);
 
 /* ngx_http_quota_metrics.c */
 ngx_int_t ngx_http_quota_stats_zone(ngx_conf_t *cf,

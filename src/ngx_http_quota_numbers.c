@@ -51,13 +51,68 @@ ngx_http_quota_first_numbers(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     n->remaining = n->limit > n->used ? n->limit - n->used : 0;
-
-    if (n->limit == 0) {
-        n->percent = n->used > 0 ? 100 : 0;
-
-    } else {
-        n->percent = n->used * 100 / n->limit;
-    }
+    n->percent = ngx_http_quota_percent(n->used, n->limit);
 
     return NGX_OK;
+}
+
+
+/*
+ * floor(used * 100 / limit) without overflow (review D9): used comes from
+ * Redis and may pass 2^63 / 100.  100 * used = 100 * (q * limit + r), so
+ * the result is 100 * q + floor(100 * r / limit); the second term is a
+ * binary long division in which every intermediate stays below 2 * limit,
+ * which fits in a uint64_t.  A result past INT64_MAX saturates.
+ */
+int64_t
+ngx_http_quota_percent(int64_t used, int64_t limit)
+{
+    int64_t     q;
+    uint64_t    r, rem, frac, lim;
+    ngx_int_t   bit;
+
+    if (limit < 0) {
+        return -1;
+    }
+
+    if (used <= 0) {
+        return 0;
+    }
+
+    if (limit == 0) {
+        return 100;
+    }
+
+    q = used / limit;
+
+    if (q > (INT64_MAX - 99) / 100) {
+        return INT64_MAX;
+    }
+
+    r = (uint64_t) (used % limit);
+    lim = (uint64_t) limit;
+    rem = 0;
+    frac = 0;
+
+    /* 100 = 0b1100100, most significant bit first */
+    for (bit = 6; bit >= 0; bit--) {
+        frac <<= 1;
+        rem <<= 1;
+
+        if (rem >= lim) {
+            rem -= lim;
+            frac++;
+        }
+
+        if (100 & (1 << bit)) {
+            rem += r;
+
+            if (rem >= lim) {
+                rem -= lim;
+                frac++;
+            }
+        }
+    }
+
+    return q * 100 + (int64_t) frac;
 }

@@ -62,6 +62,7 @@ static ngx_int_t ngx_http_quota_endpoint_start(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx);
 static ngx_int_t ngx_http_quota_endpoint_error(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_int_t status);
+static ngx_int_t ngx_http_quota_challenge(ngx_http_request_t *r);
 static ngx_int_t ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_uint_t sent);
 static void ngx_http_quota_endpoint_wake(ngx_event_t *ev);
@@ -94,7 +95,8 @@ ngx_http_quota_endpoint_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_quota_loc_conf_t *qlcf = conf;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_quota_main_conf_t  *qmcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
@@ -104,6 +106,16 @@ ngx_http_quota_endpoint_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     clcf->handler = (ngx_http_handler_pt) cmd->post;
     qlcf->endpoint = 1;
+
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+    if (clcf->handler != ngx_http_quota_metrics_handler
+        && qmcf->endpoint_line == 0)
+    {
+        qmcf->endpoint_name = cmd->name;
+        qmcf->endpoint_file = cf->conf_file->file.name;
+        qmcf->endpoint_line = cf->conf_file->line;
+    }
 
     return NGX_CONF_OK;
 }
@@ -246,6 +258,10 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
         break;
 
     case NGX_HTTP_UNAUTHORIZED:
+        if (ngx_http_quota_challenge(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         error = NGX_HTTP_QUOTA_ERROR_MISSING_TENANT;
         break;
 
@@ -263,6 +279,44 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
     }
 
     return ngx_http_quota_send_json(r, status, &body);
+}
+
+
+/*
+ * RFC 9110 15.5.2: a 401 carries a challenge.  The tenant is an API key
+ * sent in a header, for which no scheme is registered; like other API
+ * gateways we name one, "ApiKey", with the header to send it in
+ * (quota_apikey_header): WWW-Authenticate: ApiKey realm="quota",
+ * header="X-API-Key".
+ */
+static ngx_int_t
+ngx_http_quota_challenge(ngx_http_request_t *r)
+{
+    u_char                     *p;
+    size_t                      len;
+    ngx_table_elt_t            *h;
+    ngx_http_quota_loc_conf_t  *qlcf;
+
+    static ngx_str_t  name = ngx_string("WWW-Authenticate");
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    len = sizeof("ApiKey realm=\"quota\", header=\"\"") - 1
+          + qlcf->apikey_header.len;
+
+    p = ngx_pnalloc(r->pool, len);
+    h = ngx_http_quota_push_header(r, &name);
+
+    if (p == NULL || h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "ApiKey realm=\"quota\", header=\"%V\"",
+                               &qlcf->apikey_header)
+                   - p;
+
+    return NGX_OK;
 }
 
 
@@ -420,8 +474,8 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     for (i = 0; i < k; i++) {
         lim = ctx->limit[i];
 
-        if (lim > 0 && (ngx_uint_t) (ctx->used[i] * 100 / lim)
-                       >= qlcf->warning_threshold)
+        if (lim > 0 && ngx_http_quota_percent(ctx->used[i], lim)
+                       >= (int64_t) qlcf->warning_threshold)
         {
             approaching = 1;
         }
@@ -961,7 +1015,8 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
             p = ngx_snprintf(message, sizeof(message),
                              "%V usage reached %L%% of the limit "
                              "(%L of %L).", &metric,
-                             limit > 0 ? used * 100 / limit : (int64_t) 100,
+                             limit > 0 ? ngx_http_quota_percent(used, limit)
+                                       : (int64_t) 100,
                              used, limit);
 
         } else if (ngx_strncmp(kind.data, "quota_exceeded", kind.len) == 0) {

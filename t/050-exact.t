@@ -88,7 +88,7 @@ _EOC_
     quota_bypass $shadow;
     quota_warning_header X-Quota-Warning "$quota_percent%";
     quota_ratelimit_headers on;
-    quota_route POST /api/** api_requests=1;
+    quota_route POST /api/** api_requests=1 tokens=0;
     quota_reconcile tokens $upstream_http_x_tokens;
 
     location / {
