@@ -28,6 +28,8 @@ static const char  *ngx_http_quota_error_kinds[NGX_HTTP_QUOTA_ERR_COUNT] = {
 };
 
 
+static u_char *ngx_http_quota_metrics_text(u_char *p,
+    ngx_http_quota_stats_t *st);
 static ngx_int_t ngx_http_quota_stats_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 
@@ -120,13 +122,10 @@ ngx_http_quota_stats_latency(ngx_http_quota_stats_t *stats, uint64_t us)
 ngx_int_t
 ngx_http_quota_metrics_handler(ngx_http_request_t *r)
 {
-    u_char                      *p;
     size_t                       len;
     ngx_int_t                    rc;
-    ngx_uint_t                   i;
     ngx_buf_t                   *b;
     ngx_chain_t                  out;
-    ngx_atomic_uint_t            cumulative;
     ngx_table_elt_t             *h;
     ngx_http_quota_stats_t      *st;
     ngx_http_quota_main_conf_t  *qmcf;
@@ -167,7 +166,36 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = b->last;
+    b->last = ngx_http_quota_metrics_text(b->last, st);
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type,
+                "text/plain; version=0.0.4; charset=utf-8");
+    r->headers_out.content_type_len = sizeof("text/plain") - 1;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* the exposition text; the caller sized the buffer */
+static u_char *
+ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
+{
+    ngx_uint_t         i;
+    ngx_atomic_uint_t  cumulative;
 
     p = ngx_cpymem(p, "# HELP quota_decisions_total Requests decided by "
                       "ngx_http_quota_module, by $quota_status.\n"
@@ -224,25 +252,5 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
                        "quota_redis_inflight %uA\n",
                     st->reconnects, st->noscript, st->inflight);
 
-    b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type,
-                "text/plain; version=0.0.4; charset=utf-8");
-    r->headers_out.content_type_len = sizeof("text/plain") - 1;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return p;
 }

@@ -48,6 +48,31 @@ typedef struct {
 } ngx_http_quota_endpoint_ctx_t;
 
 
+/* one entry of the tenant's alert stream */
+typedef struct {
+    ngx_str_t                    id;
+    ngx_str_t                    kind;        /* "type" */
+    ngx_str_t                    metric;
+    ngx_str_t                    at;
+    int64_t                      used;
+    int64_t                      limit;       /* -1: none */
+} ngx_http_quota_alert_t;
+
+
+/* the report part of a quota_usage reply */
+typedef struct {
+    ngx_str_t                    status;      /* account status, "" */
+    int64_t                      seats;
+    int64_t                      cap;         /* micro-USD, < 0: none */
+    int64_t                      cost;        /* the period's overage cost */
+    ngx_uint_t                   overage;     /* overage enabled */
+    redisReply                 **units;       /* k overage unit counts */
+    redisReply                 **daily;       /* NULL, or ndaily pairs */
+    size_t                       ndaily;
+    ngx_http_quota_plan_t       *plan;
+} ngx_http_quota_report_t;
+
+
 typedef struct {
     u_char      *date;          /* "YYYY-MM-DD", points into the reply */
     ngx_uint_t   metric;
@@ -70,10 +95,28 @@ static void ngx_http_quota_endpoint_timeout(ngx_event_t *ev);
 static void ngx_http_quota_endpoint_cleanup(void *data);
 static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
     void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_report_decode(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, redisReply *reply,
+    ngx_http_quota_report_t *rep);
+static yajl_gen_status ngx_http_quota_usage_gen_account(ngx_http_request_t *r,
+    yajl_gen g, ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
+static yajl_gen_status ngx_http_quota_usage_gen_metrics(ngx_http_request_t *r,
+    yajl_gen g, ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
+static ngx_uint_t ngx_http_quota_report_approaching(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+static int64_t ngx_http_quota_report_projected(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
 static ngx_int_t ngx_http_quota_usage_daily(ngx_http_request_t *r,
     yajl_gen g, redisReply **e, size_t n);
 static ngx_int_t ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply);
+static ngx_int_t ngx_http_quota_alert_decode(redisReply *entry,
+    ngx_http_quota_alert_t *a);
+static yajl_gen_status ngx_http_quota_alert_gen(yajl_gen g,
+    ngx_http_quota_alert_t *a);
+static u_char *ngx_http_quota_alert_message(ngx_http_quota_alert_t *a,
+    u_char *buf, size_t size);
+static ngx_uint_t ngx_http_quota_str_is(ngx_str_t *s, const char *lit);
 static void ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx);
 static void ngx_http_quota_alerts_reply(void *data, redisReply *reply);
@@ -375,28 +418,9 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
 
     ngx_http_quota_endpoint_ctx_t  *ectx = data;   /* ctx is its first field */
 
-    double                       projected_d, total_d;
-    int64_t                      seats, cap, cost, projected, lim;
-    int64_t                      elapsed, length, price;
-    size_t                       base, ndaily;
-    time_t                       now;
-    yajl_gen                     g;
-    ngx_uint_t                   i, k, m, approaching, overage;
-    redisReply                 **e;
-    yajl_gen_status              s;
-    ngx_http_quota_plan_t       *plan;
-    ngx_http_quota_metric_t     *metrics;
-    ngx_http_quota_plan_metric_t  *pm;
-    ngx_http_quota_loc_conf_t   *qlcf;
-    ngx_http_quota_main_conf_t  *qmcf;
-
-    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
-    metrics = qmcf->metrics.elts;
-
-    k = ctx->ncharges;
-    e = reply->element;
-    base = 7 + 2 * k;
+    yajl_gen                  g;
+    yajl_gen_status           s;
+    ngx_http_quota_report_t   rep;
 
     if (ctx->code == NGX_HTTP_QUOTA_CODE_UNKNOWN) {
         ectx->status = NGX_HTTP_FORBIDDEN;
@@ -405,33 +429,8 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
                                          &ectx->body);
     }
 
-    /* status (string), seats, overage, cap, cost, k overage units */
-    if (reply->elements < base + 5 + k
-        || e[base]->type != REDIS_REPLY_STRING)
-    {
+    if (ngx_http_quota_report_decode(r, ctx, reply, &rep) != NGX_OK) {
         return NGX_ERROR;
-    }
-
-    for (i = base + 1; i < base + 5 + k; i++) {
-        if (e[i]->type != REDIS_REPLY_INTEGER) {
-            return NGX_ERROR;
-        }
-    }
-
-    seats = e[base + 1]->integer;
-    overage = (e[base + 2]->integer == 1);
-    cap = e[base + 3]->integer;
-    cost = e[base + 4]->integer;
-
-    plan = (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts)
-           ? (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1
-           : NULL;
-
-    now = ngx_time();
-    elapsed = now - ctx->billing.start;
-    length = ctx->billing.end - ctx->billing.start;
-    if (elapsed < 1) {
-        elapsed = 1;
     }
 
     g = yajl_gen_alloc(NULL);
@@ -440,144 +439,13 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     }
 
     s = yajl_gen_map_open(g);
-    s |= ngx_http_quota_yajl_str(g, "tenant_id");
-    s |= yajl_gen_string(g, ctx->tenant.data, ctx->tenant.len);
-    s |= ngx_http_quota_yajl_str(g, "plan");
+    s |= ngx_http_quota_usage_gen_account(r, g, ctx, &rep);
+    s |= ngx_http_quota_usage_gen_metrics(r, g, ctx, &rep);
 
-    if (plan) {
-        s |= yajl_gen_string(g, plan->name.data, plan->name.len);
-    } else {
-        s |= yajl_gen_null(g);
-    }
-
-    s |= ngx_http_quota_yajl_str(g, "status");
-
-    if (e[base]->len) {
-        s |= yajl_gen_string(g, (u_char *) e[base]->str, e[base]->len);
-    } else {
-        s |= ngx_http_quota_yajl_str(g, "active");
-    }
-
-    s |= ngx_http_quota_yajl_str(g, "seats");
-    s |= yajl_gen_integer(g, seats);
-    s |= ngx_http_quota_yajl_str(g, "period_start");
-    ngx_http_quota_gen_iso(g, ctx->billing.start);
-    s |= ngx_http_quota_yajl_str(g, "period_end");
-    ngx_http_quota_gen_iso(g, ctx->billing.end - 1);
-    s |= ngx_http_quota_yajl_str(g, "quota_reset_date");
-    ngx_http_quota_gen_iso(g, ctx->billing.end);
-
-    /* approaching: some metric at or past the warning threshold */
-    approaching = 0;
-    total_d = 0;
-
-    for (i = 0; i < k; i++) {
-        lim = ctx->limit[i];
-
-        if (lim > 0 && ngx_http_quota_percent(ctx->used[i], lim)
-                       >= (int64_t) qlcf->warning_threshold)
-        {
-            approaching = 1;
-        }
-
-        /*
-         * projected overage: this period's usage extrapolated linearly to
-         * its end, priced past the limit (month metrics, overage on)
-         */
-        if (!overage || plan == NULL || lim < 0
-            || metrics[i].period != NGX_HTTP_QUOTA_PERIOD_MONTH)
-        {
-            continue;
-        }
-
-        price = -1;
-        pm = plan->metrics.elts;
-
-        for (m = 0; m < plan->metrics.nelts; m++) {
-            if (pm[m].metric == i) {
-                price = pm[m].price;
-                break;
-            }
-        }
-
-        if (price < 0) {
-            continue;
-        }
-
-        /* in double: units x seconds x micro-USD can pass 2^63 */
-        projected_d = (double) ctx->used[i] * length / elapsed - lim;
-
-        if (projected_d > 0) {
-            total_d += projected_d * price;
-        }
-    }
-
-    projected = total_d < 1e18 ? (int64_t) total_d : (int64_t) 1e18;
-
-    if (cap >= 0 && projected > cap) {
-        projected = cap;
-    }
-
-    if (projected < cost) {
-        projected = cost;
-    }
-
-    s |= ngx_http_quota_yajl_str(g, "approaching_limit");
-    s |= yajl_gen_bool(g, approaching);
-    s |= ngx_http_quota_yajl_str(g, "overage_enabled");
-    s |= yajl_gen_bool(g, overage);
-    s |= ngx_http_quota_yajl_str(g, "spending_cap");
-
-    if (cap >= 0) {
-        ngx_http_quota_gen_usd(g, cap);
-    } else {
-        s |= yajl_gen_null(g);
-    }
-
-    s |= ngx_http_quota_yajl_str(g, "projected_overage");
-    ngx_http_quota_gen_usd(g, overage ? projected : 0);
-
-    s |= ngx_http_quota_yajl_str(g, "metrics");
-    s |= yajl_gen_map_open(g);
-
-    for (i = 0; i < k; i++) {
-        lim = ctx->limit[i];
-
-        s |= yajl_gen_string(g, metrics[i].name.data, metrics[i].name.len);
-        s |= yajl_gen_map_open(g);
-        s |= ngx_http_quota_yajl_str(g, "used");
-        s |= yajl_gen_integer(g, ctx->used[i]);
-        s |= ngx_http_quota_yajl_str(g, "limit");
-        s |= lim >= 0 ? yajl_gen_integer(g, lim) : yajl_gen_null(g);
-        s |= ngx_http_quota_yajl_str(g, "remaining");
-        s |= lim >= 0 ? yajl_gen_integer(g, lim > ctx->used[i]
-                                            ? lim - ctx->used[i] : 0)
-                      : yajl_gen_null(g);
-        s |= ngx_http_quota_yajl_str(g, "overage");
-        s |= yajl_gen_integer(g, e[base + 5 + i]->integer);
-        s |= yajl_gen_map_close(g);
-    }
-
-    s |= yajl_gen_map_close(g);
-
-    if (ctx->report == 2) {
-        base += 5 + k;
-
-        if (reply->elements <= base || e[base]->type != REDIS_REPLY_INTEGER) {
-            yajl_gen_free(g);
-            return NGX_ERROR;
-        }
-
-        ndaily = (size_t) e[base]->integer;
-
-        if (reply->elements != base + 1 + 2 * ndaily) {
-            yajl_gen_free(g);
-            return NGX_ERROR;
-        }
-
+    if (rep.daily) {
         s |= ngx_http_quota_yajl_str(g, "daily");
 
-        if (ngx_http_quota_usage_daily(r, g, &e[base + 1], ndaily)
+        if (ngx_http_quota_usage_daily(r, g, rep.daily, rep.ndaily)
             != NGX_OK)
         {
             yajl_gen_free(g);
@@ -595,6 +463,246 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     ectx->status = NGX_HTTP_OK;
 
     return ngx_http_quota_gen_body(r, g, &ectx->body);
+}
+
+
+/* the report tail, every element type-checked */
+static ngx_int_t
+ngx_http_quota_report_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    redisReply *reply, ngx_http_quota_report_t *rep)
+{
+    size_t                       base, i, k;
+    redisReply                 **e;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    k = ctx->ncharges;
+    e = reply->element;
+    base = 7 + 2 * k;
+
+    /* status (string), seats, overage, cap, cost, k overage units */
+    if (reply->elements < base + 5 + k
+        || e[base]->type != REDIS_REPLY_STRING)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = base + 1; i < base + 5 + k; i++) {
+        if (e[i]->type != REDIS_REPLY_INTEGER) {
+            return NGX_ERROR;
+        }
+    }
+
+    rep->status.data = (u_char *) e[base]->str;
+    rep->status.len = e[base]->len;
+    rep->seats = e[base + 1]->integer;
+    rep->overage = (e[base + 2]->integer == 1);
+    rep->cap = e[base + 3]->integer;
+    rep->cost = e[base + 4]->integer;
+    rep->units = &e[base + 5];
+    rep->daily = NULL;
+    rep->ndaily = 0;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    rep->plan = (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts)
+                ? (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1
+                : NULL;
+
+    if (ctx->report != 2) {
+        return NGX_OK;
+    }
+
+    /* ?daily=1: N, then N pairs "METRIC:YYYY-MM-DD", units */
+    base += 5 + k;
+
+    if (reply->elements <= base || e[base]->type != REDIS_REPLY_INTEGER
+        || e[base]->integer < 0
+        || (size_t) e[base]->integer != (reply->elements - base - 1) / 2
+        || reply->elements != base + 1 + 2 * (size_t) e[base]->integer)
+    {
+        return NGX_ERROR;
+    }
+
+    rep->ndaily = (size_t) e[base]->integer;
+    rep->daily = &e[base + 1];
+
+    return NGX_OK;
+}
+
+
+/* tenant, plan, status, seats, period, approaching, overage, cap */
+static yajl_gen_status
+ngx_http_quota_usage_gen_account(ngx_http_request_t *r, yajl_gen g,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep)
+{
+    int64_t          projected;
+    yajl_gen_status  s;
+
+    s = ngx_http_quota_yajl_str(g, "tenant_id");
+    s |= yajl_gen_string(g, ctx->tenant.data, ctx->tenant.len);
+    s |= ngx_http_quota_yajl_str(g, "plan");
+    s |= rep->plan ? yajl_gen_string(g, rep->plan->name.data,
+                                     rep->plan->name.len)
+                   : yajl_gen_null(g);
+
+    s |= ngx_http_quota_yajl_str(g, "status");
+    s |= rep->status.len ? yajl_gen_string(g, rep->status.data,
+                                           rep->status.len)
+                         : ngx_http_quota_yajl_str(g, "active");
+
+    s |= ngx_http_quota_yajl_str(g, "seats");
+    s |= yajl_gen_integer(g, rep->seats);
+    s |= ngx_http_quota_yajl_str(g, "period_start");
+    ngx_http_quota_gen_iso(g, ctx->billing.start);
+    s |= ngx_http_quota_yajl_str(g, "period_end");
+    ngx_http_quota_gen_iso(g, ctx->billing.end - 1);
+    s |= ngx_http_quota_yajl_str(g, "quota_reset_date");
+    ngx_http_quota_gen_iso(g, ctx->billing.end);
+
+    s |= ngx_http_quota_yajl_str(g, "approaching_limit");
+    s |= yajl_gen_bool(g, ngx_http_quota_report_approaching(r, ctx));
+    s |= ngx_http_quota_yajl_str(g, "overage_enabled");
+    s |= yajl_gen_bool(g, rep->overage);
+    s |= ngx_http_quota_yajl_str(g, "spending_cap");
+
+    if (rep->cap >= 0) {
+        ngx_http_quota_gen_usd(g, rep->cap);
+    } else {
+        s |= yajl_gen_null(g);
+    }
+
+    projected = rep->overage ? ngx_http_quota_report_projected(r, ctx, rep)
+                             : 0;
+
+    s |= ngx_http_quota_yajl_str(g, "projected_overage");
+    ngx_http_quota_gen_usd(g, projected);
+
+    return s;
+}
+
+
+/* "metrics": {NAME: {used, limit, remaining, overage}, ...} */
+static yajl_gen_status
+ngx_http_quota_usage_gen_metrics(ngx_http_request_t *r, yajl_gen g,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep)
+{
+    int64_t                      lim, used;
+    ngx_uint_t                   i;
+    yajl_gen_status              s;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+
+    s = ngx_http_quota_yajl_str(g, "metrics");
+    s |= yajl_gen_map_open(g);
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        lim = ctx->limit[i];
+        used = ctx->used[i];
+
+        s |= yajl_gen_string(g, metrics[i].name.data, metrics[i].name.len);
+        s |= yajl_gen_map_open(g);
+        s |= ngx_http_quota_yajl_str(g, "used");
+        s |= yajl_gen_integer(g, used);
+        s |= ngx_http_quota_yajl_str(g, "limit");
+        s |= lim >= 0 ? yajl_gen_integer(g, lim) : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "remaining");
+        s |= lim >= 0 ? yajl_gen_integer(g, lim > used ? lim - used : 0)
+                      : yajl_gen_null(g);
+        s |= ngx_http_quota_yajl_str(g, "overage");
+        s |= yajl_gen_integer(g, rep->units[i]->integer);
+        s |= yajl_gen_map_close(g);
+    }
+
+    s |= yajl_gen_map_close(g);
+
+    return s;
+}
+
+
+/* some metric at or past the warning threshold */
+static ngx_uint_t
+ngx_http_quota_report_approaching(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx)
+{
+    ngx_uint_t                  i;
+    ngx_http_quota_loc_conf_t  *qlcf;
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        if (ctx->limit[i] > 0
+            && ngx_http_quota_percent(ctx->used[i], ctx->limit[i])
+               >= (int64_t) qlcf->warning_threshold)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Projected overage (micro-USD): this period's usage of each month metric
+ * extrapolated linearly to the period's end, priced past the limit; at
+ * least what has been spent, at most the cap.
+ */
+static int64_t
+ngx_http_quota_report_projected(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep)
+{
+    double                          over, total;
+    int64_t                         projected, elapsed, length, lim;
+    ngx_uint_t                      i, m;
+    ngx_http_quota_metric_t        *metrics;
+    ngx_http_quota_plan_metric_t   *pm;
+    ngx_http_quota_main_conf_t     *qmcf;
+
+    if (rep->plan == NULL) {
+        return rep->cost;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    metrics = qmcf->metrics.elts;
+
+    elapsed = ngx_time() - ctx->billing.start;
+    length = ctx->billing.end - ctx->billing.start;
+
+    if (elapsed < 1) {
+        elapsed = 1;
+    }
+
+    total = 0;
+    pm = rep->plan->metrics.elts;
+
+    for (m = 0; m < rep->plan->metrics.nelts; m++) {
+        i = pm[m].metric;
+        lim = ctx->limit[i];
+
+        if (pm[m].price < 0 || lim < 0 || i >= ctx->ncharges
+            || metrics[i].period != NGX_HTTP_QUOTA_PERIOD_MONTH)
+        {
+            continue;
+        }
+
+        /* in double: units x seconds x micro-USD can pass 2^63 */
+        over = (double) ctx->used[i] * length / elapsed - lim;
+
+        if (over > 0) {
+            total += over * pm[m].price;
+        }
+    }
+
+    projected = total < 1e18 ? (int64_t) total : (int64_t) 1e18;
+
+    if (rep->cap >= 0 && projected > rep->cap) {
+        projected = rep->cap;
+    }
+
+    return projected < rep->cost ? rep->cost : projected;
 }
 
 
@@ -909,13 +1017,11 @@ static ngx_int_t
 ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply)
 {
-    u_char           *p, message[NGX_MAX_ERROR_STR];
-    int64_t           used, limit;
-    yajl_gen          g;
-    ngx_str_t         type, f, v, kind, metric, at;
-    ngx_uint_t        i, j, page, per_page, total, first, last;
-    redisReply       *entry, *kv;
-    yajl_gen_status   s;
+    yajl_gen                 g;
+    ngx_str_t                type;
+    ngx_uint_t               i, page, per_page, total, first, last;
+    yajl_gen_status          s;
+    ngx_http_quota_alert_t   alert;
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
@@ -924,17 +1030,8 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     page = ngx_http_quota_arg_uint(r, "page", 4, 1);
     per_page = ngx_http_quota_arg_uint(r, "per_page", 8, 20);
 
-    if (page < 1) {
-        page = 1;
-    }
-
-    if (per_page < 1) {
-        per_page = 1;
-    }
-
-    if (per_page > NGX_HTTP_QUOTA_ALERTS_MAX) {
-        per_page = NGX_HTTP_QUOTA_ALERTS_MAX;
-    }
+    page = ngx_max(page, 1);
+    per_page = ngx_min(ngx_max(per_page, 1), NGX_HTTP_QUOTA_ALERTS_MAX);
 
     if (ngx_http_arg(r, (u_char *) "type", 4, &type) != NGX_OK) {
         type.len = 0;
@@ -954,55 +1051,11 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     s |= yajl_gen_array_open(g);
 
     for (i = 0; i < reply->elements; i++) {
-        entry = reply->element[i];
 
-        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
-            || entry->element[0]->type != REDIS_REPLY_STRING
-            || entry->element[1]->type != REDIS_REPLY_ARRAY)
-        {
-            continue;
-        }
-
-        kv = entry->element[1];
-        ngx_str_null(&kind);
-        ngx_str_null(&metric);
-        ngx_str_null(&at);
-        used = 0;
-        limit = -1;
-
-        for (j = 0; j + 1 < kv->elements; j += 2) {
-            if (kv->element[j]->type != REDIS_REPLY_STRING
-                || kv->element[j + 1]->type != REDIS_REPLY_STRING)
-            {
-                continue;
-            }
-
-            f.data = (u_char *) kv->element[j]->str;
-            f.len = kv->element[j]->len;
-            v.data = (u_char *) kv->element[j + 1]->str;
-            v.len = kv->element[j + 1]->len;
-
-            if (f.len == 4 && ngx_strncmp(f.data, "type", 4) == 0) {
-                kind = v;
-
-            } else if (f.len == 6 && ngx_strncmp(f.data, "metric", 6) == 0) {
-                metric = v;
-
-            } else if (f.len == 4 && ngx_strncmp(f.data, "used", 4) == 0) {
-                used = ngx_atoof(v.data, v.len);
-
-            } else if (f.len == 5 && ngx_strncmp(f.data, "limit", 5) == 0) {
-                limit = (v.len && v.data[0] == '-') ? -1
-                                                    : ngx_atoof(v.data, v.len);
-
-            } else if (f.len == 2 && ngx_strncmp(f.data, "at", 2) == 0) {
-                at = v;
-            }
-        }
-
-        if (kind.len == 0
-            || (type.len && (type.len != kind.len
-                             || ngx_strncmp(type.data, kind.data, kind.len))))
+        if (ngx_http_quota_alert_decode(reply->element[i], &alert) != NGX_OK
+            || (type.len && (type.len != alert.kind.len
+                             || ngx_strncmp(type.data, alert.kind.data,
+                                            type.len) != 0)))
         {
             continue;
         }
@@ -1011,59 +1064,7 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
             continue;
         }
 
-        if (ngx_strncmp(kind.data, "approaching_limit", kind.len) == 0) {
-            p = ngx_snprintf(message, sizeof(message),
-                             "%V usage reached %L%% of the limit "
-                             "(%L of %L).", &metric,
-                             limit > 0 ? ngx_http_quota_percent(used, limit)
-                                       : (int64_t) 100,
-                             used, limit);
-
-        } else if (ngx_strncmp(kind.data, "quota_exceeded", kind.len) == 0) {
-            p = ngx_snprintf(message, sizeof(message),
-                             "%V quota exhausted (%L of %L).", &metric,
-                             used, limit);
-
-        } else if (ngx_strncmp(kind.data, "overage_started", kind.len) == 0) {
-            p = ngx_snprintf(message, sizeof(message),
-                             "%V usage passed the limit of %L: overage "
-                             "charges apply.", &metric, limit);
-
-        } else if (ngx_strncmp(kind.data, "spending_cap_reached", kind.len)
-                   == 0)
-        {
-            p = ngx_snprintf(message, sizeof(message),
-                             "Spending cap reached: metered requests are "
-                             "refused until the period ends or the cap is "
-                             "raised.");
-
-        } else if (ngx_strncmp(kind.data, "quota_reset", kind.len) == 0) {
-            p = ngx_snprintf(message, sizeof(message),
-                             "%V usage starts again from zero in the new "
-                             "period.", &metric);
-
-        } else {
-            p = ngx_snprintf(message, sizeof(message), "%V", &kind);
-        }
-
-        s |= yajl_gen_map_open(g);
-        s |= ngx_http_quota_yajl_str(g, "alert_id");
-        s |= yajl_gen_string(g, (u_char *) entry->element[0]->str,
-                             entry->element[0]->len);
-        s |= ngx_http_quota_yajl_str(g, "type");
-        s |= yajl_gen_string(g, kind.data, kind.len);
-        s |= ngx_http_quota_yajl_str(g, "metric");
-        s |= metric.len ? yajl_gen_string(g, metric.data, metric.len)
-                        : yajl_gen_null(g);
-        s |= ngx_http_quota_yajl_str(g, "message");
-        s |= yajl_gen_string(g, message, p - message);
-        s |= ngx_http_quota_yajl_str(g, "used");
-        s |= yajl_gen_integer(g, used);
-        s |= ngx_http_quota_yajl_str(g, "limit");
-        s |= limit >= 0 ? yajl_gen_integer(g, limit) : yajl_gen_null(g);
-        s |= ngx_http_quota_yajl_str(g, "triggered_at");
-        s |= at.len ? yajl_gen_string(g, at.data, at.len) : yajl_gen_null(g);
-        s |= yajl_gen_map_close(g);
+        s |= ngx_http_quota_alert_gen(g, &alert);
     }
 
     s |= yajl_gen_array_close(g);
@@ -1083,6 +1084,155 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ectx->status = NGX_HTTP_OK;
 
     return ngx_http_quota_gen_body(r, g, &ectx->body);
+}
+
+
+/* one stream entry [id, [field, value, ...]]; NGX_DECLINED: not an alert */
+static ngx_int_t
+ngx_http_quota_alert_decode(redisReply *entry, ngx_http_quota_alert_t *a)
+{
+    ngx_str_t    f, v;
+    ngx_uint_t   j;
+    redisReply  *kv;
+
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
+        || entry->element[0]->type != REDIS_REPLY_STRING
+        || entry->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        return NGX_DECLINED;
+    }
+
+    a->id.data = (u_char *) entry->element[0]->str;
+    a->id.len = entry->element[0]->len;
+    ngx_str_null(&a->kind);
+    ngx_str_null(&a->metric);
+    ngx_str_null(&a->at);
+    a->used = 0;
+    a->limit = -1;
+
+    kv = entry->element[1];
+
+    for (j = 0; j + 1 < kv->elements; j += 2) {
+        if (kv->element[j]->type != REDIS_REPLY_STRING
+            || kv->element[j + 1]->type != REDIS_REPLY_STRING)
+        {
+            continue;
+        }
+
+        f.data = (u_char *) kv->element[j]->str;
+        f.len = kv->element[j]->len;
+        v.data = (u_char *) kv->element[j + 1]->str;
+        v.len = kv->element[j + 1]->len;
+
+        if (f.len == 4 && ngx_strncmp(f.data, "type", 4) == 0) {
+            a->kind = v;
+
+        } else if (f.len == 6 && ngx_strncmp(f.data, "metric", 6) == 0) {
+            a->metric = v;
+
+        } else if (f.len == 4 && ngx_strncmp(f.data, "used", 4) == 0) {
+            a->used = ngx_atoof(v.data, v.len);
+
+        } else if (f.len == 5 && ngx_strncmp(f.data, "limit", 5) == 0) {
+            a->limit = (v.len && v.data[0] == '-') ? -1
+                                                   : ngx_atoof(v.data, v.len);
+
+        } else if (f.len == 2 && ngx_strncmp(f.data, "at", 2) == 0) {
+            a->at = v;
+        }
+    }
+
+    return a->kind.len ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* {"alert_id", "type", "metric", "message", "used", "limit", ...} */
+static yajl_gen_status
+ngx_http_quota_alert_gen(yajl_gen g, ngx_http_quota_alert_t *a)
+{
+    u_char           *p, message[NGX_MAX_ERROR_STR];
+    yajl_gen_status   s;
+
+    p = ngx_http_quota_alert_message(a, message, sizeof(message));
+
+    s = yajl_gen_map_open(g);
+    s |= ngx_http_quota_yajl_str(g, "alert_id");
+    s |= yajl_gen_string(g, a->id.data, a->id.len);
+    s |= ngx_http_quota_yajl_str(g, "type");
+    s |= yajl_gen_string(g, a->kind.data, a->kind.len);
+    s |= ngx_http_quota_yajl_str(g, "metric");
+    s |= a->metric.len ? yajl_gen_string(g, a->metric.data, a->metric.len)
+                       : yajl_gen_null(g);
+    s |= ngx_http_quota_yajl_str(g, "message");
+    s |= yajl_gen_string(g, message, p - message);
+    s |= ngx_http_quota_yajl_str(g, "used");
+    s |= yajl_gen_integer(g, a->used);
+    s |= ngx_http_quota_yajl_str(g, "limit");
+    s |= a->limit >= 0 ? yajl_gen_integer(g, a->limit) : yajl_gen_null(g);
+    s |= ngx_http_quota_yajl_str(g, "triggered_at");
+    s |= a->at.len ? yajl_gen_string(g, a->at.data, a->at.len)
+                   : yajl_gen_null(g);
+    s |= yajl_gen_map_close(g);
+
+    return s;
+}
+
+
+static ngx_uint_t
+ngx_http_quota_str_is(ngx_str_t *s, const char *lit)
+{
+    size_t  len;
+
+    len = ngx_strlen(lit);
+
+    return s->len == len && ngx_strncmp(s->data, lit, len) == 0;
+}
+
+
+/* the human-readable message of an alert kind; returns its end */
+static u_char *
+ngx_http_quota_alert_message(ngx_http_quota_alert_t *a, u_char *buf,
+    size_t size)
+{
+    ngx_str_t  *kind;
+
+    kind = &a->kind;
+
+    if (ngx_http_quota_str_is(kind, "approaching_limit")) {
+        return ngx_snprintf(buf, size,
+                            "%V usage reached %L%% of the limit (%L of %L).",
+                            &a->metric,
+                            a->limit > 0
+                            ? ngx_http_quota_percent(a->used, a->limit)
+                            : (int64_t) 100,
+                            a->used, a->limit);
+    }
+
+    if (ngx_http_quota_str_is(kind, "quota_exceeded")) {
+        return ngx_snprintf(buf, size, "%V quota exhausted (%L of %L).",
+                            &a->metric, a->used, a->limit);
+    }
+
+    if (ngx_http_quota_str_is(kind, "overage_started")) {
+        return ngx_snprintf(buf, size,
+                            "%V usage passed the limit of %L: overage "
+                            "charges apply.", &a->metric, a->limit);
+    }
+
+    if (ngx_http_quota_str_is(kind, "spending_cap_reached")) {
+        return ngx_snprintf(buf, size,
+                            "Spending cap reached: metered requests are "
+                            "refused until the period ends or the cap is "
+                            "raised.");
+    }
+
+    if (ngx_http_quota_str_is(kind, "quota_reset")) {
+        return ngx_snprintf(buf, size,
+                            "%V usage starts again from zero in the new "
+                            "period.", &a->metric);
+    }
+
+    return ngx_snprintf(buf, size, "%V", kind);
 }
 
 

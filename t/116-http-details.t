@@ -84,6 +84,10 @@ QuotaTest::redis('XADD', 'quota:{big}:alerts', '*', 'type',
                  'approaching_limit', 'metric', 'a', 'used', $big,
                  'limit', 10, 'at', '2026-11-01T00:00:00Z');
 
+# an alert kind that is only a prefix of a known one keeps its own text
+QuotaTest::redis('XADD', 'quota:{pfx}:alerts', '*', 'type', 'approaching',
+                 'metric', 'a', 'used', 5, 'limit', 10);
+
 my %r;
 my $log = QuotaTest::nginx_run(
     http_config => $http_config,
@@ -95,6 +99,7 @@ my $log = QuotaTest::nginx_run(
         $r{pct} = QuotaTest::http_request($port, 'POST', '/pct/x', $k);
         $r{usage} = QuotaTest::http_get($port, '/usage', $k);
         $r{alerts} = QuotaTest::http_get($port, '/alerts', $k);
+        $r{pfx} = QuotaTest::http_get($port, '/alerts', { 'X-API-Key' => 'pfx' });
         $r{empty} = QuotaTest::http_request($port, 'POST', '/empty/x',
                                             { 'X-API-Key' => 'e' });
         $r{dup} = QuotaTest::http_request($port, 'POST', '/dup/x',
@@ -114,6 +119,9 @@ like($r{usage}{body}, qr/"approaching_limit":true/,
      'D9: quota_usage: approaching_limit');
 like($r{alerts}{body}, qr/"message":"a usage reached 1844674407370955170% of the limit/,
      'D9: quota_alerts: the alert message percent');
+
+like($r{pfx}{body}, qr/"type":"approaching","metric":"a","message":"approaching"/,
+     'alerts: a kind is matched whole, not as a prefix of a known kind');
 
 # D17
 is($r{empty}{status}, 200, 'D17: empty warning value: admitted');
