@@ -155,6 +155,25 @@ my $log = nginx_run(
         is(used('shadow'), undef, 'reconcile: never applied to a shadow request');
         is(used('dry'), undef, 'reconcile: never applied to a dry-run refusal');
 
+        # a refund never takes a counter below zero: the billing backend
+        # lowers the counters while the request is at the upstream, then
+        # the upstream reports 0 of the 100 estimated
+        {
+            my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port) or die $!;
+            print $c "POST /slow/chat?used=0 HTTP/1.1\r\nHost: x\r\nX-T: clamp\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            my $deadline = time + 3;
+            sleep 0.01 until defined used('clamp') || time > $deadline;
+            is(used('clamp'), 100, 'refund clamp: the estimate was charged');
+            redis_at($rport, 'HSET', "quota:{clamp}:usage:$start", 'ai_tokens', 30);
+            redis_at($rport, 'HSET', "quota:{clamp}:daily:$start", "ai_tokens:$today", 20);
+            local $/;
+            my $resp = <$c>;
+            like($resp, qr{^HTTP/1\.1 200}, 'refund clamp: 200');
+            is(settle('clamp', 0), 0, 'refund clamp: 100 refunded from 30 stops at 0, not -70');
+            is(redis_at($rport, 'HGET', "quota:{clamp}:daily:$start", "ai_tokens:$today"), 0,
+               'refund clamp: the daily counter stops at 0 too');
+        }
+
         # the response is not delayed when Redis is slow to take the correction:
         # the charge is done, then Redis stalls for 1 s while the response goes out
         my $t0 = time;
