@@ -19,7 +19,7 @@ use strict;
 use warnings;
 use Test::More;
 use Cwd qw(abs_path);
-use Fcntl qw(:flock);
+use Fcntl qw(:flock O_RDONLY O_DIRECTORY);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
@@ -106,11 +106,13 @@ if (@missing) {
     exit 0;
 }
 
-# one package test at a time on this machine (it installs system-wide)
-open my $lock, '>', '/run/lock/quota-test-package.lock' or die "lock: $!\n";
+# one package test at a time on this machine (it installs system-wide):
+# a lock on the directory it changes, so no lock file is left behind
+my $lockdir = '/etc/nginx/modules-enabled';
+sysopen(my $lock, $lockdir, O_RDONLY | O_DIRECTORY) or die "$lockdir: $!\n";
 my $waited = time;
 until (flock($lock, LOCK_EX | LOCK_NB)) {
-    die "another package test holds /run/lock/quota-test-package.lock\n"
+    die "another package test holds a lock on $lockdir\n"
         if time - $waited > 600;
     sleep 1;
 }
@@ -167,7 +169,9 @@ my $apt = 'DEBIAN_FRONTEND=noninteractive apt-get -y -q '
 
 # whatever happens below, the package does not stay installed
 my $installed = 0;
+$SIG{INT} = $SIG{TERM} = sub { exit 1 };    # so that END purges
 END {
+    local $?;    # the test's exit status, not apt-get's
     if ($installed) {
         system("$apt purge $pkg >/dev/null 2>&1");
     }
