@@ -1,7 +1,8 @@
 
 /*
- * Directive parsers: quota_redis, quota_metric, quota_plan { }, 
- * quota_default_plan, quota_tenant, quota_route.
+ * Directive parsers: quota_redis, quota_metric, quota_plan { },
+ * quota_default_plan, quota_tenant, quota_warning_header, quota_reconcile
+ * (quota_route is in _route.c).
  *
  * Names are resolved as they are parsed (a metric or plan must be declared
  * before it is used), so every error points at the line that is wrong.

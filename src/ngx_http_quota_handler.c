@@ -168,6 +168,15 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
+    /*
+     * Until the reply is acted on: a client that goes away meanwhile is
+     * neither unmetered nor decided (review D13); the log phase counts it
+     * as ABORTED.  Shadow traffic stays BYPASS.
+     */
+    if (!ctx->bypass) {
+        ctx->status = NGX_HTTP_QUOTA_ABORTED;
+    }
+
     ngx_http_quota_suspend(r, ctx);
 
     return NGX_DONE;

@@ -91,6 +91,7 @@ typedef enum {
     NGX_HTTP_QUOTA_DRY_RUN_REJECT,
     NGX_HTTP_QUOTA_FAIL_OPEN_STATUS,
     NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS,
+    NGX_HTTP_QUOTA_ABORTED,           /* client gone before the decision */
     NGX_HTTP_QUOTA_STATUS_COUNT
 } ngx_http_quota_status_e;
 
@@ -221,7 +222,8 @@ typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
 
 typedef struct {
     /* quota_redis */
-    ngx_str_t                    redis_host;  /* numeric, resolved at conf time */
+    ngx_str_t                    redis_host;  /* numeric, resolved at conf
+                                                 time */
     ngx_int_t                    redis_port;
     ngx_str_t                    redis_unix;  /* unix socket path, or empty */
     ngx_str_t                    redis_password;
@@ -274,7 +276,8 @@ typedef struct {
     ngx_uint_t                   failure_mode;
     ngx_http_complex_value_t    *tenant;
     ngx_flag_t                   tenant_hash;
-    ngx_array_t                 *rules;       /* ngx_http_quota_rule_t, sorted */
+    ngx_array_t                 *rules;       /* ngx_http_quota_rule_t,
+                                                 sorted */
     ngx_str_t                    apikey_header;
     ngx_http_complex_value_t    *api_version;
     ngx_uint_t                   status;
@@ -325,7 +328,8 @@ typedef struct {
     ngx_http_quota_ctx_state_e   state;
     ngx_http_quota_status_e      status;
 
-    ngx_str_t                    tenant;      /* id used in Redis (maybe hashed) */
+    ngx_str_t                    tenant;      /* id used in Redis (maybe
+                                                 hashed) */
     ngx_http_quota_rule_t       *rule;        /* NULL: rate/concurrency only */
     ngx_uint_t                   ncharges;
     int64_t                      costs[NGX_HTTP_QUOTA_MAX_CHARGES];
@@ -336,7 +340,8 @@ typedef struct {
     unsigned                     bypass:1;
     unsigned                     slot_taken:1;    /* concurrency slot held */
     unsigned                     reconciled:1;
-    unsigned                     report:2;        /* quota_usage: 1, +daily: 2 */
+    unsigned                     report:2;        /* quota_usage: 1,
+                                                     +daily: 2 */
 
     /* the decoded reply of the charge script */
     ngx_uint_t                   code;

@@ -40,6 +40,7 @@ ngx_str_t  ngx_http_quota_status_names[] = {
     ngx_string("DRY_RUN_REJECT"),
     ngx_string("FAIL_OPEN"),
     ngx_string("FAIL_CLOSED"),
+    ngx_string("ABORTED"),
     ngx_null_string
 };
 
@@ -102,6 +103,7 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 {
     u_char                      *p;
     int64_t                      n;
+    ngx_str_t                   *name;
     ngx_http_quota_ctx_t        *ctx;
     ngx_http_quota_metric_t     *m;
     ngx_http_quota_numbers_t     num;
@@ -110,10 +112,10 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ctx = ngx_http_quota_get_ctx(r->main);
 
     if (data == NGX_HTTP_QUOTA_VAR_STATUS) {
-        p = ngx_http_quota_status_names[ctx ? ctx->status
-                                            : NGX_HTTP_QUOTA_UNMETERED].data;
-        v->len = ngx_strlen(p);
-        v->data = p;
+        name = &ngx_http_quota_status_names[ctx ? ctx->status
+                                                : NGX_HTTP_QUOTA_UNMETERED];
+        v->len = name->len;
+        v->data = name->data;
         goto found;
     }
 

@@ -91,4 +91,42 @@ _EOC_
     is(metric($text, 'quota_decisions_total{status="FAIL_OPEN"}'), 1, 'outage: FAIL_OPEN decision');
 }
 
+# 4. review D13: a client that goes away while its charge is in flight is
+#    counted as ABORTED, not UNMETERED (it was metered; the outcome is what
+#    the void makes of it), and $quota_status says so in the access log
+{
+    my ($text, $log);
+    my $rd = QuotaTest::start_redis();
+    my $rport = $rd->{port};
+    nginx_run(no_root_location => 1, http_config => <<"_EOC_", config => server(), code => sub {
+    quota_redis 127.0.0.1:$rport timeout=5s;
+    quota_metric a;
+    quota_plan p { limit a 70; }
+    quota_default_plan p;
+    log_format st '\$status \$quota_status';
+    access_log logs/status.log st;
+_EOC_
+        my ($port, $root) = @_;
+        # the worker is connected once a charge is answered
+        for (1 .. 100) {
+            last if http_request($port, 'POST', '/a', { 'X-T' => 'ab' })->{status} eq '200';
+            select(undef, undef, undef, 0.05);
+        }
+        $rd->cmd('CLIENT', 'PAUSE', 1500, 'ALL');
+        # gives up after 0.3 s while Redis holds the charge
+        QuotaTest::http_exchange($port,
+            "POST /a HTTP/1.1\r\nHost: x\r\nX-T: ab\r\nContent-Length: 0\r\n\r\n", 0.3);
+        select(undef, undef, undef, 2);
+        $text = http_get($port, '/quota/metrics')->{body};
+        $log = QuotaTest::_slurp("$root/logs/status.log");
+    });
+    QuotaTest::stop_redis($rd);
+
+    is(metric($text, 'quota_decisions_total{status="ABORTED"}'), 1,
+       'metrics: a request aborted while waiting is ABORTED');
+    is(metric($text, 'quota_decisions_total{status="UNMETERED"}'), 0,
+       'metrics: ... and not UNMETERED');
+    like($log, qr/^499 ABORTED$/m, '$quota_status of the 499 is ABORTED');
+}
+
 done_testing();
