@@ -365,6 +365,8 @@ sub nginx_conf {
     my $level = $o{log_level} || 'info';
     my $wc = $o{worker_connections} || 1024;
     my $port = $o{port};
+    # like the real Test::Nginx: TEST_NGINX_EVENT_TYPE picks the method
+    my $use = $ENV{TEST_NGINX_EVENT_TYPE} ? "    use $ENV{TEST_NGINX_EVENT_TYPE};\n" : '';
     my $root_loc = $o{no_root_location} ? '' : <<"_EOC_";
         location / {
             root $root/html;
@@ -380,7 +382,7 @@ error_log logs/error.log $level;
 pid logs/nginx.pid;
 
 events {
-    accept_mutex off;
+${use}    accept_mutex off;
     worker_connections $wc;
 }
 
