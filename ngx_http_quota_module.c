@@ -78,6 +78,55 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_redis_ssl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_http_quota_redis_ssl_verify_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_verify),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_verify_depth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_verify_depth),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_redis_ssl_file_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_redis_ssl_file_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_certificate),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_redis_ssl_file_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_certificate_key),
+      NULL },
+
+    { ngx_string("quota_redis_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_quota_main_conf_t, redis_ssl_name),
+      NULL },
+
     { ngx_string("quota_redis_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -358,16 +407,20 @@ ngx_http_quota_create_main_conf(ngx_conf_t *cf)
     /*
      * set by ngx_pcalloc():
      *
+     *     qmcf->redis_addr = { NULL, 0, { 0, NULL } };
      *     qmcf->redis_host = { 0, NULL };
-     *     qmcf->redis_unix = { 0, NULL };
+     *     qmcf->redis_user = { 0, NULL };
      *     qmcf->redis_password = { 0, NULL };
+     *     qmcf->redis_ssl_* files and name = { 0, NULL };
      *     qmcf->redis_configured = 0;
      *     qmcf->prefix = { 0, NULL };
      *     qmcf->enabled_somewhere = 0;
      *     qmcf->worker = NULL;
      */
 
-    qmcf->redis_port = NGX_CONF_UNSET;
+    qmcf->redis_ssl = NGX_CONF_UNSET;
+    qmcf->redis_ssl_verify = NGX_CONF_UNSET;
+    qmcf->redis_ssl_verify_depth = NGX_CONF_UNSET;
     qmcf->redis_db = 0;
     qmcf->redis_timeout = 100;
     qmcf->redis_connect_timeout = 1000;
@@ -413,6 +466,10 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (ngx_http_quota_script_init(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_quota_redis_ssl_init(cf, qmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 

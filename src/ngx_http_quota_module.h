@@ -14,7 +14,12 @@
  *   ngx_http_quota_handler.c     the precontent-phase handler: decision
  *                                order, suspend/resume, failure mode, log
  *                                phase (reconcile, decision counters)
- *   ngx_http_quota_redis.c       hiredis async contexts bound to nginx events
+ *   ngx_http_quota_redis.c       per-worker Redis pool, ops, send calls
+ *   ngx_http_quota_redis_conn.c  one Redis connection on nginx's events
+ *                                (hiredis only encodes and parses)
+ *   ngx_http_quota_redis_ssl.c   TLS to Redis (quota_redis_ssl_*)
+ *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
+ *   ngx_http_quota_redis.h       what the four share
  *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
  *                                and reconcile commands
  *   ngx_http_quota_lua.c         the Redis Lua scripts (charge, reconcile)
@@ -42,7 +47,6 @@
 #include <ngx_http.h>
 
 #include <hiredis/hiredis.h>
-#include <hiredis/async.h>
 
 #include "ngx_http_quota_pure.h"
 
@@ -220,18 +224,40 @@ typedef struct {
 typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
 
 
+/* a file named by a directive, loaded after the configuration is read */
+typedef struct {
+    ngx_str_t                    path;
+    ngx_str_t                    file;        /* where the directive is */
+    ngx_uint_t                   line;
+} ngx_http_quota_conf_file_t;
+
+
 typedef struct {
     /* quota_redis */
-    ngx_str_t                    redis_host;  /* numeric, resolved at conf
-                                                 time */
-    ngx_int_t                    redis_port;
-    ngx_str_t                    redis_unix;  /* unix socket path, or empty */
+    ngx_addr_t                   redis_addr;  /* resolved at conf time */
+    ngx_str_t                    redis_host;  /* as written; empty: unix */
+    ngx_str_t                    redis_user;  /* ACL user, or empty */
     ngx_str_t                    redis_password;
     ngx_int_t                    redis_db;
     ngx_msec_t                   redis_timeout;
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_pool;
     ngx_flag_t                   redis_configured;
+
+    /* quota_redis_ssl* */
+    ngx_flag_t                   redis_ssl;
+    ngx_flag_t                   redis_ssl_verify;
+    ngx_int_t                    redis_ssl_verify_depth;
+    ngx_str_t                    redis_ssl_name;
+    ngx_http_quota_conf_file_t   redis_ssl_trusted_certificate;
+    ngx_http_quota_conf_file_t   redis_ssl_certificate;
+    ngx_http_quota_conf_file_t   redis_ssl_certificate_key;
+    ngx_http_quota_conf_file_t   redis_ssl_verify_at;
+    ngx_str_t                    redis_ssl_host;  /* SNI, checked name */
+    ngx_flag_t                   redis_ssl_host_is_addr;
+#if (NGX_SSL)
+    ngx_ssl_t                   *redis_ssl_ctx;   /* NULL: plain TCP */
+#endif
 
     ngx_str_t                    prefix;      /* quota_redis_prefix */
 
@@ -432,9 +458,19 @@ typedef void (*ngx_http_quota_reply_pt)(void *data, redisReply *reply);
 extern ngx_module_t  ngx_http_quota_module;
 
 
-/* ngx_http_quota_conf.c */
+/* ngx_http_quota_redis_conf.c */
 char *ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_quota_redis_ssl_file_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_redis_ssl_verify_slot(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+
+/* ngx_http_quota_redis_ssl.c */
+ngx_int_t ngx_http_quota_redis_ssl_init(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+
+/* ngx_http_quota_conf.c */
 char *ngx_http_quota_metric_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_quota_plan_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -481,6 +517,11 @@ void ngx_http_quota_redis_detach(ngx_http_quota_op_t *op);
 void ngx_http_quota_redis_timed_out(ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf,
     int argc, const char **argv, const size_t *argvlen);
+void ngx_http_quota_redis_cancel(ngx_http_quota_op_t *op, int argc,
+    const char **argv, const size_t *argvlen);
+ngx_int_t ngx_http_quota_redis_send_reliable(
+    ngx_http_quota_main_conf_t *qmcf, int argc, const char **argv,
+    const size_t *argvlen);
 
 /* ngx_http_quota_script.c */
 ngx_int_t ngx_http_quota_script_init(ngx_conf_t *cf,

@@ -1,111 +1,59 @@
 
 /*
- * hiredis async contexts bound to nginx's event loop, one set per worker.
+ * The per-worker pool of Redis connections and the calls the rest of the
+ * module makes (ngx_http_quota_module.h).
  *
- * Each worker keeps quota_redis pool=N persistent connections.  Commands
- * of all requests are pipelined on them (hiredis appends to its output
- * buffer; we write once per loop iteration), replies come back in order.
+ * Each worker keeps quota_redis pool=N persistent connections, owned by
+ * nginx (ngx_http_quota_redis_conn.c); hiredis only encodes commands
+ * (redisFormatCommandArgv) and parses replies (redisReader).  Commands of
+ * all requests are pipelined, round robin over the connections that are
+ * ready; each connection keeps a FIFO of ops, and replies come back in that
+ * order.
  *
- * What hiredis 0.14 does not do, we do here:
- *   - no DNS in the worker: quota_redis is resolved at configuration time;
- *   - no timeouts: a connect timer here, a per-request timer in the handler;
- *   - it reads at most 16 KB per call: events are level-triggered, so data
- *     left in the socket makes epoll report the fd again;
- *   - it owns the fd: our cleanup frees the nginx connection without
- *     closing the fd, hiredis closes it right after.
- *
- * Requests never wait on a connection that is down: while it is down (and
- * until the backoff timer reconnects) ngx_http_quota_redis_send() returns
- * NULL and the caller applies quota_failure_mode at once.  Commands sent
- * while connecting are queued behind the handshake (AUTH, SELECT, SCRIPT
- * LOAD), which hiredis writes first.
+ * A command is only ever given to a ready connection (its handshake done):
+ * while none is ready, ngx_http_quota_redis_send() returns NULL and the
+ * caller applies quota_failure_mode at once.  A connection that cannot take
+ * a command (over its caps) is skipped for the next one.  The one exception
+ * is a worker's start: until its first connection is ready, for at most
+ * timeout=, commands are held in the worker (never written anywhere) and
+ * go out when one is ready; a held command whose request gave up is
+ * dropped unsent.
  *
  * Nothing is ever resent after a timeout or a disconnect: the script may
- * have run, and running it again would charge twice.
+ * have run, and running it again would charge twice.  The exception is
+ * what callers mark reliable (voids, slot releases): idempotent commands,
+ * kept in a bounded per-worker queue while no connection is ready, and
+ * resent when the connection that carried them is lost.
  */
 
 
-#include "ngx_http_quota_module.h"
+#include "ngx_http_quota_redis.h"
 
 
-#define NGX_HTTP_QUOTA_REDIS_DOWN         0
-#define NGX_HTTP_QUOTA_REDIS_CONNECTING   1
-#define NGX_HTTP_QUOTA_REDIS_READY        2
-
-#define NGX_HTTP_QUOTA_BACKOFF_MIN        50      /* ms */
-#define NGX_HTTP_QUOTA_BACKOFF_MAX        1000    /* ms */
-
-/* past this many unanswered commands a connection takes no more: a stalled
-   Redis must not grow hiredis' output buffer without bound */
-#define NGX_HTTP_QUOTA_MAX_PENDING        8192
-
-
-typedef struct {
-    ngx_http_quota_worker_t     *worker;
-    redisAsyncContext           *ac;
-    ngx_connection_t            *conn;        /* wraps ac->c.fd */
-    ngx_uint_t                   state;
-    ngx_msec_t                   backoff;
-    ngx_event_t                  connect_timer;
-    ngx_event_t                  reconnect_timer;
-    ngx_uint_t                   index;
-    ngx_uint_t                   pending;     /* replies hiredis still owes */
-    ngx_msec_t                   last_reply;  /* when Redis last answered */
-} ngx_http_quota_redis_conn_t;
-
-
-/* privdata handed to hiredis: it must outlive the request, so it is ours */
-struct ngx_http_quota_op_s {
-    ngx_http_quota_reply_pt      handler;     /* NULL once detached */
-    void                        *data;
-    ngx_http_quota_op_t         *next;        /* free list */
-    ngx_http_quota_redis_conn_t *conn;
-    uint64_t                     sent_us;     /* for the latency histogram */
-};
-
-
-struct ngx_http_quota_worker_s {
-    ngx_http_quota_main_conf_t  *qmcf;
-    ngx_log_t                   *log;
-    ngx_http_quota_redis_conn_t *conns;
-    ngx_uint_t                   nconns;
-    ngx_uint_t                   next;        /* round robin */
-    ngx_http_quota_op_t         *free_ops;
-    ngx_uint_t                   exiting;
-};
-
-
-static void ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc);
-static void ngx_http_quota_redis_schedule(ngx_http_quota_redis_conn_t *rc);
-static void ngx_http_quota_redis_reconnect_handler(ngx_event_t *ev);
-static void ngx_http_quota_redis_connect_timeout(ngx_event_t *ev);
-static void ngx_http_quota_redis_on_connect(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_quota_redis_on_disconnect(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_quota_redis_handshake_reply(redisAsyncContext *ac,
-    void *r, void *privdata);
-static void ngx_http_quota_redis_reply(redisAsyncContext *ac, void *r,
-    void *privdata);
-static void ngx_http_quota_redis_lost(ngx_http_quota_redis_conn_t *rc);
-
-static ngx_int_t ngx_http_quota_redis_attach(ngx_http_quota_redis_conn_t *rc);
-static void ngx_http_quota_redis_add_read(void *privdata);
-static void ngx_http_quota_redis_del_read(void *privdata);
-static void ngx_http_quota_redis_add_write(void *privdata);
-static void ngx_http_quota_redis_del_write(void *privdata);
-static void ngx_http_quota_redis_cleanup(void *privdata);
-static void ngx_http_quota_redis_read_handler(ngx_event_t *ev);
-static void ngx_http_quota_redis_write_handler(ngx_event_t *ev);
+static ngx_http_quota_redis_conn_t *ngx_http_quota_redis_pick(
+    ngx_http_quota_worker_t *w, size_t len);
+static ngx_int_t ngx_http_quota_redis_format(ngx_http_quota_worker_t *w,
+    int argc, const char **argv, const size_t *argvlen, ngx_str_t *cmd);
+static ngx_int_t ngx_http_quota_redis_reliable_on(
+    ngx_http_quota_redis_conn_t *rc, u_char *cmd, size_t len);
+static void ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w);
+static void ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op, redisReply *reply);
+static ngx_http_quota_op_t *ngx_http_quota_redis_hold(
+    ngx_http_quota_worker_t *w, ngx_str_t *cmd);
+static void ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w);
+static void ngx_http_quota_redis_fail_held(ngx_http_quota_worker_t *w);
+static void ngx_http_quota_redis_hold_handler(ngx_event_t *ev);
+static void ngx_http_quota_redis_dispatch_held(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op);
 
 
 ngx_int_t
 ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     ngx_http_quota_main_conf_t *qmcf)
 {
-    ngx_uint_t                    i;
-    ngx_http_quota_worker_t      *w;
-    ngx_http_quota_redis_conn_t  *rc;
+    ngx_uint_t                i;
+    ngx_http_quota_worker_t  *w;
 
     w = ngx_pcalloc(cycle->pool, sizeof(ngx_http_quota_worker_t));
     if (w == NULL) {
@@ -116,6 +64,16 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     w->log = cycle->log;
     w->nconns = qmcf->redis_pool;
 
+    /* a reply later than this, with commands waiting, means a dead peer */
+    w->dead_after = ngx_max(qmcf->redis_connect_timeout,
+                            NGX_HTTP_QUOTA_DEAD_FACTOR * qmcf->redis_timeout);
+
+    w->hold_until = ngx_current_msec + qmcf->redis_timeout;
+    w->hold_timer.handler = ngx_http_quota_redis_hold_handler;
+    w->hold_timer.data = w;
+    w->hold_timer.log = w->log;
+    w->hold_timer.cancelable = 1;
+
     w->conns = ngx_pcalloc(cycle->pool,
                            w->nconns * sizeof(ngx_http_quota_redis_conn_t));
     if (w->conns == NULL) {
@@ -125,23 +83,8 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     qmcf->worker = w;
 
     for (i = 0; i < w->nconns; i++) {
-        rc = &w->conns[i];
-
-        rc->worker = w;
-        rc->index = i;
-        rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MIN;
-
-        rc->connect_timer.handler = ngx_http_quota_redis_connect_timeout;
-        rc->connect_timer.data = rc;
-        rc->connect_timer.log = w->log;
-        rc->connect_timer.cancelable = 1;
-
-        rc->reconnect_timer.handler = ngx_http_quota_redis_reconnect_handler;
-        rc->reconnect_timer.data = rc;
-        rc->reconnect_timer.log = w->log;
-        rc->reconnect_timer.cancelable = 1;
-
-        ngx_http_quota_redis_connect(rc);
+        ngx_http_quota_redis_conn_init(&w->conns[i], w, i);
+        ngx_http_quota_redis_connect(&w->conns[i]);
     }
 
     return NGX_OK;
@@ -151,30 +94,31 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
 void
 ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
 {
-    ngx_uint_t                    i;
-    ngx_http_quota_op_t          *op;
-    ngx_http_quota_worker_t      *w;
-    ngx_http_quota_redis_conn_t  *rc;
+    ngx_uint_t                   i;
+    ngx_http_quota_op_t         *op;
+    ngx_http_quota_worker_t     *w;
+    ngx_http_quota_redis_cmd_t  *cmd;
 
     w = qmcf->worker;
     w->exiting = 1;
 
     for (i = 0; i < w->nconns; i++) {
-        rc = &w->conns[i];
+        /* waiting ops get a NULL reply and return to the free list */
+        ngx_http_quota_redis_close(&w->conns[i], 0);
+    }
 
-        if (rc->connect_timer.timer_set) {
-            ngx_del_timer(&rc->connect_timer);
-        }
+    ngx_http_quota_redis_fail_held(w);
 
-        if (rc->reconnect_timer.timer_set) {
-            ngx_del_timer(&rc->reconnect_timer);
-        }
+    if (w->nreliable) {
+        ngx_log_error(NGX_LOG_WARN, w->log, 0,
+                      "quota: %ui redis commands not sent at exit",
+                      w->nreliable);
+    }
 
-        if (rc->ac) {
-            /* pending callbacks run with a NULL reply and free their ops */
-            redisAsyncFree(rc->ac);
-            rc->ac = NULL;
-        }
+    while (w->reliable) {
+        cmd = w->reliable;
+        w->reliable = cmd->next;
+        ngx_free(cmd);
     }
 
     while (w->free_ops) {
@@ -192,7 +136,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     const char **argv, const size_t *argvlen, ngx_http_quota_reply_pt handler,
     void *data)
 {
-    ngx_uint_t                    i, n;
+    ngx_str_t                     cmd;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
@@ -203,77 +147,66 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
         return NULL;
     }
 
-    /* round robin over the connections that can take a command */
+    if (ngx_http_quota_redis_format(w, argc, argv, argvlen, &cmd) != NGX_OK) {
+        return NULL;
+    }
 
-    rc = NULL;
+    op = NULL;
+    rc = ngx_http_quota_redis_pick(w, cmd.len);
 
-    for (n = 0; n < w->nconns; n++) {
-        i = (w->next + n) % w->nconns;
+    if (rc != NULL) {
+        op = ngx_http_quota_redis_op_alloc(w);
 
-        if (w->conns[i].state != NGX_HTTP_QUOTA_REDIS_DOWN
-            && w->conns[i].pending < NGX_HTTP_QUOTA_MAX_PENDING)
-        {
-            rc = &w->conns[i];
-            w->next = i + 1;
-            break;
+    } else if (!w->ever_ready
+               && (ngx_msec_int_t) (w->hold_until - ngx_current_msec) > 0)
+    {
+        op = ngx_http_quota_redis_hold(w, &cmd);
+
+        if (op != NULL) {
+            op->handler = handler;
+            op->data = data;
+            op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
+
+            redisFreeCommand((char *) cmd.data);
+            ngx_http_quota_count(qmcf, inflight);
+            return op;
         }
     }
 
-    if (rc == NULL) {
+    if (op == NULL) {
+        redisFreeCommand((char *) cmd.data);
         ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         return NULL;
     }
 
-    op = w->free_ops;
-
-    if (op) {
-        w->free_ops = op->next;
-
-    } else {
-        op = ngx_alloc(sizeof(ngx_http_quota_op_t), w->log);
-        if (op == NULL) {
-            return NULL;
-        }
-    }
-
+    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
     op->handler = handler;
     op->data = data;
-    op->next = NULL;
-    op->conn = rc;
     op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
 
-    if (redisAsyncCommandArgv(rc->ac, ngx_http_quota_redis_reply, op, argc,
-                              argv, argvlen)
-        != REDIS_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, w->log, 0,
-                      "quota: redis command not queued: %s",
-                      rc->ac->errstr[0] ? rc->ac->errstr : "disconnecting");
-
-        op->next = w->free_ops;
-        w->free_ops = op;
-
+    if (ngx_http_quota_redis_append(rc, op, cmd.data, cmd.len) != NGX_OK) {
+        redisFreeCommand((char *) cmd.data);
+        ngx_http_quota_redis_op_free(w, op);
         ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         return NULL;
     }
 
-    ngx_http_quota_count(qmcf, inflight);
+    redisFreeCommand((char *) cmd.data);
 
-    if (rc->pending++ == 0) {
-        /* the silence that counts starts now, not at the last reply */
-        rc->last_reply = ngx_current_msec;
-    }
+    ngx_http_quota_count(qmcf, inflight);
 
     return op;
 }
 
 
-/* a command nobody waits for: slot releases, reconciles */
+/* a command nobody waits for (reconciles): bounded, never resent */
 ngx_int_t
 ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
     const char **argv, const size_t *argvlen)
 {
-    ngx_uint_t                    i, n;
+    ngx_int_t                     rv;
+    ngx_str_t                     cmd;
+    ngx_http_quota_op_t          *op;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
 
@@ -283,30 +216,66 @@ ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
         return NGX_ERROR;
     }
 
-    for (n = 0; n < w->nconns; n++) {
-        i = (w->next + n) % w->nconns;
-        rc = &w->conns[i];
+    if (ngx_http_quota_redis_format(w, argc, argv, argvlen, &cmd) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
-        if (rc->state != NGX_HTTP_QUOTA_REDIS_DOWN
-            && redisAsyncCommandArgv(rc->ac, NULL, NULL, argc, argv, argvlen)
-               == REDIS_OK)
-        {
-            /*
-             * Write it now rather than at the next loop iteration: a slot
-             * release must reach Redis before the client, which got its
-             * response, can come back with its next request.
-             */
-            if (rc->state == NGX_HTTP_QUOTA_REDIS_READY
-                && !(rc->ac->c.flags & REDIS_IN_CALLBACK))
-            {
-                redisAsyncHandleWrite(rc->ac);
+    rv = NGX_ERROR;
+    rc = ngx_http_quota_redis_pick(w, cmd.len);
+
+    if (rc != NULL) {
+        op = ngx_http_quota_redis_op_alloc(w);
+
+        if (op != NULL) {
+            op->kind = NGX_HTTP_QUOTA_OP_ONEWAY;
+            rv = ngx_http_quota_redis_append(rc, op, cmd.data, cmd.len);
+
+            if (rv != NGX_OK) {
+                ngx_http_quota_redis_op_free(w, op);
             }
-
-            return NGX_OK;
         }
     }
 
-    return NGX_ERROR;
+    redisFreeCommand((char *) cmd.data);
+
+    return rv;
+}
+
+
+/* an idempotent command that must reach Redis: now, or once one is ready */
+ngx_int_t
+ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
+    int argc, const char **argv, const size_t *argvlen)
+{
+    ngx_int_t                     rv;
+    ngx_str_t                     cmd;
+    ngx_http_quota_worker_t      *w;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    w = qmcf->worker;
+
+    if (w == NULL || w->exiting) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_quota_redis_format(w, argc, argv, argvlen, &cmd) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_quota_redis_pick(w, cmd.len);
+
+    if (rc == NULL
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len) != NGX_OK)
+    {
+        rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len);
+
+    } else {
+        rv = NGX_OK;
+    }
+
+    redisFreeCommand((char *) cmd.data);
+
+    return rv;
 }
 
 
@@ -320,474 +289,459 @@ ngx_http_quota_redis_detach(ngx_http_quota_op_t *op)
 
 
 /*
- * A request gave up waiting.  If its connection has not answered anything
- * for a whole timeout while commands wait, it is stalled (a peer gone
- * without a reset, a partition): drop it, so that later requests fail at
- * once instead of each waiting its timeout, and reconnect.  Nothing is
- * resent; the requests still waiting on it follow quota_failure_mode.
+ * A request gave up waiting.  That alone says nothing about the connection:
+ * one slow reply (a fork, a slow command, DEBUG SLEEP) must not fail every
+ * other request in flight.  The dead-peer rule of the connection itself
+ * (ngx_http_quota_redis_conn.c) decides when it is really gone.
  */
 void
 ngx_http_quota_redis_timed_out(ngx_http_quota_op_t *op)
 {
-    redisAsyncContext            *ac;
+    ngx_http_quota_redis_detach(op);
+}
+
+
+/*
+ * The request no longer waits for op, whose outcome is unknown: the undo
+ * goes right behind it on the same connection while that one is up (Redis
+ * runs them in this order), else into the queue of commands that must
+ * reach Redis.
+ */
+void
+ngx_http_quota_redis_cancel(ngx_http_quota_op_t *op, int argc,
+    const char **argv, const size_t *argvlen)
+{
+    ngx_str_t                     cmd;
+    ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
 
     rc = op->conn;
 
     ngx_http_quota_redis_detach(op);
 
-    if (rc->state != NGX_HTTP_QUOTA_REDIS_READY || rc->ac == NULL
-        || rc->pending == 0
-        || ngx_current_msec - rc->last_reply
-           < rc->worker->qmcf->redis_timeout)
-    {
+    if (argc == 0 || rc == NULL) {
+        /* rc == NULL: held, never sent, nothing to undo */
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
-                  "quota: redis connection #%ui stalled: no reply for %Mms "
-                  "with %ui commands waiting, reconnecting", rc->index,
-                  ngx_current_msec - rc->last_reply, rc->pending);
+    w = rc->worker;
 
-    ngx_http_quota_count(rc->worker->qmcf,
-                         errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
+    if (w->exiting) {
+        return;
+    }
 
-    /* the waiting callbacks run with a NULL reply, on_disconnect reconnects */
-    ac = rc->ac;
-    redisAsyncFree(ac);
+    if (ngx_http_quota_redis_format(w, argc, argv, argvlen, &cmd) != NGX_OK) {
+        return;
+    }
+
+    if (rc->state != NGX_HTTP_QUOTA_REDIS_READY
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len) != NGX_OK)
+    {
+        (void) ngx_http_quota_redis_keep(w, cmd.data, cmd.len);
+    }
+
+    redisFreeCommand((char *) cmd.data);
 }
 
 
-static void
-ngx_http_quota_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* a reply (or NULL: the connection is gone) for an op out of the FIFO */
+void
+ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
+    ngx_http_quota_op_t *op, redisReply *reply)
 {
-    ngx_http_quota_op_t          *op = privdata;
-    ngx_http_quota_redis_conn_t  *rc = ac->data;
+    void                        *data;
+    ngx_http_quota_worker_t     *w;
+    ngx_http_quota_reply_pt      handler;
+    ngx_http_quota_main_conf_t  *qmcf;
 
-    ngx_http_quota_reply_pt       handler;
-    ngx_http_quota_main_conf_t   *qmcf;
+    w = rc->worker;
+    qmcf = w->qmcf;
 
-    qmcf = rc->worker->qmcf;
-
-    rc->pending--;
-    rc->last_reply = ngx_current_msec;
+    if (op->kind != NGX_HTTP_QUOTA_OP_REPLY) {
+        ngx_http_quota_redis_oneway_reply(w, op, reply);
+        return;
+    }
 
     if (qmcf->stats) {
         (void) ngx_atomic_fetch_add(&qmcf->stats->inflight, -1);
 
-        if (r != NULL) {
+        if (reply != NULL) {
             ngx_http_quota_stats_latency(qmcf->stats,
                                          ngx_http_quota_now_us() - op->sent_us);
         }
     }
 
     handler = op->handler;
+    data = op->data;
 
-    op->handler = NULL;
-    op->next = rc->worker->free_ops;
-    rc->worker->free_ops = op;
+    /* free first: the handler may send again and reuse it */
+    ngx_http_quota_redis_op_free(w, op);
 
     if (handler) {
-        handler(op->data, r);
+        handler(data, reply);
     }
 }
 
 
 static void
-ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
+ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op, redisReply *reply)
 {
-    int                          argc;
-    u_char                       db[NGX_INT_T_LEN];
-    const char                  *argv[3];
-    size_t                       argvlen[3];
-    redisAsyncContext           *ac;
-    ngx_http_quota_worker_t     *w;
-    ngx_http_quota_main_conf_t  *qmcf;
-
-    w = rc->worker;
-    qmcf = w->qmcf;
-
-    if (qmcf->redis_unix.len) {
-        ac = redisAsyncConnectUnix((char *) qmcf->redis_unix.data);
-
-    } else {
-        ac = redisAsyncConnect((char *) qmcf->redis_host.data,
-                               (int) qmcf->redis_port);
-    }
-
-    if (ac == NULL) {
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
-                      "quota: redis context allocation failed");
-        ngx_http_quota_redis_schedule(rc);
-        return;
-    }
-
-    if (ac->err) {
-        ngx_log_error(NGX_LOG_ERR, w->log, 0,
-                      "quota: redis connect to %s%V:%i failed: %s",
-                      qmcf->redis_unix.len ? "unix:" : "",
-                      qmcf->redis_unix.len ? &qmcf->redis_unix
-                                           : &qmcf->redis_host,
-                      qmcf->redis_unix.len ? 0 : qmcf->redis_port,
-                      ac->errstr);
-        redisAsyncFree(ac);
-        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
-        ngx_http_quota_redis_schedule(rc);
-        return;
-    }
-
-    ac->data = rc;
-    rc->ac = ac;
-
-    if (ngx_http_quota_redis_attach(rc) != NGX_OK) {
-        rc->ac = NULL;
-        redisAsyncFree(ac);
-        ngx_http_quota_redis_schedule(rc);
-        return;
-    }
-
-    rc->state = NGX_HTTP_QUOTA_REDIS_CONNECTING;
-
-    /* set after attaching: it asks for a write event to see the connect */
-    redisAsyncSetConnectCallback(ac, ngx_http_quota_redis_on_connect);
-    redisAsyncSetDisconnectCallback(ac, ngx_http_quota_redis_on_disconnect);
-
-    ngx_add_timer(&rc->connect_timer, qmcf->redis_connect_timeout);
-
-    /* the handshake goes first in the pipeline; requests queue behind it */
-
-    if (qmcf->redis_password.len) {
-        argv[0] = "AUTH";
-        argvlen[0] = 4;
-        argv[1] = (char *) qmcf->redis_password.data;
-        argvlen[1] = qmcf->redis_password.len;
-
-        redisAsyncCommandArgv(ac, ngx_http_quota_redis_handshake_reply,
-                              "AUTH", 2, argv, argvlen);
-    }
-
-    if (qmcf->redis_db) {
-        argv[0] = "SELECT";
-        argvlen[0] = 6;
-        /* hiredis copies the arguments into its buffer right away */
-        argv[1] = (char *) db;
-        argvlen[1] = ngx_sprintf(db, "%i", qmcf->redis_db) - db;
-
-        redisAsyncCommandArgv(ac, ngx_http_quota_redis_handshake_reply,
-                              "SELECT", 2, argv, argvlen);
-    }
-
-    argc = 3;
-    argv[0] = "SCRIPT";
-    argvlen[0] = 6;
-    argv[1] = "LOAD";
-    argvlen[1] = 4;
-    argv[2] = (char *) qmcf->script.data;
-    argvlen[2] = qmcf->script.len;
-
-    redisAsyncCommandArgv(ac, ngx_http_quota_redis_handshake_reply,
-                          "SCRIPT LOAD", argc, argv, argvlen);
-}
-
-
-static void
-ngx_http_quota_redis_on_connect(const redisAsyncContext *ac, int status)
-{
-    ngx_http_quota_redis_conn_t  *rc = ac->data;
-
-    if (status == REDIS_OK) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->worker->log, 0,
-                       "quota: redis connection #%ui connected", rc->index);
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
-                  "quota: redis connect failed: %s", ac->errstr);
-
-    ngx_http_quota_count(rc->worker->qmcf,
-                         errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
-
-    /* hiredis frees the context after this callback */
-    ngx_http_quota_redis_lost(rc);
-}
-
-
-static void
-ngx_http_quota_redis_on_disconnect(const redisAsyncContext *ac, int status)
-{
-    ngx_http_quota_redis_conn_t  *rc = ac->data;
-
-    if (status != REDIS_OK && !rc->worker->exiting) {
-        ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
-                      "quota: redis connection lost: %s", ac->errstr);
-
-        ngx_http_quota_count(rc->worker->qmcf,
-                             errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
-    }
-
-    ngx_http_quota_redis_lost(rc);
-}
-
-
-static void
-ngx_http_quota_redis_handshake_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
-{
-    redisReply                   *reply = r;
-    ngx_http_quota_redis_conn_t  *rc = ac->data;
-
-    if (reply == NULL) {
-        return;     /* the connection is going away; on_disconnect logs */
-    }
-
-    if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
-                      "quota: redis %s failed: %*s", (char *) privdata,
+                      "quota: redis refused a %s command: %*s",
+                      op->kind == NGX_HTTP_QUOTA_OP_RELIABLE
+                      ? "reliable" : "one-way",
                       (size_t) reply->len, reply->str);
 
-        /* a bad password or db would fail every request: start over */
-        redisAsyncDisconnect(ac);
-        return;
+        ngx_http_quota_count(w->qmcf, errors[NGX_HTTP_QUOTA_ERR_REPLY]);
     }
 
-    if (ngx_strcmp(privdata, "SCRIPT LOAD") == 0) {
-        if (rc->connect_timer.timer_set) {
-            ngx_del_timer(&rc->connect_timer);
+    if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && reply == NULL) {
+        /* lost with its connection: it is idempotent, send it again */
+        (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len);
+    }
+
+    ngx_http_quota_redis_op_free(w, op);
+}
+
+
+/* a connection finished its handshake, or one was lost: drain the queues */
+void
+ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc)
+{
+    ngx_http_quota_worker_t  *w;
+
+    w = rc->worker;
+
+    if (rc->state == NGX_HTTP_QUOTA_REDIS_READY && !w->ever_ready) {
+        w->ever_ready = 1;
+        ngx_http_quota_redis_release_held(w);
+    }
+
+    ngx_http_quota_redis_flush_reliable(w);
+}
+
+
+/* a command kept in the worker until the first connection is ready */
+static ngx_http_quota_op_t *
+ngx_http_quota_redis_hold(ngx_http_quota_worker_t *w, ngx_str_t *cmd)
+{
+    ngx_http_quota_op_t  *op;
+
+    if (w->nheld >= NGX_HTTP_QUOTA_MAX_PENDING) {
+        return NULL;
+    }
+
+    op = ngx_http_quota_redis_op_alloc(w);
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->cmd.data = ngx_alloc(cmd->len, w->log);
+    if (op->cmd.data == NULL) {
+        ngx_http_quota_redis_op_free(w, op);
+        return NULL;
+    }
+
+    ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
+    op->cmd.len = cmd->len;
+    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
+
+    if (w->held_tail) {
+        w->held_tail->next = op;
+
+    } else {
+        w->held = op;
+    }
+
+    w->held_tail = op;
+    w->nheld++;
+
+    if (!w->hold_timer.timer_set) {
+        ngx_add_timer(&w->hold_timer, w->hold_until - ngx_current_msec);
+    }
+
+    return op;
+}
+
+
+/* the first connection is ready: send what is held, drop what is given up */
+static void
+ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w)
+{
+    ngx_http_quota_op_t          *op, *next;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    if (w->hold_timer.timer_set) {
+        ngx_del_timer(&w->hold_timer);
+    }
+
+    op = w->held;
+    w->held = NULL;
+    w->held_tail = NULL;
+    w->nheld = 0;
+
+    for ( /* void */ ; op; op = next) {
+        next = op->next;
+
+        rc = op->handler ? ngx_http_quota_redis_pick(w, op->cmd.len) : NULL;
+
+        if (rc == NULL
+            || ngx_http_quota_redis_append(rc, op, op->cmd.data, op->cmd.len)
+               != NGX_OK)
+        {
+            /* given up (never sent), or no room: a NULL reply */
+            op->conn = NULL;
+            ngx_http_quota_redis_dispatch_held(w, op);
+            continue;
         }
 
-        rc->state = NGX_HTTP_QUOTA_REDIS_READY;
-        rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MIN;
-        rc->last_reply = ngx_current_msec;
-
-        ngx_log_error(NGX_LOG_INFO, rc->worker->log, 0,
-                      "quota: redis connection #%ui ready", rc->index);
+        ngx_free(op->cmd.data);
+        op->cmd.data = NULL;
     }
 }
 
 
 static void
-ngx_http_quota_redis_connect_timeout(ngx_event_t *ev)
+ngx_http_quota_redis_fail_held(ngx_http_quota_worker_t *w)
 {
-    redisAsyncContext            *ac;
-    ngx_http_quota_redis_conn_t  *rc = ev->data;
+    ngx_http_quota_op_t  *op, *next;
 
-    if (rc->state != NGX_HTTP_QUOTA_REDIS_CONNECTING || rc->ac == NULL) {
-        return;
+    if (w->hold_timer.timer_set) {
+        ngx_del_timer(&w->hold_timer);
     }
 
-    ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
-                  "quota: redis connect timed out");
+    op = w->held;
+    w->held = NULL;
+    w->held_tail = NULL;
+    w->nheld = 0;
 
-    ngx_http_quota_count(rc->worker->qmcf,
-                         errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
-
-    /*
-     * redisAsyncFree() runs the queued callbacks with a NULL reply and
-     * calls on_disconnect only if the connection had been established.
-     */
-    ac = rc->ac;
-    rc->ac = NULL;
-    ac->onDisconnect = NULL;
-    redisAsyncFree(ac);
-
-    rc->state = NGX_HTTP_QUOTA_REDIS_DOWN;
-    ngx_http_quota_redis_schedule(rc);
-}
-
-
-/* the context is being freed by hiredis; reconnect later */
-static void
-ngx_http_quota_redis_lost(ngx_http_quota_redis_conn_t *rc)
-{
-    rc->ac = NULL;
-    rc->state = NGX_HTTP_QUOTA_REDIS_DOWN;
-
-    if (rc->connect_timer.timer_set) {
-        ngx_del_timer(&rc->connect_timer);
-    }
-
-    if (!rc->worker->exiting) {
-        ngx_http_quota_redis_schedule(rc);
+    for ( /* void */ ; op; op = next) {
+        next = op->next;
+        ngx_http_quota_redis_dispatch_held(w, op);
     }
 }
 
 
 static void
-ngx_http_quota_redis_schedule(ngx_http_quota_redis_conn_t *rc)
+ngx_http_quota_redis_hold_handler(ngx_event_t *ev)
 {
-    rc->state = NGX_HTTP_QUOTA_REDIS_DOWN;
+    ngx_http_quota_worker_t  *w = ev->data;
 
-    if (rc->worker->exiting || rc->reconnect_timer.timer_set) {
-        return;
+    ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                  "quota: no redis connection ready %Mms after the worker "
+                  "started", w->qmcf->redis_timeout);
+
+    ngx_http_quota_redis_fail_held(w);
+}
+
+
+/* a held op that will never be sent: its caller gets a NULL reply */
+static void
+ngx_http_quota_redis_dispatch_held(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op)
+{
+    void                     *data;
+    ngx_http_quota_reply_pt   handler;
+
+    if (w->qmcf->stats) {
+        (void) ngx_atomic_fetch_add(&w->qmcf->stats->inflight, -1);
     }
 
-    ngx_add_timer(&rc->reconnect_timer, rc->backoff);
+    handler = op->handler;
+    data = op->data;
 
-    rc->backoff *= 2;
-    if (rc->backoff > NGX_HTTP_QUOTA_BACKOFF_MAX) {
-        rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MAX;
+    ngx_http_quota_redis_op_free(w, op);
+
+    if (handler) {
+        handler(data, NULL);
     }
 }
 
 
 static void
-ngx_http_quota_redis_reconnect_handler(ngx_event_t *ev)
+ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
 {
-    ngx_http_quota_redis_conn_t  *rc = ev->data;
+    ngx_http_quota_redis_cmd_t   *cmd;
+    ngx_http_quota_redis_conn_t  *rc;
 
-    if (rc->worker->exiting || rc->ac != NULL) {
-        return;
+    while (w->reliable && !w->exiting) {
+        cmd = w->reliable;
+
+        rc = ngx_http_quota_redis_pick(w, cmd->len);
+        if (rc == NULL
+            || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len)
+               != NGX_OK)
+        {
+            return;
+        }
+
+        w->reliable = cmd->next;
+        if (w->reliable == NULL) {
+            w->reliable_tail = NULL;
+        }
+
+        w->nreliable--;
+        ngx_free(cmd);
     }
-
-    ngx_http_quota_count(rc->worker->qmcf, reconnects);
-
-    ngx_http_quota_redis_connect(rc);
 }
 
 
-/* the event adapter */
-
-static ngx_int_t
-ngx_http_quota_redis_attach(ngx_http_quota_redis_conn_t *rc)
+/* keep a copy of a command for the next ready connection (bounded) */
+ngx_int_t
+ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
+    size_t len)
 {
-    ngx_connection_t   *c;
-    redisAsyncContext  *ac;
+    ngx_http_quota_redis_cmd_t  *cmd;
 
-    ac = rc->ac;
-
-    c = ngx_get_connection(ac->c.fd, rc->worker->log);
-    if (c == NULL) {
+    if (w->exiting) {
         return NGX_ERROR;
     }
 
-    c->data = rc;
-    c->read->handler = ngx_http_quota_redis_read_handler;
-    c->write->handler = ngx_http_quota_redis_write_handler;
-    c->read->log = rc->worker->log;
-    c->write->log = rc->worker->log;
+    if (w->nreliable >= NGX_HTTP_QUOTA_MAX_RELIABLE) {
+        ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                      "quota: %ui redis commands wait for a connection, "
+                      "one more dropped", w->nreliable);
+        return NGX_ERROR;
+    }
 
-    rc->conn = c;
+    cmd = ngx_alloc(offsetof(ngx_http_quota_redis_cmd_t, data) + len, w->log);
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
 
-    ac->ev.data = rc;
-    ac->ev.addRead = ngx_http_quota_redis_add_read;
-    ac->ev.delRead = ngx_http_quota_redis_del_read;
-    ac->ev.addWrite = ngx_http_quota_redis_add_write;
-    ac->ev.delWrite = ngx_http_quota_redis_del_write;
-    ac->ev.cleanup = ngx_http_quota_redis_cleanup;
+    cmd->next = NULL;
+    cmd->len = len;
+    ngx_memcpy(cmd->data, data, len);
+
+    if (w->reliable_tail) {
+        w->reliable_tail->next = cmd;
+
+    } else {
+        w->reliable = cmd;
+    }
+
+    w->reliable_tail = cmd;
+    w->nreliable++;
 
     return NGX_OK;
 }
 
 
-static void
-ngx_http_quota_redis_add_read(void *privdata)
+/* a reliable command on rc; it keeps its own copy to be resent if lost */
+static ngx_int_t
+ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
+    u_char *cmd, size_t len)
 {
-    ngx_http_quota_redis_conn_t  *rc = privdata;
+    ngx_http_quota_op_t      *op;
+    ngx_http_quota_worker_t  *w;
 
-    if (rc->conn && !rc->conn->read->active) {
-        (void) ngx_add_event(rc->conn->read, NGX_READ_EVENT, NGX_LEVEL_EVENT);
+    w = rc->worker;
+
+    op = ngx_http_quota_redis_op_alloc(w);
+    if (op == NULL) {
+        return NGX_ERROR;
     }
+
+    op->cmd.data = ngx_alloc(len, w->log);
+    if (op->cmd.data == NULL) {
+        ngx_http_quota_redis_op_free(w, op);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(op->cmd.data, cmd, len);
+    op->cmd.len = len;
+    op->kind = NGX_HTTP_QUOTA_OP_RELIABLE;
+
+    if (ngx_http_quota_redis_append(rc, op, cmd, len) != NGX_OK) {
+        ngx_http_quota_redis_op_free(w, op);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
-static void
-ngx_http_quota_redis_del_read(void *privdata)
+/* round robin over the ready connections that can take len more bytes */
+static ngx_http_quota_redis_conn_t *
+ngx_http_quota_redis_pick(ngx_http_quota_worker_t *w, size_t len)
 {
-    ngx_http_quota_redis_conn_t  *rc = privdata;
+    ngx_uint_t                    i, n;
+    ngx_http_quota_redis_conn_t  *rc;
 
-    if (rc->conn && rc->conn->read->active) {
-        (void) ngx_del_event(rc->conn->read, NGX_READ_EVENT, NGX_LEVEL_EVENT);
+    for (n = 0; n < w->nconns; n++) {
+        i = (w->next + n) % w->nconns;
+        rc = &w->conns[i];
+
+        if (ngx_http_quota_redis_can_take(rc, len) == NGX_OK) {
+            w->next = i + 1;
+            return rc;
+        }
     }
+
+    return NULL;
 }
 
 
-static void
-ngx_http_quota_redis_add_write(void *privdata)
+static ngx_int_t
+ngx_http_quota_redis_format(ngx_http_quota_worker_t *w, int argc,
+    const char **argv, const size_t *argvlen, ngx_str_t *cmd)
 {
-    ngx_http_quota_redis_conn_t  *rc = privdata;
+    int    len;
+    char  *p;
 
-    if (rc->conn && !rc->conn->write->active) {
-        (void) ngx_add_event(rc->conn->write, NGX_WRITE_EVENT,
-                             NGX_LEVEL_EVENT);
+    len = redisFormatCommandArgv(&p, argc, argv, argvlen);
+
+    if (len < 0) {
+        ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                      "quota: redis command not formatted (out of memory)");
+        return NGX_ERROR;
     }
+
+    cmd->data = (u_char *) p;
+    cmd->len = len;
+
+    return NGX_OK;
 }
 
 
-static void
-ngx_http_quota_redis_del_write(void *privdata)
+ngx_http_quota_op_t *
+ngx_http_quota_redis_op_alloc(ngx_http_quota_worker_t *w)
 {
-    ngx_http_quota_redis_conn_t  *rc = privdata;
+    ngx_http_quota_op_t  *op;
 
-    if (rc->conn && rc->conn->write->active) {
-        (void) ngx_del_event(rc->conn->write, NGX_WRITE_EVENT,
-                             NGX_LEVEL_EVENT);
+    op = w->free_ops;
+
+    if (op) {
+        w->free_ops = op->next;
+
+    } else {
+        op = ngx_alloc(sizeof(ngx_http_quota_op_t), w->log);
+        if (op == NULL) {
+            return NULL;
+        }
     }
+
+    ngx_memzero(op, sizeof(ngx_http_quota_op_t));
+
+    return op;
 }
 
 
-/* called by hiredis right before it closes the fd */
-static void
-ngx_http_quota_redis_cleanup(void *privdata)
+void
+ngx_http_quota_redis_op_free(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op)
 {
-    ngx_connection_t             *c;
-    ngx_http_quota_redis_conn_t  *rc = privdata;
-
-    c = rc->conn;
-    if (c == NULL) {
-        return;
+    if (op->cmd.data) {
+        ngx_free(op->cmd.data);
+        op->cmd.data = NULL;
     }
 
-    rc->conn = NULL;
-
-    /* the fd is about to be closed, which removes it from epoll */
-    if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-    }
-
-    if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    c->fd = (ngx_socket_t) -1;
-    ngx_free_connection(c);
-}
-
-
-static void
-ngx_http_quota_redis_read_handler(ngx_event_t *ev)
-{
-    ngx_connection_t             *c = ev->data;
-    ngx_http_quota_redis_conn_t  *rc = c->data;
-
-    if (rc->ac) {
-        redisAsyncHandleRead(rc->ac);
-    }
-}
-
-
-static void
-ngx_http_quota_redis_write_handler(ngx_event_t *ev)
-{
-    ngx_connection_t             *c = ev->data;
-    ngx_http_quota_redis_conn_t  *rc = c->data;
-
-    if (rc->ac) {
-        redisAsyncHandleWrite(rc->ac);
-    }
+    /* op->conn stays: a late cancel() of a detached op still finds its
+       worker */
+    op->handler = NULL;
+    op->data = NULL;
+    op->next = w->free_ops;
+    w->free_ops = op;
 }

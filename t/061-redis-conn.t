@@ -161,6 +161,7 @@ sub start_proxy {
                     $sel->add($c, $u);
                     next;
                 }
+                next unless $h->opened;
                 next if $frozen;
                 my $buf;
                 my $n = sysread($h, $buf, 65536);

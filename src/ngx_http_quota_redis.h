@@ -1,0 +1,163 @@
+
+/*
+ * The Redis connection layer, shared by ngx_http_quota_redis*.c only: the
+ * rest of the module sees the functions declared in ngx_http_quota_module.h.
+ *
+ *   ngx_http_quota_redis.c       per-worker pool, ops, the public calls
+ *   ngx_http_quota_redis_conn.c  one connection: connect, handshake, read,
+ *                                write, dead-peer rule, close, backoff
+ *   ngx_http_quota_redis_ssl.c   TLS with nginx's OpenSSL
+ *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
+ */
+
+#ifndef _NGX_HTTP_QUOTA_REDIS_H_INCLUDED_
+#define _NGX_HTTP_QUOTA_REDIS_H_INCLUDED_
+
+
+#include "ngx_http_quota_module.h"
+
+
+#define NGX_HTTP_QUOTA_BACKOFF_MIN        50      /* ms */
+#define NGX_HTTP_QUOTA_BACKOFF_MAX        1000    /* ms */
+
+/* past these a connection takes no more commands: a stalled Redis must not
+   grow our output buffer without bound */
+#define NGX_HTTP_QUOTA_MAX_PENDING        8192
+#define NGX_HTTP_QUOTA_MAX_OUTPUT         (4 * 1024 * 1024)
+
+/* commands that must reach Redis, kept while no connection is ready */
+#define NGX_HTTP_QUOTA_MAX_RELIABLE       4096
+
+/* a connection silent this many times timeout= while commands wait is dead
+   (never less than connect_timeout) */
+#define NGX_HTTP_QUOTA_DEAD_FACTOR        10
+
+#define NGX_HTTP_QUOTA_READ_SIZE          16384
+
+
+typedef enum {
+    NGX_HTTP_QUOTA_REDIS_DOWN = 0,        /* waiting for the reconnect timer */
+    NGX_HTTP_QUOTA_REDIS_CONNECTING,      /* TCP connect in progress */
+    NGX_HTTP_QUOTA_REDIS_TLS,             /* TLS handshake in progress */
+    NGX_HTTP_QUOTA_REDIS_HANDSHAKE,       /* AUTH, SELECT, SCRIPT LOAD sent */
+    NGX_HTTP_QUOTA_REDIS_READY            /* takes commands */
+} ngx_http_quota_redis_state_e;
+
+
+typedef enum {
+    NGX_HTTP_QUOTA_OP_REPLY = 0,          /* a caller waits (or detached) */
+    NGX_HTTP_QUOTA_OP_ONEWAY,             /* nobody waits, never resent */
+    NGX_HTTP_QUOTA_OP_RELIABLE,           /* nobody waits, resent if lost */
+    NGX_HTTP_QUOTA_OP_HANDSHAKE           /* AUTH, SELECT, SCRIPT LOAD */
+} ngx_http_quota_op_kind_e;
+
+
+typedef struct ngx_http_quota_redis_conn_s  ngx_http_quota_redis_conn_t;
+
+
+/* a command in a connection's FIFO, or on the free list */
+struct ngx_http_quota_op_s {
+    ngx_http_quota_reply_pt      handler;     /* NULL once detached */
+    void                        *data;
+    ngx_http_quota_op_t         *next;
+    ngx_http_quota_redis_conn_t *conn;
+    uint64_t                     sent_us;     /* for the latency histogram */
+    ngx_str_t                    cmd;         /* RELIABLE: its RESP copy */
+    ngx_http_quota_op_kind_e     kind;
+};
+
+
+/* a RESP command kept until a connection is ready (ngx_alloc'd) */
+typedef struct ngx_http_quota_redis_cmd_s  ngx_http_quota_redis_cmd_t;
+
+struct ngx_http_quota_redis_cmd_s {
+    ngx_http_quota_redis_cmd_t  *next;
+    size_t                       len;
+    u_char                       data[1];
+};
+
+
+struct ngx_http_quota_redis_conn_s {
+    ngx_http_quota_worker_t     *worker;
+    ngx_uint_t                   index;
+    ngx_http_quota_redis_state_e state;
+
+    ngx_peer_connection_t        peer;        /* peer.connection: the socket */
+    redisReader                 *reader;
+
+    /* unwritten RESP, ngx_alloc'd, grown by doubling */
+    u_char                      *out;
+    size_t                       out_pos;
+    size_t                       out_len;
+    size_t                       out_size;
+
+    ngx_http_quota_op_t         *head;        /* replies come in this order */
+    ngx_http_quota_op_t         *tail;
+    ngx_uint_t                   pending;     /* ops in the FIFO */
+
+    ngx_msec_t                   busy_since;  /* pending went 0 -> 1 */
+    ngx_msec_t                   last_read;   /* Redis last sent a byte */
+
+    ngx_msec_t                   backoff;
+    ngx_event_t                  connect_timer;    /* connect + handshake */
+    ngx_event_t                  dead_timer;       /* the dead-peer rule */
+    ngx_event_t                  reconnect_timer;
+};
+
+
+struct ngx_http_quota_worker_s {
+    ngx_http_quota_main_conf_t  *qmcf;
+    ngx_log_t                   *log;
+    ngx_http_quota_redis_conn_t *conns;
+    ngx_uint_t                   nconns;
+    ngx_uint_t                   next;        /* round robin */
+    ngx_http_quota_op_t         *free_ops;
+
+    ngx_http_quota_redis_cmd_t  *reliable;    /* FIFO while none is ready */
+    ngx_http_quota_redis_cmd_t  *reliable_tail;
+    ngx_uint_t                   nreliable;
+
+    /* right after the worker starts, before any connection was ready:
+       commands held here (not sent) for at most timeout= */
+    ngx_http_quota_op_t         *held;
+    ngx_http_quota_op_t         *held_tail;
+    ngx_uint_t                   nheld;
+    ngx_msec_t                   hold_until;
+    ngx_event_t                  hold_timer;
+
+    ngx_msec_t                   dead_after;  /* the dead-peer threshold */
+    unsigned                     ever_ready:1;
+    unsigned                     exiting:1;
+};
+
+
+/* ngx_http_quota_redis.c */
+ngx_http_quota_op_t *ngx_http_quota_redis_op_alloc(
+    ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_op_free(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op);
+void ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
+    ngx_http_quota_op_t *op, redisReply *reply);
+void ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc);
+ngx_int_t ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *cmd,
+    size_t len);
+
+/* ngx_http_quota_redis_conn.c */
+void ngx_http_quota_redis_conn_init(ngx_http_quota_redis_conn_t *rc,
+    ngx_http_quota_worker_t *w, ngx_uint_t index);
+void ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
+    ngx_uint_t reconnect);
+ngx_int_t ngx_http_quota_redis_can_take(ngx_http_quota_redis_conn_t *rc,
+    size_t len);
+ngx_int_t ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
+    ngx_http_quota_op_t *op, u_char *cmd, size_t len);
+void ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc);
+
+/* ngx_http_quota_redis_ssl.c */
+#if (NGX_SSL)
+ngx_int_t ngx_http_quota_redis_ssl_start(ngx_http_quota_redis_conn_t *rc);
+#endif
+
+
+#endif /* _NGX_HTTP_QUOTA_REDIS_H_INCLUDED_ */

@@ -1,0 +1,219 @@
+
+/*
+ * quota_redis ADDRESS [user=U] [password=S] [db=N] [timeout=T]
+ *             [connect_timeout=T] [pool=N];
+ * and the file arguments of quota_redis_ssl_*.
+ */
+
+
+#include "ngx_http_quota_redis.h"
+
+
+static char *ngx_http_quota_redis_address(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
+static ngx_int_t ngx_http_quota_redis_param(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
+static ngx_int_t ngx_http_quota_redis_msec(ngx_str_t *value, size_t skip,
+    ngx_msec_t *ms);
+
+
+char *
+ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (qmcf->redis_configured) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_quota_redis_address(cf, qmcf, &value[1]) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (ngx_http_quota_redis_param(cf, qmcf, &value[i]) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (qmcf->redis_user.len && qmcf->redis_password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"user=\" needs \"password=\" in \"quota_redis\"");
+        return NGX_CONF_ERROR;
+    }
+
+    qmcf->redis_configured = 1;
+
+    if (ngx_http_quota_stats_zone(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Resolved now: a worker must never wait for DNS.  "unix:/path" is parsed
+ * by ngx_parse_url() too; the host as written is the default TLS name.
+ */
+static char *
+ngx_http_quota_redis_address(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *value)
+{
+    ngx_url_t  u;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in \"quota_redis %V\"", u.err, &u.url);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.naddrs == 0 || u.addrs == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "host not found in \"quota_redis %V\"", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    qmcf->redis_addr = u.addrs[0];
+
+    if (u.family != AF_UNIX) {
+        qmcf->redis_host = u.host;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_redis_param(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *value)
+{
+    ngx_int_t  n;
+
+    if (ngx_strncmp(value->data, "user=", 5) == 0 && value->len > 5) {
+        qmcf->redis_user.len = value->len - 5;
+        qmcf->redis_user.data = value->data + 5;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(value->data, "password=", 9) == 0) {
+        qmcf->redis_password.len = value->len - 9;
+        qmcf->redis_password.data = value->data + 9;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(value->data, "db=", 3) == 0) {
+        n = ngx_atoi(value->data + 3, value->len - 3);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        qmcf->redis_db = n;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(value->data, "timeout=", 8) == 0) {
+        return ngx_http_quota_redis_msec(value, 8, &qmcf->redis_timeout);
+    }
+
+    if (ngx_strncmp(value->data, "connect_timeout=", 16) == 0) {
+        return ngx_http_quota_redis_msec(value, 16,
+                                         &qmcf->redis_connect_timeout);
+    }
+
+    if (ngx_strncmp(value->data, "pool=", 5) == 0) {
+        n = ngx_atoi(value->data + 5, value->len - 5);
+        if (n == NGX_ERROR || n < 1 || n > 64) {
+            return NGX_ERROR;
+        }
+
+        qmcf->redis_pool = n;
+        return NGX_OK;
+    }
+
+    return NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_quota_redis_msec(ngx_str_t *value, size_t skip, ngx_msec_t *ms)
+{
+    ngx_str_t   s;
+    ngx_msec_t  t;
+
+    s.len = value->len - skip;
+    s.data = value->data + skip;
+
+    t = ngx_parse_time(&s, 0);
+    if (t == (ngx_msec_t) NGX_ERROR || t == 0) {
+        return NGX_ERROR;
+    }
+
+    *ms = t;
+
+    return NGX_OK;
+}
+
+
+/* a file of quota_redis_ssl_*: kept with where it was set, for the errors
+   found when it is loaded after the whole configuration is read */
+char *
+ngx_http_quota_redis_ssl_file_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_str_t                   *value;
+    ngx_http_quota_conf_file_t  *f;
+
+    f = (ngx_http_quota_conf_file_t *) ((char *) conf + cmd->offset);
+
+    if (f->path.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "takes a file name";
+    }
+
+    f->path = value[1];
+    f->file = cf->conf_file->file.name;
+    f->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+/* quota_redis_ssl_verify on|off, remembering where for later errors */
+char *
+ngx_http_quota_redis_ssl_verify_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    char  *rv;
+
+    rv = ngx_conf_set_flag_slot(cf, cmd, conf);
+
+    if (rv == NGX_CONF_OK) {
+        qmcf->redis_ssl_verify_at.file = cf->conf_file->file.name;
+        qmcf->redis_ssl_verify_at.line = cf->conf_file->line;
+    }
+
+    return rv;
+}
