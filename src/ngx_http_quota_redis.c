@@ -519,6 +519,13 @@ ngx_http_quota_redis_fail_held(ngx_http_quota_worker_t *w)
 
     for ( /* void */ ; op; op = next) {
         next = op->next;
+
+        if (op->handler) {
+            /* as if sent while no connection was ready */
+            ngx_http_quota_count(w->qmcf,
+                                 errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
+        }
+
         ngx_http_quota_redis_dispatch_held(w, op);
     }
 }
