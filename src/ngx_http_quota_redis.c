@@ -14,10 +14,11 @@
  * while none is ready, ngx_http_quota_redis_send() returns NULL and the
  * caller applies quota_failure_mode at once.  A connection that cannot take
  * a command (over its caps) is skipped for the next one.  The one exception
- * is a worker's start: until its first connection is ready, for at most
- * timeout=, commands are held in the worker (never written anywhere) and
- * go out when one is ready; a held command whose request gave up is
- * dropped unsent.
+ * is a worker's first connection attempt (a reload must not refuse the
+ * requests of the first milliseconds): until a connection is ready, an
+ * attempt fails or connect_timeout= passes, commands are held in the
+ * worker (never written anywhere) and go out when one is ready; a held
+ * command whose request gave up (its own timeout=) is dropped unsent.
  *
  * Nothing is ever resent after a timeout or a disconnect: the script may
  * have run, and running it again would charge twice.  The exception is
@@ -68,7 +69,7 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     w->dead_after = ngx_max(qmcf->redis_connect_timeout,
                             NGX_HTTP_QUOTA_DEAD_FACTOR * qmcf->redis_timeout);
 
-    w->hold_until = ngx_current_msec + qmcf->redis_timeout;
+    w->hold_until = ngx_current_msec + qmcf->redis_connect_timeout;
     w->hold_timer.handler = ngx_http_quota_redis_hold_handler;
     w->hold_timer.data = w;
     w->hold_timer.log = w->log;
@@ -414,9 +415,16 @@ ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc)
 
     w = rc->worker;
 
-    if (rc->state == NGX_HTTP_QUOTA_REDIS_READY && !w->ever_ready) {
-        w->ever_ready = 1;
-        ngx_http_quota_redis_release_held(w);
+    if (!w->ever_ready) {
+        if (rc->state == NGX_HTTP_QUOTA_REDIS_READY) {
+            w->ever_ready = 1;
+            ngx_http_quota_redis_release_held(w);
+
+        } else {
+            /* the first attempt failed: hold nothing more, fail at once */
+            w->hold_until = ngx_current_msec;
+            ngx_http_quota_redis_fail_held(w);
+        }
     }
 
     ngx_http_quota_redis_flush_reliable(w);
@@ -538,7 +546,7 @@ ngx_http_quota_redis_hold_handler(ngx_event_t *ev)
 
     ngx_log_error(NGX_LOG_ERR, w->log, 0,
                   "quota: no redis connection ready %Mms after the worker "
-                  "started", w->qmcf->redis_timeout);
+                  "started", w->qmcf->redis_connect_timeout);
 
     ngx_http_quota_redis_fail_held(w);
 }
