@@ -69,6 +69,14 @@ ngx_http_quota_redis_ssl_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
     cln->handler = ngx_ssl_cleanup_ctx;
     cln->data = ssl;
 
+    /*
+     * Our output buffer grows and moves between a write that would block
+     * and its retry, and the retry may carry more bytes: allowed with
+     * these modes (nginx's own buffer chains never need them).
+     */
+    SSL_CTX_set_mode(ssl->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                               |SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
     if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK
         || ngx_http_quota_redis_ssl_name(cf, qmcf) != NGX_OK
         || ngx_http_quota_redis_ssl_certs(cf, qmcf, ssl) != NGX_OK)
