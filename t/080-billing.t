@@ -119,7 +119,7 @@ X-T: seats
 
 
 
-=== TEST 3: per_seat: seats raised to 4 in Redis admits 2 more, no reload
+=== TEST 3: per_seat: seats raised to 4 in Redis admits 2 more (nginx restarts between blocks: t/087 changes accounts under a running nginx)
 --- init
 QuotaTest::redis('HSET', 'quota:{seats}:account', 'seats', 4);
 --- config
@@ -178,7 +178,7 @@ X-T: over
 
 
 
-=== TEST 6: raising the cap lifts the block at once
+=== TEST 6: at the cap: blocked (t/087 raises the cap under a running nginx)
 --- init
 main::account('capraise', plan => 'metered', overage => 1, cap => 1);
 --- config
