@@ -104,6 +104,10 @@ nginx_run(http_config => $http, config => $server, no_root_location => 1,
     $r = $post->('custom');
     is($r->{status}, 200, 'custom limit removed: admitted at once');
     is($r->{headers}{'x-quota-limit'}, 10, 'custom limit removed: the plan limit again');
+    account('custom', 'limit:a' => 0);
+    $r = $post->('custom');
+    is($r->{status}, 402, 'custom limit 0: nothing more is admitted');
+    is($r->{headers}{'x-quota-limit'}, 0, 'custom limit 0: the headers say limit 0');
 
     # status
     account('status', plan => 'basic', status => 'suspended');
