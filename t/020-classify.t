@@ -434,3 +434,37 @@ POST /auth?t=none3
 --- error_code: 200
 --- response_headers
 X-Quota-Used: 4
+
+
+
+=== TEST 22: auth=none does not hold with an API key (default header), even listed first
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=4 auth=none;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+--- more_headers
+X-API-Key: k
+--- request
+POST /auth?t=none4
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 3
+
+
+
+=== TEST 23: auth=none does not hold with an Authorization header, even listed first
+--- config
+    quota on;
+    quota_tenant $arg_t;
+    quota_route POST /auth a=4 auth=none;
+    quota_route POST /auth a=3 auth=apikey;
+    quota_route POST /auth a=1 auth=header;
+--- more_headers
+Authorization: Bearer x
+--- request
+POST /auth?t=none5
+--- error_code: 200
+--- response_headers
+X-Quota-Used: 1
