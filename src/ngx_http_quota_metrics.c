@@ -249,8 +249,13 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "# HELP quota_redis_inflight Redis operations sent "
                        "and not answered yet.\n"
                        "# TYPE quota_redis_inflight gauge\n"
-                       "quota_redis_inflight %uA\n",
-                    st->reconnects, st->noscript, st->inflight);
+                       "quota_redis_inflight %uA\n"
+                       "# HELP quota_redis_failovers_total Times the "
+                       "sentinels named a new master.\n"
+                       "# TYPE quota_redis_failovers_total counter\n"
+                       "quota_redis_failovers_total %uA\n",
+                    st->reconnects, st->noscript, st->inflight,
+                    st->failovers);
 
     return p;
 }

@@ -18,6 +18,8 @@
  *   ngx_http_quota_redis_conn.c  one Redis connection on nginx's events
  *                                (hiredis only encodes and parses)
  *   ngx_http_quota_redis_ssl.c   TLS to Redis (quota_redis_ssl_*)
+ *   ngx_http_quota_redis_sentinel.c
+ *                                the master from Redis Sentinel
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
  *   ngx_http_quota_redis.h       what the four share
  *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
@@ -193,6 +195,7 @@ typedef struct {
     ngx_atomic_t                 reconnects;
     ngx_atomic_t                 noscript;
     ngx_atomic_t                 inflight;
+    ngx_atomic_t                 failovers;   /* sentinel: master moved */
 } ngx_http_quota_stats_t;
 
 #define ngx_http_quota_count(qmcf, field)                                    \
@@ -243,6 +246,11 @@ typedef struct {
     ngx_msec_t                   redis_connect_timeout;
     ngx_uint_t                   redis_pool;
     ngx_flag_t                   redis_configured;
+
+    /* quota_redis_sentinel (then redis_addr is unset) */
+    ngx_array_t                 *redis_sentinels;     /* ngx_addr_t */
+    ngx_str_t                    redis_master_name;
+    ngx_str_t                    redis_sentinel_password;
 
     /* quota_redis_ssl* */
     ngx_flag_t                   redis_ssl;
@@ -461,6 +469,8 @@ extern ngx_module_t  ngx_http_quota_module;
 /* ngx_http_quota_redis_conf.c */
 char *ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 char *ngx_http_quota_redis_ssl_file_slot(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_quota_redis_ssl_verify_slot(ngx_conf_t *cf,

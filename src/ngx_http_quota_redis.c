@@ -85,7 +85,15 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
 
     for (i = 0; i < w->nconns; i++) {
         ngx_http_quota_redis_conn_init(&w->conns[i], w, i);
+
+        /* with sentinels: connects once the master is named */
+        w->conns[i].addr = qmcf->redis_sentinels ? NULL : &qmcf->redis_addr;
+
         ngx_http_quota_redis_connect(&w->conns[i]);
+    }
+
+    if (qmcf->redis_sentinels) {
+        return ngx_http_quota_redis_sentinel_init(w);
     }
 
     return NGX_OK;
@@ -106,6 +114,10 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
     for (i = 0; i < w->nconns; i++) {
         /* waiting ops get a NULL reply and return to the free list */
         ngx_http_quota_redis_close(&w->conns[i], 0);
+    }
+
+    if (w->sentinel) {
+        ngx_http_quota_redis_close(w->sentinel, 0);
     }
 
     ngx_http_quota_redis_fail_held(w);

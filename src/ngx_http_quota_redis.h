@@ -7,6 +7,8 @@
  *   ngx_http_quota_redis_conn.c  one connection: connect, handshake, read,
  *                                write, dead-peer rule, close, backoff
  *   ngx_http_quota_redis_ssl.c   TLS with nginx's OpenSSL
+ *   ngx_http_quota_redis_sentinel.c
+ *                                the master's address from Redis Sentinel
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
  */
 
@@ -81,6 +83,9 @@ struct ngx_http_quota_redis_conn_s {
     ngx_http_quota_worker_t     *worker;
     ngx_uint_t                   index;
     ngx_http_quota_redis_state_e state;
+    ngx_addr_t                  *addr;        /* NULL: master not known yet */
+    unsigned                     sentinel:1;  /* talks to a sentinel */
+    unsigned                     subscribed:1;    /* replies without ops */
 
     ngx_peer_connection_t        peer;        /* peer.connection: the socket */
     redisReader                 *reader;
@@ -125,6 +130,13 @@ struct ngx_http_quota_worker_s {
     ngx_msec_t                   hold_until;
     ngx_event_t                  hold_timer;
 
+    /* quota_redis_sentinel: the sentinel connection and the master */
+    ngx_http_quota_redis_conn_t *sentinel;
+    ngx_uint_t                   sentinel_index;
+    ngx_addr_t                   master;
+    ngx_sockaddr_t               master_sa;
+    u_char                       master_text[NGX_SOCKADDR_STRLEN];
+
     ngx_msec_t                   dead_after;  /* the dead-peer threshold */
     unsigned                     ever_ready:1;
     unsigned                     exiting:1;
@@ -152,7 +164,21 @@ ngx_int_t ngx_http_quota_redis_can_take(ngx_http_quota_redis_conn_t *rc,
     size_t len);
 ngx_int_t ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, u_char *cmd, size_t len);
+ngx_int_t ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,
+    const char *step, int argc, const char **argv, const size_t *argvlen);
 void ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc);
+
+/* ngx_http_quota_redis_sentinel.c */
+ngx_int_t ngx_http_quota_redis_sentinel_init(ngx_http_quota_worker_t *w);
+ngx_int_t ngx_http_quota_redis_sentinel_handshake(
+    ngx_http_quota_redis_conn_t *rc);
+ngx_int_t ngx_http_quota_redis_sentinel_reply(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply);
+void ngx_http_quota_redis_sentinel_push(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply);
+void ngx_http_quota_redis_sentinel_lost(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_sentinel_refresh(ngx_http_quota_worker_t *w);
+ngx_int_t ngx_http_quota_redis_failover_sign(redisReply *reply);
 
 /* ngx_http_quota_redis_ssl.c */
 #if (NGX_SSL)

@@ -2,6 +2,8 @@
 /*
  * quota_redis ADDRESS [user=U] [password=S] [db=N] [timeout=T]
  *             [connect_timeout=T] [pool=N];
+ * quota_redis_sentinel ADDRESS... master=NAME [sentinel_password=S]
+ *             [and the parameters of quota_redis];
  * and the file arguments of quota_redis_ssl_*.
  */
 
@@ -15,6 +17,10 @@ static ngx_int_t ngx_http_quota_redis_param(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
 static ngx_int_t ngx_http_quota_redis_msec(ngx_str_t *value, size_t skip,
     ngx_msec_t *ms);
+static char *ngx_http_quota_redis_check(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+static char *ngx_http_quota_redis_sentinel_param(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
 
 
 char *
@@ -24,6 +30,10 @@ ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_str_t   *value;
     ngx_uint_t   i;
+
+    if (qmcf->redis_sentinels) {
+        return "cannot be used with \"quota_redis_sentinel\"";
+    }
 
     if (qmcf->redis_configured) {
         return "is duplicate";
@@ -43,9 +53,120 @@ ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    return ngx_http_quota_redis_check(cf, qmcf);
+}
+
+
+char *
+ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (qmcf->redis_sentinels) {
+        return "is duplicate";
+    }
+
+    if (qmcf->redis_configured) {
+        return "cannot be used with \"quota_redis\"";
+    }
+
+    qmcf->redis_sentinels = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
+    if (qmcf->redis_sentinels == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (ngx_http_quota_redis_sentinel_param(cf, qmcf, &value[i])
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (qmcf->redis_sentinels->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no sentinel address in \"quota_redis_sentinel\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (qmcf->redis_master_name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"quota_redis_sentinel\" needs \"master=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_quota_redis_check(cf, qmcf);
+}
+
+
+/* an address (resolved now), master=, sentinel_password= or a parameter
+   of quota_redis */
+static char *
+ngx_http_quota_redis_sentinel_param(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value)
+{
+    ngx_url_t    u;
+    ngx_addr_t  *a;
+
+    if (ngx_strncmp(value->data, "master=", 7) == 0 && value->len > 7) {
+        qmcf->redis_master_name.len = value->len - 7;
+        qmcf->redis_master_name.data = value->data + 7;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "sentinel_password=", 18) == 0) {
+        qmcf->redis_sentinel_password.len = value->len - 18;
+        qmcf->redis_sentinel_password.data = value->data + 18;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strlchr(value->data, value->data + value->len, '=') != NULL) {
+        if (ngx_http_quota_redis_param(cf, qmcf, value) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", value);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = 26379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s in \"quota_redis_sentinel %V\"",
+                           u.err ? u.err : "host not found", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    a = ngx_array_push(qmcf->redis_sentinels);
+    if (a == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *a = u.addrs[0];
+
+    return NGX_CONF_OK;
+}
+
+
+/* what both directives need once parsed */
+static char *
+ngx_http_quota_redis_check(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
+{
     if (qmcf->redis_user.len && qmcf->redis_password.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"user=\" needs \"password=\" in \"quota_redis\"");
+                           "\"user=\" needs \"password=\" in \"%V\"",
+                           &((ngx_str_t *) cf->args->elts)[0]);
         return NGX_CONF_ERROR;
     }
 

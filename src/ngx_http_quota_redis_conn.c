@@ -34,11 +34,12 @@ static ngx_int_t ngx_http_quota_redis_test_connect(ngx_connection_t *c);
 static void ngx_http_quota_redis_connected(ngx_http_quota_redis_conn_t *rc);
 static ngx_int_t ngx_http_quota_redis_handshake(
     ngx_http_quota_redis_conn_t *rc);
-static ngx_int_t ngx_http_quota_redis_handshake_cmd(
-    ngx_http_quota_redis_conn_t *rc, const char *step, int argc,
-    const char **argv, const size_t *argvlen);
 static ngx_int_t ngx_http_quota_redis_handshake_reply(
     ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
+    redisReply *reply);
+static ngx_int_t ngx_http_quota_redis_role(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply);
+static ngx_int_t ngx_http_quota_redis_reply(ngx_http_quota_redis_conn_t *rc,
     redisReply *reply);
 static ngx_int_t ngx_http_quota_redis_reserve(ngx_http_quota_redis_conn_t *rc,
     size_t len);
@@ -89,6 +90,10 @@ ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
     w = rc->worker;
     qmcf = w->qmcf;
 
+    if (rc->addr == NULL) {
+        return;     /* the sentinel has not named the master yet */
+    }
+
     rc->reader = redisReaderCreate();
     if (rc->reader == NULL) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
@@ -99,20 +104,20 @@ ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
 
     ngx_memzero(&rc->peer, sizeof(ngx_peer_connection_t));
 
-    rc->peer.sockaddr = qmcf->redis_addr.sockaddr;
-    rc->peer.socklen = qmcf->redis_addr.socklen;
-    rc->peer.name = &qmcf->redis_addr.name;
+    rc->peer.sockaddr = rc->addr->sockaddr;
+    rc->peer.socklen = rc->addr->socklen;
+    rc->peer.name = &rc->addr->name;
     rc->peer.get = ngx_event_get_peer;
     rc->peer.log = w->log;
     rc->peer.log_error = NGX_ERROR_ERR;
     rc->peer.tries = 1;
-    rc->peer.so_keepalive = (qmcf->redis_addr.sockaddr->sa_family != AF_UNIX);
+    rc->peer.so_keepalive = (rc->addr->sockaddr->sa_family != AF_UNIX);
 
     rv = ngx_event_connect_peer(&rc->peer);
 
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
-                      "quota: redis connect failed: %V", &qmcf->redis_addr.name);
+                      "quota: redis connect failed: %V", &rc->addr->name);
         ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
         ngx_http_quota_redis_close(rc, 1);
         return;
@@ -235,7 +240,10 @@ ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc)
 
     rc->state = NGX_HTTP_QUOTA_REDIS_HANDSHAKE;
 
-    if (ngx_http_quota_redis_handshake(rc) != NGX_OK) {
+    if ((rc->sentinel ? ngx_http_quota_redis_sentinel_handshake(rc)
+                      : ngx_http_quota_redis_handshake(rc))
+        != NGX_OK)
+    {
         ngx_http_quota_redis_close(rc, 1);
     }
 }
@@ -285,6 +293,18 @@ ngx_http_quota_redis_handshake(ngx_http_quota_redis_conn_t *rc)
         }
     }
 
+    if (qmcf->redis_sentinels) {
+        /* the sentinel may be behind: be sure this is the master */
+        argv[0] = "ROLE";
+        argvlen[0] = 4;
+
+        if (ngx_http_quota_redis_handshake_cmd(rc, "ROLE", 1, argv, argvlen)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
     argv[0] = "SCRIPT";
     argvlen[0] = 6;
     argv[1] = "LOAD";
@@ -297,7 +317,8 @@ ngx_http_quota_redis_handshake(ngx_http_quota_redis_conn_t *rc)
 }
 
 
-static ngx_int_t
+/* step NULL: a command whose reply comes without an op (SUBSCRIBE) */
+ngx_int_t
 ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,
     const char *step, int argc, const char **argv, const size_t *argvlen)
 {
@@ -309,6 +330,12 @@ ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,
     len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
     if (len < 0) {
         return NGX_ERROR;
+    }
+
+    if (step == NULL) {
+        rv = ngx_http_quota_redis_append(rc, NULL, (u_char *) cmd, len);
+        redisFreeCommand(cmd);
+        return rv;
     }
 
     op = ngx_http_quota_redis_op_alloc(rc->worker);
@@ -353,6 +380,14 @@ ngx_http_quota_redis_handshake_reply(ngx_http_quota_redis_conn_t *rc,
         return NGX_ERROR;
     }
 
+    if (ngx_strcmp(step, "SENTINEL") == 0) {
+        return ngx_http_quota_redis_sentinel_reply(rc, reply);
+    }
+
+    if (ngx_strcmp(step, "ROLE") == 0) {
+        return ngx_http_quota_redis_role(rc, reply);
+    }
+
     if (ngx_strcmp(step, "SCRIPT LOAD") != 0) {
         return NGX_OK;
     }
@@ -380,6 +415,27 @@ ngx_http_quota_redis_handshake_reply(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_redis_on_ready(rc);
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_quota_redis_role(ngx_http_quota_redis_conn_t *rc, redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len == 6
+        && ngx_strncmp(reply->element[0]->str, "master", 6) == 0)
+    {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
+                  "quota: redis %V is not a master, asking the sentinels "
+                  "again", &rc->addr->name);
+
+    ngx_http_quota_redis_sentinel_refresh(rc->worker);
+
+    return NGX_ERROR;
 }
 
 
@@ -414,6 +470,10 @@ ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
     ngx_memcpy(rc->out + rc->out_len, cmd, len);
     rc->out_len += len;
 
+    if (op == NULL) {
+        goto post;
+    }
+
     op->conn = rc;
     op->next = NULL;
 
@@ -434,6 +494,8 @@ ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
             ngx_add_timer(&rc->dead_timer, rc->worker->dead_after);
         }
     }
+
+post:
 
     if (!c->write->posted) {
         ngx_post_event(c->write, &ngx_posted_events);
@@ -620,10 +682,9 @@ ngx_http_quota_redis_read_handler(ngx_event_t *ev)
 static ngx_int_t
 ngx_http_quota_redis_replies(ngx_http_quota_redis_conn_t *rc)
 {
-    void                 *reply;
-    ngx_int_t             rv;
-    ngx_connection_t     *c;
-    ngx_http_quota_op_t  *op;
+    void              *reply;
+    ngx_int_t          rv;
+    ngx_connection_t  *c;
 
     c = rc->peer.connection;
 
@@ -641,29 +702,14 @@ ngx_http_quota_redis_replies(ngx_http_quota_redis_conn_t *rc)
             return NGX_OK;
         }
 
-        op = rc->head;
-
-        if (op == NULL) {
+        if (rc->head == NULL && !rc->subscribed) {
             freeReplyObject(reply);
             ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                           "quota: redis sent a reply nobody asked for");
             goto failed;
         }
 
-        rc->head = op->next;
-        if (rc->head == NULL) {
-            rc->tail = NULL;
-        }
-
-        rc->pending--;
-
-        if (op->kind == NGX_HTTP_QUOTA_OP_HANDSHAKE) {
-            rv = ngx_http_quota_redis_handshake_reply(rc, op, reply);
-
-        } else {
-            ngx_http_quota_redis_dispatch(rc, op, reply);
-            rv = NGX_OK;
-        }
+        rv = ngx_http_quota_redis_reply(rc, reply);
 
         freeReplyObject(reply);
 
@@ -683,6 +729,51 @@ failed:
     ngx_http_quota_redis_close(rc, 1);
 
     return NGX_ERROR;
+}
+
+
+/* one reply: to the op at the head, or a message of a subscription */
+static ngx_int_t
+ngx_http_quota_redis_reply(ngx_http_quota_redis_conn_t *rc, redisReply *reply)
+{
+    ngx_http_quota_op_t  *op;
+
+    op = rc->head;
+
+    if (op == NULL) {
+        ngx_http_quota_redis_sentinel_push(rc, reply);
+        return NGX_OK;
+    }
+
+    rc->head = op->next;
+    if (rc->head == NULL) {
+        rc->tail = NULL;
+    }
+
+    rc->pending--;
+
+    if (op->kind == NGX_HTTP_QUOTA_OP_HANDSHAKE) {
+        return ngx_http_quota_redis_handshake_reply(rc, op, reply);
+    }
+
+    if (rc->worker->qmcf->redis_sentinels
+        && ngx_http_quota_redis_failover_sign(reply))
+    {
+        /* not the master any more: a failure for the caller, and move */
+        ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
+                      "quota: redis %V answered \"%*s\", asking the "
+                      "sentinels again", &rc->addr->name,
+                      (size_t) ngx_min(reply->len, 64), reply->str);
+
+        ngx_http_quota_redis_dispatch(rc, op, NULL);
+        ngx_http_quota_redis_sentinel_refresh(rc->worker);
+
+        return NGX_ERROR;
+    }
+
+    ngx_http_quota_redis_dispatch(rc, op, reply);
+
+    return NGX_OK;
 }
 
 
@@ -811,8 +902,21 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
 
     ngx_http_quota_redis_fail_ops(rc);
 
+    if (rc->sentinel) {
+        ngx_http_quota_redis_sentinel_lost(rc);
+
+        if (reconnect) {
+            ngx_http_quota_redis_schedule(rc);
+        }
+
+        return;
+    }
+
     if (reconnect) {
         ngx_http_quota_redis_schedule(rc);
+
+        /* a lost master may be a failover */
+        ngx_http_quota_redis_sentinel_refresh(rc->worker);
     }
 
     /* reliable commands lost with it may go out on another connection */

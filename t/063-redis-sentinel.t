@@ -1,0 +1,205 @@
+# quota_redis_sentinel: the master is asked of the sentinels (the first one
+# listed is down), charging follows a SENTINEL FAILOVER to the new master
+# (+switch-master), and the new master's count equals the admitted requests;
+# two Redis modes at once or a sentinel without master= fail nginx -t.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use POSIX ();
+use File::Path ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+my $slack = $valgrind ? 3 : 1;
+
+my @sentinels;
+
+# redis-server --sentinel with its own writable config, stopped at the end
+sub start_sentinel {
+    my ($mport) = @_;
+    my $port = free_port();
+    my $dir = "$FindBin::Bin/servroot_sentinel-$port";
+    File::Path::rmtree($dir);
+    File::Path::mkpath($dir);
+    open my $fh, '>', "$dir/sentinel.conf" or die $!;
+    print $fh "port $port\nbind 127.0.0.1\ndaemonize no\ndir $dir\n"
+              . "logfile $dir/sentinel.log\n"
+              . "sentinel monitor billing 127.0.0.1 $mport 1\n"
+              . "sentinel down-after-milliseconds billing 3000\n"
+              . "sentinel failover-timeout billing 10000\n";
+    close $fh;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        POSIX::setpgid(0, 0);
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/stdout";
+        open STDERR, '>&', \*STDOUT;
+        exec 'redis-server', "$dir/sentinel.conf", '--sentinel'
+            or POSIX::_exit(127);
+    }
+    push @sentinels, { pid => $pid, dir => $dir, port => $port };
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my $pong = eval { QuotaTest::redis_at($port, 'PING') };
+        return $port if defined $pong && $pong eq 'PONG';
+        sleep 0.05;
+    }
+    die "sentinel on $port did not start";
+}
+
+END {
+    local $?;
+    for my $s (@sentinels) {
+        kill 'KILL', $s->{pid};
+        waitpid $s->{pid}, 0;
+        File::Path::rmtree($s->{dir});
+    }
+}
+
+sub wait_until {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $v = eval { $cond->() };
+        return $v if $v;
+        sleep 0.1;
+    }
+    return undef;
+}
+
+sub post {
+    my ($port, $tenant) = @_;
+    my $t0 = time;
+    my $r = http_request($port, 'POST', '/api/x', { 'X-API-Key' => $tenant }, '', 10);
+    $r->{elapsed} = time - $t0;
+    return $r;
+}
+
+my $server = <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api_requests=1;
+
+    location /api/ {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+
+    location = /metrics {
+        quota_metrics;
+    }
+_EOC_
+
+my $m = start_redis();
+my $r = start_redis(args => ['--replicaof', '127.0.0.1', $m->{port}]);
+ok(wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+   'the replica follows the master');
+
+my $s1 = start_sentinel($m->{port});
+my $s2 = start_sentinel($m->{port});
+ok(wait_until(20, sub {
+       my $x = QuotaTest::redis_at($s1, 'SENTINEL', 'replicas', 'billing');
+       ref $x && @$x;
+   }), 'the sentinel knows the replica');
+
+my $dead = free_port();
+my $key = "quota:{fo}:usage:$start";
+my (@before, @during, @after, $failovers, $moved);
+
+my $log = nginx_run(
+    no_root_location => 1,
+    http_config => "    quota_redis_sentinel 127.0.0.1:$dead 127.0.0.1:$s1 127.0.0.1:$s2"
+                   . " master=billing timeout=1s;\n"
+                   . "    quota_metric api_requests;\n",
+    config => $server,
+    code => sub {
+        my ($port) = @_;
+        wait_until(10 * $slack, sub {
+            (post($port, 'warm-up')->{headers}{'x-status'} // '') eq 'ALLOWED' });
+        push @before, post($port, 'fo') for 1 .. 20;
+
+        $m->cmd('WAIT', 1, 2000);
+        is(QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing'), 'OK',
+           'SENTINEL FAILOVER accepted');
+        $moved = wait_until(20, sub {
+            my $a = QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
+                                        'billing');
+            $a->[1] == $r->{port};
+        });
+
+        # +switch-master comes when the sentinel has finished (it answers
+        # get-master-addr with the promoted replica a little earlier):
+        # until then the old master is the master and takes the charges
+        $failovers = wait_until(20, sub {
+            my $t = http_get($port, '/metrics')->{body};
+            $t =~ /^quota_redis_failovers_total ([1-9]\d*)$/m ? $1 : 0;
+        });
+
+        # charging resumes on the new master within seconds
+        my $deadline = time + 10 * $slack;
+        while (time < $deadline) {
+            my $x = post($port, 'fo');
+            push @during, $x;
+            last if ($x->{headers}{'x-status'} // '') eq 'ALLOWED';
+            sleep 0.05;
+        }
+        push @after, post($port, 'fo') for 1 .. 20;
+    },
+);
+
+ok($moved, 'the sentinels moved the master to the replica');
+is(scalar(grep { ($_->{headers}{'x-status'} // '') eq 'ALLOWED' } @before), 20,
+   'before: charged on the first master');
+is($during[-1]{headers}{'x-status'}, 'ALLOWED', 'after the failover: charging resumes');
+is(scalar(grep { ($_->{headers}{'x-status'} // '') !~ /^(ALLOWED|FAIL_OPEN)$/ } @during), 0,
+   'during: every request admitted or failing open');
+is(scalar(grep { $_->{elapsed} > 1 + $slack } @during), 0,
+   'during: none waits past its timeout');
+is(scalar(grep { ($_->{headers}{'x-status'} // '') eq 'ALLOWED' } @after), 20,
+   'after: charged on the new master');
+
+my $admitted = grep { ($_->{headers}{'x-status'} // '') eq 'ALLOWED' }
+               @before, @during, @after;
+is($r->cmd('HGET', $key, 'api_requests'), $admitted,
+   "the new master's count equals the admitted requests ($admitted): nothing charged twice");
+ok(($failovers // 0) >= 1, 'quota_redis_failovers_total counts the move');
+like($log, qr/quota: redis sentinel: master "billing" is 127\.0\.0\.1:$r->{port}/,
+     'the new master logged');
+unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');
+
+stop_redis($r);
+stop_redis($m);
+
+# configuration errors
+for my $c (
+    [ "    quota_redis 127.0.0.1:1;\n    quota_redis_sentinel 127.0.0.1:2 master=x;",
+      qr/"quota_redis_sentinel" directive cannot be used with "quota_redis" in \S+:\d+/,
+      'two Redis modes at once' ],
+    [ "    quota_redis_sentinel 127.0.0.1:2 127.0.0.1:3;",
+      qr/"quota_redis_sentinel" needs "master=" in \S+:\d+/,
+      'a sentinel without master=' ],
+) {
+    my ($conf, $re, $name) = @$c;
+    my $ok = eval {
+        nginx_run(no_root_location => 1,
+                  http_config => "$conf\n    quota_metric api_requests;\n",
+                  config => $server, code => sub { });
+        1;
+    };
+    ok(!$ok, "nginx -t: $name fails");
+    like($@ // '', $re, "nginx -t: $name: file:line and why");
+}
+
+done_testing();
