@@ -385,6 +385,57 @@ _EOV_
     my @p = QuotaTest::valgrind_problems($vdir);
     is(scalar(@p), 2, 'valgrind_problems: module leak and invalid read, not the core leak');
 
+    # sanitizer report classification (synthetic reports)
+    my $sdir = File::Temp::tempdir('quota-san-XXXXXX', TMPDIR => 1,
+                                   CLEANUP => 1);
+    mkdir "$sdir/logs";
+    my %rep = (
+        'asan.11' => <<'_EOR_',
+=================================================================
+==11==ERROR: AddressSanitizer: heap-buffer-overflow on address 0x602000000a1f
+    #0 0x7f1 in ngx_http_quota_json_escape src/ngx_http_quota_json.c:40
+SUMMARY: AddressSanitizer: heap-buffer-overflow src/ngx_http_quota_json.c:40
+_EOR_
+        'asan.12' => <<'_EOR_',
+=================================================================
+==12==ERROR: LeakSanitizer: detected memory leaks
+
+Direct leak of 4096 bytes in 1 object(s) allocated from:
+    #0 0x7f2 in malloc
+    #1 0x55a in ngx_alloc (/usr/sbin/nginx+0x2a1b2)
+    #2 0x55b in ngx_event_process_init (/usr/sbin/nginx+0x3c0d1)
+
+SUMMARY: AddressSanitizer: 4096 byte(s) leaked in 1 allocation(s).
+_EOR_
+        'asan.13' => <<'_EOR_',
+=================================================================
+==13==ERROR: LeakSanitizer: detected memory leaks
+
+Direct leak of 64 bytes in 1 object(s) allocated from:
+    #0 0x7f2 in malloc
+    #1 0x7f3 in ngx_http_quota_redis_connect src/ngx_http_quota_redis.c:99
+
+Direct leak of 8 bytes in 1 object(s) allocated from:
+    #0 0x7f2 in malloc
+    #1 0x55b in ngx_set_environment (/usr/sbin/nginx+0x1c0d1)
+
+SUMMARY: AddressSanitizer: 72 byte(s) leaked in 2 allocation(s).
+_EOR_
+        'ubsan.14' => "src/ngx_http_quota_numbers.c:12:5: runtime error: "
+                      . "signed integer overflow\n",
+    );
+    for my $f (keys %rep) {
+        open my $r, '>', "$sdir/logs/$f" or die $!;
+        print {$r} $rep{$f};
+        close $r;
+    }
+    my @sp = QuotaTest::sanitizer_problems($sdir);
+    is(join(',', map { m{/logs/(\S+):} ? $1 : '?' } @sp),
+       'asan.11,asan.13,ubsan.14',
+       'sanitizer_problems: ASan and UBSan reports, module leaks, not core leaks');
+    unlike(join('', @sp), qr/ngx_set_environment/,
+           'sanitizer_problems: a core leak next to a module leak is left out');
+
     # redis: private servers (restart/outage tests) and the shared one
     SKIP: {
         skip 'no redis-server', 4

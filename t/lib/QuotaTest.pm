@@ -304,17 +304,20 @@ sub _nginx_child_env {
     }
 }
 
-# sanitizer_problems($servroot): the ASan/UBSan reports nginx wrote there.
-# Any AddressSanitizer or UBSan ("runtime error:") report is a problem;
+# sanitizer_problems($servroot[, $subdir]): the ASan/UBSan reports nginx
+# wrote into $servroot/logs (or $servroot$subdir).
+# Any AddressSanitizer or UBSan ("runtime error:", also looked for in
+# error.log and stderr.log) report is a problem;
 # a LeakSanitizer record counts only when its stack names our module,
 # hiredis or yajl: Debian's nginx keeps some allocations for its whole life
 # and exits without freeing them (the environment copy, the connection
 # array), exactly as valgrind_problems ignores them.
 sub sanitizer_problems {
-    my ($root) = @_;
+    my ($root, $sub) = @_;
+    my $dir = $root . (defined $sub ? $sub : '/logs');
     my $ours = qr/ngx_http_quota|hiredis|redisAsync|redisReader|yajl/;
     my @problems;
-    for my $f (sort glob("$root/logs/asan.* $root/logs/ubsan.*")) {
+    for my $f (sort glob("$dir/asan.* $dir/ubsan.*")) {
         my $text = _slurp($f);
         next unless length $text;
         if ($text =~ /ERROR: LeakSanitizer/ && $text !~ /ERROR: AddressSanitizer|runtime error:/) {
@@ -324,6 +327,12 @@ sub sanitizer_problems {
             next;
         }
         push @problems, "$f:\n$text";
+    }
+    # gcc's separate libubsan writes its findings to stderr whatever
+    # log_path says, and nginx's stderr is its error log
+    for my $f ("$dir/error.log", "$dir/stderr.log") {
+        my @l = grep { /: runtime error: / } split /\n/, _slurp($f);
+        push @problems, "$f:\n" . join("\n", @l) if @l;
     }
     return @problems;
 }
