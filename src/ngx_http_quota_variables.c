@@ -24,6 +24,12 @@
 
 static ngx_int_t ngx_http_quota_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_quota_variable_numbers(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, ngx_http_quota_ctx_t *ctx, uintptr_t data);
+static ngx_int_t ngx_http_quota_variable_int(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, int64_t n);
+static ngx_int_t ngx_http_quota_variable_str(ngx_http_variable_value_t *v,
+    ngx_str_t *s);
 
 
 ngx_str_t  ngx_http_quota_status_names[] = {
@@ -101,12 +107,9 @@ static ngx_int_t
 ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    u_char                      *p;
-    int64_t                      n;
     ngx_str_t                   *name;
     ngx_http_quota_ctx_t        *ctx;
     ngx_http_quota_metric_t     *m;
-    ngx_http_quota_numbers_t     num;
     ngx_http_quota_main_conf_t  *qmcf;
 
     ctx = ngx_http_quota_get_ctx(r->main);
@@ -114,19 +117,16 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     if (data == NGX_HTTP_QUOTA_VAR_STATUS) {
         name = &ngx_http_quota_status_names[ctx ? ctx->status
                                                 : NGX_HTTP_QUOTA_UNMETERED];
-        v->len = name->len;
-        v->data = name->data;
-        goto found;
+        return ngx_http_quota_variable_str(v, name);
     }
 
     if (data == NGX_HTTP_QUOTA_VAR_TENANT && ctx && ctx->tenant.len) {
-        v->len = ctx->tenant.len;
-        v->data = ctx->tenant.data;
-        goto found;
+        return ngx_http_quota_variable_str(v, &ctx->tenant);
     }
 
     if (ctx == NULL || ctx->rule == NULL) {
-        goto not_found;
+        v->not_found = 1;
+        return NGX_OK;
     }
 
     switch (data) {
@@ -134,24 +134,36 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     case NGX_HTTP_QUOTA_VAR_METRIC:
         qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
         m = qmcf->metrics.elts;
-        v->len = m[ctx->rule->charges[0].metric].name.len;
-        v->data = m[ctx->rule->charges[0].metric].name.data;
-        goto found;
+        return ngx_http_quota_variable_str(v,
+                                      &m[ctx->rule->charges[0].metric].name);
 
     case NGX_HTTP_QUOTA_VAR_COST:
-        n = ctx->costs[0];
-        goto number;
+        return ngx_http_quota_variable_int(r, v, ctx->costs[0]);
+
+    default:
+        return ngx_http_quota_variable_numbers(r, v, ctx, data);
     }
+}
+
+
+/* used, reset, limit, remaining, percent: the first metric's numbers */
+static ngx_int_t
+ngx_http_quota_variable_numbers(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, ngx_http_quota_ctx_t *ctx, uintptr_t data)
+{
+    u_char                    *p;
+    ngx_str_t                  reset;
+    ngx_http_quota_numbers_t   num;
 
     if (ngx_http_quota_first_numbers(r->main, ctx, &num) != NGX_OK) {
-        goto not_found;
+        v->not_found = 1;
+        return NGX_OK;
     }
 
     switch (data) {
 
     case NGX_HTTP_QUOTA_VAR_USED:
-        n = num.used;
-        goto number;
+        return ngx_http_quota_variable_int(r, v, num.used);
 
     case NGX_HTTP_QUOTA_VAR_RESET:
         p = ngx_pnalloc(r->pool, QUOTA_ISO8601_LEN);
@@ -160,53 +172,61 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         }
 
         quota_format_iso8601(num.period.end, (char *) p);
-        v->len = QUOTA_ISO8601_LEN;
-        v->data = p;
-        goto found;
+        reset.data = p;
+        reset.len = QUOTA_ISO8601_LEN;
+
+        return ngx_http_quota_variable_str(v, &reset);
     }
 
     /* limit, remaining and percent mean nothing for an unlimited metric */
 
     if (num.limit < 0) {
-        goto not_found;
+        v->not_found = 1;
+        return NGX_OK;
     }
 
     switch (data) {
 
     case NGX_HTTP_QUOTA_VAR_LIMIT:
-        n = num.limit;
-        break;
+        return ngx_http_quota_variable_int(r, v, num.limit);
 
     case NGX_HTTP_QUOTA_VAR_REMAINING:
-        n = num.remaining;
-        break;
+        return ngx_http_quota_variable_int(r, v, num.remaining);
 
     default: /* NGX_HTTP_QUOTA_VAR_PERCENT */
-        n = num.percent;
-        break;
+        return ngx_http_quota_variable_int(r, v, num.percent);
     }
+}
 
-number:
+
+static ngx_int_t
+ngx_http_quota_variable_int(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, int64_t n)
+{
+    u_char     *p;
+    ngx_str_t   s;
 
     p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%L", n) - p;
-    v->data = p;
+    s.data = p;
+    s.len = ngx_sprintf(p, "%L", n) - p;
 
-found:
+    return ngx_http_quota_variable_str(v, &s);
+}
 
+
+/* the per-request state changes: never cached */
+static ngx_int_t
+ngx_http_quota_variable_str(ngx_http_variable_value_t *v, ngx_str_t *s)
+{
+    v->len = s->len;
+    v->data = s->data;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
-
-    return NGX_OK;
-
-not_found:
-
-    v->not_found = 1;
 
     return NGX_OK;
 }
