@@ -27,7 +27,7 @@ my $http = <<"_EOC_";
     quota_plan p {
         limit ai_tokens 1000000;
         limit api_requests 100;
-        overage ai_tokens 0.000001;
+        overage ai_tokens 0.000002;
     }
     quota_default_plan p;
 _EOC_
@@ -132,7 +132,7 @@ my $log = nginx_run(
         # values: had they sent one, it would show by now
         is(used('recon'), 590, 'reconcile: still 590 after a later correction landed');
         is(used('over', 'ai_tokens:overage'), 100, 'reconcile overage: 100 units past the limit of 150');
-        is(used('over', 'overage_cost'), 100, 'reconcile overage: priced at 1 micro-USD each');
+        is(used('over', 'overage_cost'), 200, 'reconcile overage: priced at 2 micro-USD each');
 
         # only admitted, charged requests are reconciled (SPEC 4a): not a
         # rejected one, not a shadow (bypass) one, not a dry-run refusal.
