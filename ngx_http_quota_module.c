@@ -680,6 +680,10 @@ ngx_http_quota_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_quota_script_init_worker(cycle->log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_quota_redis_init_worker(cycle, qmcf);
 }
 

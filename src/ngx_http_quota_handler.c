@@ -203,6 +203,13 @@ ngx_http_quota_suspend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
+
+    /* level-triggered methods (poll, select) report a hang-up only while
+       the read event is active; block_reading may have removed it */
+    if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "quota: cannot watch the client connection");
+    }
 }
 
 
@@ -271,7 +278,11 @@ ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     if (ctx->redis_failed) {
-        if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED) {
+        /* corrupt data or a failing script is no outage: never a free
+           admit (the void undoes whatever the script wrote) */
+        if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED
+            || ctx->data_error)
+        {
             ctx->status = NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS;
             return ngx_http_quota_send_rejection(r, ctx, qlcf,
                                        NGX_HTTP_QUOTA_ERROR_UNAVAILABLE);
@@ -457,8 +468,16 @@ ngx_http_quota_cleanup(void *data)
 {
     ngx_http_quota_ctx_t  *ctx = data;
 
+    /* the client went away while the charge was in flight: void it */
     if (ctx->op) {
-        ngx_http_quota_redis_detach(ctx->op);
+        if (ctx->unknown) {
+            ctx->unknown = 0;
+            ngx_http_quota_script_void(ctx, ctx->op);
+
+        } else {
+            ngx_http_quota_redis_detach(ctx->op);
+        }
+
         ctx->op = NULL;
     }
 
@@ -520,10 +539,17 @@ ngx_http_quota_timeout_handler(ngx_event_t *ev)
 
     /*
      * The script may still run in Redis: it is never sent again (that could
-     * charge twice); its reply, if it comes, is dropped.
+     * charge twice); its reply, if it comes, is dropped, and its void goes
+     * right behind it, so the request is charged nothing (SPEC 4: a
+     * rejected request charges nothing; a FAIL_OPEN one is not billed).
      */
 
     if (ctx->op) {
+        if (ctx->unknown) {
+            ctx->unknown = 0;
+            ngx_http_quota_script_void(ctx, ctx->op);
+        }
+
         ngx_http_quota_redis_timed_out(ctx->op);
         ctx->op = NULL;
     }

@@ -72,8 +72,10 @@ const ngx_http_quota_error_t  ngx_http_quota_errors[] = {
       "Invalid tenant id: at most 256 printable ASCII characters without "
       "spaces or braces.", 0, NULL },
 
+    /* also the script's answer when a counter would pass 2^53 - 1 */
     { ngx_string("BAD_COST"), NGX_HTTP_BAD_REQUEST,
-      NGX_HTTP_QUOTA_STATUS_FIXED, 0, NGX_HTTP_QUOTA_BAD_REQUEST,
+      NGX_HTTP_QUOTA_STATUS_FIXED, NGX_HTTP_QUOTA_CODE_RANGE,
+      NGX_HTTP_QUOTA_BAD_REQUEST,
       "Invalid cost for metric %V: expected an integer from 0 to "
       "9007199254740991.", 0, ngx_http_quota_cost_details },
 
@@ -366,7 +368,10 @@ ngx_http_quota_cost_details(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     p = ngx_snprintf(message, sizeof(message),
-                     ngx_http_quota_errors[error].message, name);
+                     ctx->code == NGX_HTTP_QUOTA_CODE_RANGE
+                     ? "Cost for metric %V cannot be charged: the counter "
+                       "would pass 9007199254740991."
+                     : ngx_http_quota_errors[error].message, name);
 
     s = yajl_gen_string(g, message, p - message);
     s |= ngx_http_quota_yajl_literal(g, "metric");

@@ -373,6 +373,12 @@ typedef struct {
     unsigned                     redis_failed:1;
     unsigned                     bypass:1;
     unsigned                     slot_taken:1;    /* concurrency slot held */
+    unsigned                     unknown:1;       /* a charge was sent and
+                                                     its outcome is unknown:
+                                                     void it */
+    unsigned                     data_error:1;    /* corrupt data or a script
+                                                     error: 503 whatever the
+                                                     failure mode */
     unsigned                     reconciled:1;
     unsigned                     report:2;        /* quota_usage: 1,
                                                      +daily: 2 */
@@ -386,7 +392,9 @@ typedef struct {
     int64_t                      used[NGX_HTTP_QUOTA_MAX_CHARGES];
     int64_t                      limit[NGX_HTTP_QUOTA_MAX_CHARGES];
 
-    /* the in-flight slot, released when the request is freed */
+    /* the charge's id, unique across workers and nodes (the void names
+       it); the in-flight slot has the same id */
+    ngx_str_t                    charge_id;
     ngx_str_t                    slot_id;
     ngx_str_t                    slot_key;
 
@@ -417,6 +425,9 @@ typedef struct {
 #define NGX_HTTP_QUOTA_CODE_UNKNOWN      5
 #define NGX_HTTP_QUOTA_CODE_RATE         6
 #define NGX_HTTP_QUOTA_CODE_CONCURRENCY  7
+#define NGX_HTTP_QUOTA_CODE_VOIDED       8    /* nothing written */
+#define NGX_HTTP_QUOTA_CODE_RANGE        9    /* past 2^53 - 1: BAD_COST */
+#define NGX_HTTP_QUOTA_CODE_CORRUPT      10   /* + "KEY FIELD" */
 
 
 /* the module's error answers, in the order of ngx_http_quota_errors[] */
@@ -539,12 +550,16 @@ ngx_int_t ngx_http_quota_script_init(ngx_conf_t *cf,
 ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx);
+ngx_int_t ngx_http_quota_script_init_worker(ngx_log_t *log);
+void ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta);
 
 /* ngx_http_quota_lua.c */
 extern const ngx_str_t  ngx_http_quota_charge_lua;
 extern const ngx_str_t  ngx_http_quota_reconcile_lua;
+extern const ngx_str_t  ngx_http_quota_void_lua;
 
 /* ngx_http_quota_reply.c */
 ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);

@@ -5,10 +5,16 @@
  * Anything that is not exactly the shape the script returns (an error, a
  * wrong count, a non-integer) is a Redis failure and follows
  * quota_failure_mode: a half-understood reply must never admit or reject.
+ * A reply that is not understood leaves ctx->unknown set: the charge may
+ * have run, and its void follows.  Corrupt data and script errors set
+ * ctx->data_error: 503 in both failure modes, never a free admit.
  */
 
 
 #include "ngx_http_quota_module.h"
+
+
+static ngx_int_t ngx_http_quota_reply_script_error(redisReply *reply);
 
 
 ngx_int_t
@@ -17,6 +23,16 @@ ngx_http_quota_reply_is_noscript(redisReply *reply)
     return reply->type == REDIS_REPLY_ERROR
            && reply->len >= 8
            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+
+/* the error of a script that ran ("... @user_script:N" since Redis 5), as
+   opposed to a command refused before it started */
+static ngx_int_t
+ngx_http_quota_reply_script_error(redisReply *reply)
+{
+    return ngx_strnstr((u_char *) reply->str, "user_script", reply->len)
+           != NULL;
 }
 
 
@@ -38,10 +54,39 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "quota: redis error: %*s",
                       (size_t) reply->len, reply->str);
+
+        if (!ngx_http_quota_reply_script_error(reply)) {
+            /* refused before the script ran (BUSY, LOADING, OOM, READONLY,
+               ...): nothing was written, an outage for the failure mode */
+            ctx->unknown = 0;
+            return NGX_ERROR;
+        }
+
+        /* a script that fails is not an outage: never admit for it; the
+           void undoes whatever it wrote */
+        ctx->data_error = 1;
         return NGX_ERROR;
     }
 
     k = ctx->ncharges;
+
+    if (reply->type == REDIS_REPLY_ARRAY && !ctx->report
+        && reply->elements == 8 + 2 * k
+        && reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[0]->integer == NGX_HTTP_QUOTA_CODE_CORRUPT
+        && reply->element[7 + 2 * k]->type == REDIS_REPLY_STRING)
+    {
+        e = reply->element;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "quota: redis holds a value that is not a number: "
+                      "key and field \"%*s\"; nothing charged",
+                      (size_t) e[7 + 2 * k]->len, e[7 + 2 * k]->str);
+
+        ctx->unknown = 0;
+        ctx->data_error = 1;
+        return NGX_ERROR;
+    }
 
     /* { code, index, plan, start, end, retry_ms, slot, (used, limit) x k } */
 
@@ -66,13 +111,26 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     plan = e[2]->integer;
 
     if (code < NGX_HTTP_QUOTA_CODE_CHARGED
-        || code > NGX_HTTP_QUOTA_CODE_CONCURRENCY
+        || code > NGX_HTTP_QUOTA_CODE_RANGE
         || (code == NGX_HTTP_QUOTA_CODE_QUOTA
             && (index < 1 || (ngx_uint_t) index > k))
+        || (code == NGX_HTTP_QUOTA_CODE_RANGE
+            && (index < 0 || (ngx_uint_t) index > k))
         || e[5]->integer < 0
         || e[3]->integer > e[4]->integer)
     {
         goto malformed;
+    }
+
+    /* the reply is understood: the charge ran, or wrote nothing */
+    ctx->unknown = 0;
+
+    if (code == NGX_HTTP_QUOTA_CODE_VOIDED) {
+        /* only a charge its gateway gave up on meets its void first */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "quota: charge %V was voided before it ran",
+                      &ctx->charge_id);
+        return NGX_ERROR;
     }
 
     ctx->code = (ngx_uint_t) code;

@@ -14,9 +14,19 @@
 
 #include "ngx_http_quota_module.h"
 #include <ngx_sha1.h>
+#include <openssl/rand.h>
 
 
 #define NGX_HTTP_QUOTA_HEAD_ARGS   16    /* ARGV 1-16 of the charge script */
+
+
+/* the charge script's argv, built in order */
+typedef struct {
+    const char                 **argv;
+    size_t                      *argvlen;
+    ngx_uint_t                   argc;
+    u_char                      *p;           /* the request's buffer */
+} ngx_http_quota_args_t;
 
 
 static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
@@ -27,7 +37,24 @@ static ngx_int_t ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg,
 static ngx_http_quota_clock_t *ngx_http_quota_clock(
     ngx_http_quota_main_conf_t *qmcf, time_t sec);
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_script_head(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_args_t *a,
+    ngx_http_quota_clock_t *clock, int64_t now_ms);
+static void ngx_http_quota_script_metrics(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_args_t *a);
+static void ngx_http_quota_args_str(ngx_http_quota_args_t *a,
+    const u_char *data, size_t len);
+static void ngx_http_quota_args_num(ngx_http_quota_args_t *a, int64_t n);
+static void ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_str_t *s);
+
+
+/* the charge id prefix of this worker, and its sequence */
+static u_char      ngx_http_quota_id_prefix[16];
+static uint64_t    ngx_http_quota_id_seq;
 static u_char *ngx_http_quota_num(ngx_pool_t *pool, int64_t n, size_t *len);
+static void ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta, u_char **p,
+    const char **argv, size_t *argvlen);
 
 
 ngx_int_t
@@ -250,32 +277,80 @@ ngx_http_quota_clock(ngx_http_quota_main_conf_t *qmcf, time_t sec)
 }
 
 
+/*
+ * Charge ids: a random 64-bit prefix per worker (16 hex digits) and a
+ * sequence, so that two gateways whose workers share a pid (containers)
+ * never name two charges alike.  The id names the charge's record (what a
+ * void undoes) and its in-flight slot.
+ */
+ngx_int_t
+ngx_http_quota_script_init_worker(ngx_log_t *log)
+{
+    u_char  rnd[8];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "quota: RAND_bytes() failed, no charge id prefix");
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(ngx_http_quota_id_prefix, rnd, sizeof(rnd));
+    ngx_http_quota_id_seq = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_quota_args_str(ngx_http_quota_args_t *a, const u_char *data,
+    size_t len)
+{
+    a->argv[a->argc] = (const char *) data;
+    a->argvlen[a->argc] = len;
+    a->argc++;
+}
+
+
+static void
+ngx_http_quota_args_num(ngx_http_quota_args_t *a, int64_t n)
+{
+    u_char  *start;
+
+    start = a->p;
+    a->p = ngx_sprintf(a->p, "%L", n);
+    ngx_http_quota_args_str(a, start, a->p - start);
+}
+
+
+/* a copy in the request's buffer: the clock's is rebuilt every second, and
+   the NOSCRIPT fallback resends these arguments one round trip later */
+static void
+ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_str_t *s)
+{
+    u_char  *start;
+
+    start = a->p;
+    a->p = ngx_cpymem(a->p, s->data, s->len);
+    ngx_http_quota_args_str(a, start, s->len);
+}
+
+
 ngx_int_t
 ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
-    u_char                       *p;
-    size_t                       *argvlen;
+    size_t                        size;
     int64_t                       now_ms;
-    ngx_uint_t                    i, k, n, argc;
+    ngx_uint_t                    i, n;
     ngx_time_t                   *tp;
-    const char                  **argv;
-    ngx_http_quota_clock_t       *clock;
     ngx_http_quota_op_t          *op;
-    ngx_http_quota_rule_t        *rule;
-    ngx_http_quota_metric_t      *metrics;
-    ngx_http_quota_loc_conf_t    *qlcf;
+    ngx_http_quota_args_t         a;
+    ngx_http_quota_clock_t       *clock;
     ngx_http_quota_main_conf_t   *qmcf;
     ngx_http_quota_plan_table_t  *table;
 
-    static ngx_uint_t             slot_seq;
-
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
-    rule = ctx->rule;
-    k = ctx->ncharges;
-    table = rule ? &rule->table : &qmcf->no_rule_table;
-    metrics = qmcf->metrics.elts;
+    table = ctx->rule ? &ctx->rule->table : &qmcf->no_rule_table;
 
     /* the gateway's clock: see README, "Time" */
     tp = ngx_timeofday();
@@ -287,120 +362,49 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     }
 
     /* EVALSHA, sha, numkeys, KEYS[1], the head of ARGV, metrics, plans */
-    n = 4 + NGX_HTTP_QUOTA_HEAD_ARGS + 3 * k + table->nargs;
+    n = 4 + NGX_HTTP_QUOTA_HEAD_ARGS + 3 * ctx->ncharges + table->nargs;
 
-    argv = ngx_palloc(r->pool, n * sizeof(char *));
-    argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
+    a.argv = ngx_palloc(r->pool, n * sizeof(char *));
+    a.argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
 
-    /* every number and date of the request in one buffer */
-    p = ngx_pnalloc(r->pool, (8 + k) * NGX_INT64_LEN + QUOTA_DATE_LEN
-                             + QUOTA_ISO8601_LEN + ctx->tenant.len
-                             + qmcf->events_channel.len + 8);
+    /* every number, id and date of the request in one buffer */
+    size = (8 + ctx->ncharges) * NGX_INT64_LEN + QUOTA_DATE_LEN
+           + QUOTA_ISO8601_LEN + ctx->tenant.len + qmcf->events_channel.len
+           + 8 + sizeof(ngx_http_quota_id_prefix) + NGX_INT64_LEN
+           + clock->cur_start.len + clock->next_start.len
+           + clock->ym_cur.len + clock->ym_next.len + clock->today.len
+           + clock->calendar.len;
 
-    if (argv == NULL || argvlen == NULL || p == NULL) {
+    a.p = ngx_pnalloc(r->pool, size);
+
+    if (a.argv == NULL || a.argvlen == NULL || a.p == NULL) {
         return NGX_ERROR;
     }
 
-#define ngx_http_quota_arg(s, len)                                           \
-    argv[argc] = (const char *) (s); argvlen[argc] = (len); argc++
+    a.argc = 0;
 
-#define ngx_http_quota_arg_num(v)                                            \
-    argv[argc] = (const char *) p;                                           \
-    p = ngx_sprintf(p, "%L", (int64_t) (v));                                 \
-    argvlen[argc] = p - (u_char *) argv[argc];                               \
-    argc++
-
-    argc = 0;
-
-    ngx_http_quota_arg("EVALSHA", 7);
-    ngx_http_quota_arg(qmcf->script_sha1, 40);
-    ngx_http_quota_arg("1", 1);
-
-    /* KEYS[1]; "P{T}:account" starts with ARGV[1], "P{T}:" */
-    argv[argc] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                   &ctx->tenant, "account", 7,
-                                                   NULL, 0, &argvlen[argc]);
-    if (argv[argc] == NULL) {
+    if (ngx_http_quota_script_head(r, ctx, &a, clock, now_ms) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    argc++;
-
-    /* ARGV[1], "P{T}:", is the account key without "account" */
-    argv[argc] = argv[argc - 1];
-    argvlen[argc] = argvlen[argc - 1] - 7;
-    argc++;
-
-    ngx_http_quota_arg(ctx->report ? (ctx->report == 2 ? "3" : "2")
-                                   : (ctx->bypass ? "1" : "0"), 1);
-    ngx_http_quota_arg_num(now_ms);
-    ngx_http_quota_arg(qlcf->require_account ? "1" : "0", 1);
-
-    /* an id for the in-flight slot, unique among this tenant's requests */
-    if (qmcf->concurrency && !ctx->bypass && !ctx->report) {
-        ctx->slot_id.data = p;
-        p = ngx_sprintf(p, "%P:%ui:%L", ngx_pid, slot_seq++, now_ms);
-        ctx->slot_id.len = p - ctx->slot_id.data;
-
-        /* named now: the release runs while the request pool is freed */
-        ctx->slot_key.data = ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                &ctx->tenant, "inflight", 8,
-                                                NULL, 0, &ctx->slot_key.len);
-        if (ctx->slot_key.data == NULL) {
-            return NGX_ERROR;
-        }
-    }
-
-    ngx_http_quota_arg(ctx->slot_id.data ? ctx->slot_id.data
-                                         : (u_char *) "",
-                       ctx->slot_id.len);
-
-    ngx_http_quota_arg(clock->cur_start.data, clock->cur_start.len);  /* 6 */
-    ngx_http_quota_arg(clock->next_start.data, clock->next_start.len);
-    ngx_http_quota_arg(clock->ym_cur.data, clock->ym_cur.len);        /* 8 */
-    ngx_http_quota_arg(clock->ym_next.data, clock->ym_next.len);
-    ngx_http_quota_arg(clock->today.data, clock->today.len);          /* 10 */
-    ngx_http_quota_arg_num(qmcf->default_plan + 1);
-    ngx_http_quota_arg_num(qlcf->warning_threshold);                  /* 12 */
-    ngx_http_quota_arg_num(qmcf->events);
-    ngx_http_quota_arg(clock->calendar.data, clock->calendar.len);    /* 14 */
-
-    /* 15: what only an alert or an event needs */
-    argv[argc] = (const char *) p;
-    p = ngx_sprintf(p, "%V\n%V\n%V\n%V", &ctx->tenant, &qmcf->events_channel,
-                    &clock->now_iso, &clock->tomorrow);
-    argvlen[argc] = p - (u_char *) argv[argc];
-    argc++;
-
-    ngx_http_quota_arg_num(k);                              /* 16 */
-
-    for (i = 0; i < k; i++) {
-        ngx_http_quota_arg(metrics[rule->charges[i].metric].name.data,
-                           metrics[rule->charges[i].metric].name.len);
-        ngx_http_quota_arg_num(ctx->costs[i]);
-        ngx_http_quota_arg(metrics[rule->charges[i].metric].period
-                           == NGX_HTTP_QUOTA_PERIOD_DAY ? "d" : "m", 1);
-    }
+    ngx_http_quota_script_metrics(r, ctx, &a);
 
     for (i = 0; i < table->nargs; i++) {
-        ngx_http_quota_arg(table->args[i].data, table->args[i].len);
+        ngx_http_quota_args_str(&a, table->args[i].data, table->args[i].len);
     }
 
-#undef ngx_http_quota_arg
-#undef ngx_http_quota_arg_num
-
-    if (argc != n) {
+    if (a.argc != n) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "quota: %ui script arguments built, %ui expected",
-                      argc, n);
+                      a.argc, n);
         return NGX_ERROR;
     }
 
-    ctx->argc = argc;
-    ctx->argv = argv;
-    ctx->argvlen = argvlen;
+    ctx->argc = a.argc;
+    ctx->argv = a.argv;
+    ctx->argvlen = a.argvlen;
 
-    op = ngx_http_quota_redis_send(qmcf, argc, argv, argvlen,
+    op = ngx_http_quota_redis_send(qmcf, a.argc, a.argv, a.argvlen,
                                    ngx_http_quota_script_reply, ctx);
     if (op == NULL) {
         return NGX_DECLINED;
@@ -408,7 +412,118 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 
     ctx->op = op;
 
+    /* from now on, until its reply is understood, the charge may have run */
+    ctx->unknown = (ctx->charge_id.len != 0);
+
     return NGX_OK;
+}
+
+
+/* EVALSHA, sha, numkeys, KEYS[1] and ARGV 1-16 */
+static ngx_int_t
+ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_args_t *a, ngx_http_quota_clock_t *clock, int64_t now_ms)
+{
+    u_char                      *start;
+    size_t                       len;
+    ngx_http_quota_loc_conf_t   *qlcf;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    ngx_http_quota_args_str(a, (u_char *) "EVALSHA", 7);
+    ngx_http_quota_args_str(a, qmcf->script_sha1, 40);
+    ngx_http_quota_args_str(a, (u_char *) "1", 1);
+
+    /* KEYS[1]; "P{T}:account" starts with ARGV[1], "P{T}:" */
+    start = ngx_http_quota_key(r->pool, &qmcf->prefix, &ctx->tenant,
+                               "account", 7, NULL, 0, &len);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_quota_args_str(a, start, len);
+    ngx_http_quota_args_str(a, start, len - 7);
+
+    ngx_http_quota_args_str(a, (u_char *) (ctx->report
+                                           ? (ctx->report == 2 ? "3" : "2")
+                                           : (ctx->bypass ? "1" : "0")), 1);
+    ngx_http_quota_args_num(a, now_ms);
+    ngx_http_quota_args_str(a, (u_char *) (qlcf->require_account ? "1" : "0"),
+                            1);
+
+    /* ARGV[5]: the charge id, which is also the in-flight slot's */
+    if (!ctx->bypass && !ctx->report) {
+        ctx->charge_id.data = a->p;
+        a->p = ngx_sprintf(a->p, "%*s%xL",
+                           sizeof(ngx_http_quota_id_prefix),
+                           ngx_http_quota_id_prefix,
+                           (uint64_t) ngx_http_quota_id_seq++);
+        ctx->charge_id.len = a->p - ctx->charge_id.data;
+
+        if (qmcf->concurrency) {
+            ctx->slot_id = ctx->charge_id;
+
+            /* named now: the release runs while the request pool is freed */
+            ctx->slot_key.data = ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                    &ctx->tenant, "inflight",
+                                                    8, NULL, 0,
+                                                    &ctx->slot_key.len);
+            if (ctx->slot_key.data == NULL) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    ngx_http_quota_args_str(a, ctx->charge_id.data ? ctx->charge_id.data
+                                                   : (u_char *) "",
+                            ctx->charge_id.len);
+
+    ngx_http_quota_args_copy(a, &clock->cur_start);                   /* 6 */
+    ngx_http_quota_args_copy(a, &clock->next_start);
+    ngx_http_quota_args_copy(a, &clock->ym_cur);                      /* 8 */
+    ngx_http_quota_args_copy(a, &clock->ym_next);
+    ngx_http_quota_args_copy(a, &clock->today);                       /* 10 */
+    ngx_http_quota_args_num(a, qmcf->default_plan + 1);
+    ngx_http_quota_args_num(a, qlcf->warning_threshold);              /* 12 */
+    ngx_http_quota_args_num(a, qmcf->events);
+    ngx_http_quota_args_copy(a, &clock->calendar);                    /* 14 */
+
+    /* 15: what only an alert or an event needs */
+    start = a->p;
+    a->p = ngx_sprintf(a->p, "%V\n%V\n%V\n%V", &ctx->tenant,
+                       &qmcf->events_channel, &clock->now_iso,
+                       &clock->tomorrow);
+    ngx_http_quota_args_str(a, start, a->p - start);
+
+    ngx_http_quota_args_num(a, ctx->ncharges);                        /* 16 */
+
+    return NGX_OK;
+}
+
+
+/* k x METRIC, COST, "m"|"d" */
+static void
+ngx_http_quota_script_metrics(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_args_t *a)
+{
+    ngx_uint_t                   i;
+    ngx_http_quota_metric_t     *m;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        m = (ngx_http_quota_metric_t *) qmcf->metrics.elts
+            + ctx->rule->charges[i].metric;
+
+        ngx_http_quota_args_str(a, m->name.data, m->name.len);
+        ngx_http_quota_args_num(a, ctx->costs[i]);
+        ngx_http_quota_args_str(a, (u_char *)
+                                (m->period == NGX_HTTP_QUOTA_PERIOD_DAY
+                                 ? "d" : "m"), 1);
+    }
 }
 
 
@@ -423,6 +538,8 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
     r = ctx->request;
     ctx->op = NULL;
 
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
     if (reply != NULL && !ctx->eval_retried
         && ngx_http_quota_reply_is_noscript(reply))
     {
@@ -431,8 +548,6 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
          * The script did not run, so sending it once as EVAL is safe; EVAL
          * also caches it again for the next EVALSHA.
          */
-
-        qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
         ctx->eval_retried = 1;
         ctx->argv[0] = "EVAL";
@@ -452,6 +567,8 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
             return;
         }
 
+        /* the EVAL was not sent: nothing can have run */
+        ctx->unknown = 0;
         reply = NULL;
     }
 
@@ -461,12 +578,84 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
         ctx->redis_failed = 1;
 
         if (reply != NULL) {
-            qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
             ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_REPLY]);
         }
     }
 
+    /* the charge may have run, partly or wholly: undo whatever it did */
+    if (ctx->unknown) {
+        ctx->unknown = 0;
+        ngx_http_quota_script_void(ctx, NULL);
+    }
+
     ngx_http_quota_reply_done(ctx);
+}
+
+
+/*
+ * The charge's outcome is unknown: send its void (ngx_http_quota_lua.c),
+ * right behind the charge on its connection when op is still pending, else
+ * on any connection, now or after a reconnect.  Runs from the request's
+ * pool cleanup too: nothing here is allocated from the request pool.
+ */
+void
+ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
+{
+    u_char                      *key;
+    size_t                       argvlen[6];
+    const char                  *argv[6];
+    ngx_http_request_t          *r;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    r = ctx->request;
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    /* "P{T}:c:ID": ARGV[1] of the charge is "P{T}:" */
+    key = ngx_alloc(ctx->argvlen[4] + 2 + ctx->charge_id.len,
+                    r->connection->log);
+    if (key == NULL) {
+        if (op) {
+            ngx_http_quota_redis_cancel(op, 0, NULL, NULL);
+        }
+
+        return;
+    }
+
+    ngx_memcpy(ngx_cpymem(ngx_cpymem(key, ctx->argv[4], ctx->argvlen[4]),
+                          "c:", 2),
+               ctx->charge_id.data, ctx->charge_id.len);
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = (const char *) ngx_http_quota_void_lua.data;
+    argvlen[1] = ngx_http_quota_void_lua.len;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (const char *) key;
+    argvlen[3] = ctx->argvlen[4] + 2 + ctx->charge_id.len;
+    argv[4] = ctx->argv[4];
+    argvlen[4] = ctx->argvlen[4];
+    argv[5] = (const char *) ctx->charge_id.data;
+    argvlen[5] = ctx->charge_id.len;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "quota: voiding charge %V of tenant \"%V\"",
+                  &ctx->charge_id, &ctx->tenant);
+
+    /* the void also removes the slot, taken or not */
+    ctx->slot_taken = 0;
+
+    if (op) {
+        ngx_http_quota_redis_cancel(op, 6, argv, argvlen);
+
+    } else if (ngx_http_quota_redis_send_reliable(qmcf, 6, argv, argvlen)
+               != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "quota: void of charge %V not sent", &ctx->charge_id);
+    }
+
+    ngx_free(key);
 }
 
 
@@ -489,8 +678,8 @@ ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
     argv[2] = (const char *) ctx->slot_id.data;
     argvlen[2] = ctx->slot_id.len;
 
-    /* if this is lost, the slot's lease frees it anyway */
-    if (ngx_http_quota_redis_send_oneway(qmcf, 3, argv, argvlen) != NGX_OK) {
+    /* ZREM is idempotent: resent after a reconnect if need be */
+    if (ngx_http_quota_redis_send_reliable(qmcf, 3, argv, argvlen) != NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "quota: in-flight slot not released, its lease will "
                       "free it");
@@ -503,13 +692,11 @@ ngx_int_t
 ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta)
 {
-    u_char                      *field, *p;
-    size_t                       argvlen[11];
-    int64_t                      price;
-    ngx_uint_t                   m, metric;
-    const char                  *argv[11];
-    ngx_http_quota_plan_t       *plan;
-    ngx_http_quota_plan_metric_t  *pm;
+    u_char                      *p, *end;
+    size_t                       argvlen[20];
+    time_t                       now;
+    ngx_uint_t                   day;
+    const char                  *argv[20];
     ngx_str_t                   *name;
     quota_period_t               period, today;
     ngx_http_quota_metric_t     *metrics;
@@ -518,44 +705,37 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     metrics = qmcf->metrics.elts;
-    metric = ctx->rule->charges[index].metric;
-    name = &metrics[metric].name;
-
-    /* the overage price of the plan the charge used (day metrics: none) */
-    price = -1;
-
-    if (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts
-        && metrics[metric].period == NGX_HTTP_QUOTA_PERIOD_MONTH)
-    {
-        plan = (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1;
-        pm = plan->metrics.elts;
-
-        for (m = 0; m < plan->metrics.nelts; m++) {
-            if (pm[m].metric == metric) {
-                price = pm[m].price;
-                break;
-            }
-        }
-    }
+    name = &metrics[ctx->rule->charges[index].metric].name;
+    day = (metrics[ctx->rule->charges[index].metric].period
+           == NGX_HTTP_QUOTA_PERIOD_DAY);
+    now = ngx_time();
 
     /* the keys the charge used: its period, today for the daily field */
     period = ngx_http_quota_metric_period(r, ctx, index);
-    quota_format_date(period.start, (char *) start);
 
-    if (quota_period_day(ngx_time(), &today) != 0) {
+    if (quota_period_day(now, &today) != 0) {
         return NGX_ERROR;
     }
 
-    field = ngx_pnalloc(r->pool, name->len + 1 + QUOTA_DATE_LEN
-                                 + 3 * NGX_INT64_LEN);
-    if (field == NULL) {
+    p = ngx_pnalloc(r->pool, 2 * (name->len + 1 + QUOTA_DATE_LEN)
+                             + 8 * NGX_INT64_LEN + ctx->tenant.len
+                             + qmcf->events_channel.len
+                             + 2 * QUOTA_ISO8601_LEN + 4);
+    if (p == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(field, name->data, name->len);
-    *p++ = ':';
-    quota_format_date(today.start, (char *) p);
-    p += QUOTA_DATE_LEN;
+    end = p;
+
+    /* 5: "METRIC:YYYY-MM-DD", 12: ":YYYY-MM-DD" or "" */
+    argv[8] = (const char *) end;
+    end = ngx_cpymem(end, name->data, name->len);
+    argv[15] = (const char *) end;
+    *end++ = ':';
+    quota_format_date(today.start, (char *) end);
+    end += QUOTA_DATE_LEN;
+    argvlen[8] = end - (u_char *) argv[8];
+    argvlen[15] = day ? (size_t) (1 + QUOTA_DATE_LEN) : 0;
 
     argv[0] = "EVAL";
     argvlen[0] = 4;
@@ -566,39 +746,124 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     argv[3] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
                                                 &ctx->tenant, "account", 7,
                                                 NULL, 0, &argvlen[3]);
-    argv[4] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                &ctx->tenant, "usage:", 6,
-                                                start, QUOTA_DATE_LEN,
-                                                &argvlen[4]);
     quota_format_date(ctx->billing.start ? ctx->billing.start : period.start,
                       (char *) start);
     argv[5] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
                                                 &ctx->tenant, "daily:", 6,
                                                 start, QUOTA_DATE_LEN,
                                                 &argvlen[5]);
-    argv[6] = (const char *) name->data;
-    argvlen[6] = name->len;
-    argv[8] = (const char *) field;
-    argvlen[8] = (p - field);
-    argv[7] = (const char *) p;
-    p = ngx_sprintf(p, "%L", delta);
-    argvlen[7] = p - (u_char *) argv[7];
-    argv[9] = (const char *) p;
-    p = ngx_sprintf(p, "%L", ctx->limit[index]);
-    argvlen[9] = p - (u_char *) argv[9];
-    argv[10] = (const char *) p;
-    p = ngx_sprintf(p, "%L", price);
-    argvlen[10] = p - (u_char *) argv[10];
+    argv[14] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                 &ctx->tenant, "alerted:", 8,
+                                                 start, QUOTA_DATE_LEN,
+                                                 &argvlen[14]);
+    argv[19] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                 &ctx->tenant, "alerts", 6,
+                                                 NULL, 0, &argvlen[19]);
 
-    if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL) {
+    /* a period=day metric counts in its daily field (see the script) */
+    if (day) {
+        argv[4] = argv[5];
+        argvlen[4] = argvlen[5];
+        argv[6] = argv[8];
+        argvlen[6] = argvlen[8];
+
+    } else {
+        quota_format_date(period.start, (char *) start);
+        argv[4] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                    &ctx->tenant, "usage:", 6,
+                                                    start, QUOTA_DATE_LEN,
+                                                    &argvlen[4]);
+        argv[6] = (const char *) name->data;
+        argvlen[6] = name->len;
+    }
+
+    if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL
+        || argv[14] == NULL || argv[19] == NULL)
+    {
         return NGX_ERROR;
     }
+
+    ngx_http_quota_reconcile_nums(r, ctx, index, delta, &end, argv, argvlen);
+
+    /* 15: what an alert or its event needs */
+    argv[18] = (const char *) end;
+    end = ngx_sprintf(end, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
+    quota_format_iso8601(now, (char *) end);
+    end += QUOTA_ISO8601_LEN;
+    *end++ = '\n';
+    quota_format_iso8601(period.end, (char *) end);
+    end += QUOTA_ISO8601_LEN;
+    argvlen[18] = end - (u_char *) argv[18];
+
+    argv[16] = (const char *) name->data;
+    argvlen[16] = name->len;
+    argv[17] = qmcf->events == NGX_HTTP_QUOTA_EVENTS_OFF ? "0" : "1";
+    argvlen[17] = 1;
 
     /*
      * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
      * one to answer a NOSCRIPT; reconciles are rare next to charges.
      */
-    return ngx_http_quota_redis_send_oneway(qmcf, 11, argv, argvlen);
+    return ngx_http_quota_redis_send_oneway(qmcf, 20, argv, argvlen);
+}
+
+
+/* DELTA, LIMIT, PRICE, the two TTLs and the threshold: ARGV 4, 6-10 */
+static void
+ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta, u_char **p,
+    const char **argv, size_t *argvlen)
+{
+    int64_t                        n[6];
+    time_t                         now;
+    ngx_uint_t                     i, m, metric;
+    quota_period_t                 period;
+    ngx_http_quota_plan_t         *plan;
+    ngx_http_quota_metric_t       *metrics;
+    ngx_http_quota_loc_conf_t     *qlcf;
+    ngx_http_quota_main_conf_t    *qmcf;
+    ngx_http_quota_plan_metric_t  *pm;
+
+    static const ngx_uint_t        at[6] = { 7, 9, 10, 11, 12, 13 };
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    qlcf = ctx->conf;    /* the location that charged (review D6) */
+    metrics = qmcf->metrics.elts;
+    metric = ctx->rule->charges[index].metric;
+    now = ngx_time();
+    period = ngx_http_quota_metric_period(r, ctx, index);
+
+    /* the overage price of the plan the charge used (day metrics: none) */
+    n[2] = -1;
+
+    if (ctx->plan > 0 && ctx->plan <= qmcf->plans.nelts
+        && metrics[metric].period == NGX_HTTP_QUOTA_PERIOD_MONTH)
+    {
+        plan = (ngx_http_quota_plan_t *) qmcf->plans.elts + ctx->plan - 1;
+        pm = plan->metrics.elts;
+
+        for (m = 0; m < plan->metrics.nelts; m++) {
+            if (pm[m].metric == metric) {
+                n[2] = pm[m].price;
+                break;
+            }
+        }
+    }
+
+    n[0] = delta;
+    n[1] = ctx->limit[index];
+
+    /* counters expire 62 days after their period, like the charge's */
+    n[3] = (metrics[metric].period == NGX_HTTP_QUOTA_PERIOD_DAY
+            ? ctx->billing.end : period.end) - now + 5356800;
+    n[4] = ctx->billing.end - now + 5356800;
+    n[5] = qlcf->warning_threshold;
+
+    for (i = 0; i < 6; i++) {
+        argv[at[i]] = (const char *) *p;
+        *p = ngx_sprintf(*p, "%L", n[i]);
+        argvlen[at[i]] = *p - (u_char *) argv[at[i]];
+    }
 }
 
 

@@ -110,6 +110,7 @@ like($r->{body}, qr/Quota resets on 2026-12-15\.","metric":"a","current_usage":0
 # period=day metrics: their own UTC day, whatever the anchor
 $r = at('2026-11-20 23:30:00', 'a15', '/d');
 is($r->{headers}{'x-quota-reset'}, '2026-11-21T00:00:00Z', 'day metric: resets at midnight');
-is(redis('HGET', 'quota:{a15}:usage:2026-11-20', 'calls'), 1, 'day metric: key of the day');
+is(redis('HGET', 'quota:{a15}:daily:2026-11-15', 'calls:2026-11-20'), 1, 'day metric: counted in the daily field of its day');
+is(redis('EXISTS', 'quota:{a15}:usage:2026-11-20'), 0, 'day metric: no usage key named by the day');
 
 done_testing();
