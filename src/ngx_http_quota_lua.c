@@ -404,10 +404,22 @@ static const char  ngx_http_quota_charge_text[] =
 "  end\n"
 "end\n"
 
-/* admitted: nothing below can fail.  First the record of what is written,
-   so that a void (the gateway gave up waiting) can undo exactly that:
+/* admitted: nothing below can fail (the void undoes it if it does).  The
+   record of what is written, so that a void (the gateway gave up waiting,
+   the script failed) can undo exactly that:
    "START TODAY GCRA_STEP OVERAGE_COST" + per charged metric
    "NAME COST m|d OVERAGE_UNITS" */
+/* the daily hash first: the one key no read above has type-checked, so a
+   wrong type fails the script before anything is written */
+"local day = {}\n"
+"for i = 1, k do\n"
+"  if costs[i] > 0 then\n"
+"    day[i] = redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[10],\n"
+"                        argcost[i])\n"
+/* a key gets its TTL when a charge creates its field, not on every charge */
+"    if day[i] == costs[i] then redis.call('EXPIRE', daily_key, ttl) end\n"
+"  end\n"
+"end\n"
 "if rec_key and (charged or tat_new or take_slot) then\n"
 "  local rec = {start, ARGV[10], tat_new and string.format('%.17g', interval)\n"
 "               or '0', int(add_cost)}\n"
@@ -432,12 +444,8 @@ static const char  ngx_http_quota_charge_text[] =
 "local threshold = tonumber(ARGV[12])\n"
 "for i = 1, k do\n"
 "  if costs[i] > 0 then\n"
-/* a key gets its TTL when a charge creates its field, not on every charge */
-"    local day = redis.call('HINCRBY', daily_key, names[i] .. ':' .. ARGV[10],\n"
-"                           argcost[i])\n"
-"    if day == costs[i] then redis.call('EXPIRE', daily_key, ttl) end\n"
 "    if daily[i] then\n"
-"      used[i] = day\n"
+"      used[i] = day[i]\n"
 "    else\n"
 "      used[i] = redis.call('HINCRBY', usage_key, names[i], argcost[i])\n"
 "      if used[i] == costs[i] then redis.call('EXPIRE', usage_key, ttl) end\n"

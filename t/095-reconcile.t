@@ -201,6 +201,97 @@ my $log = nginx_run(
 like($log, qr/ignored quota_reconcile value "-5"/, 'reconcile: an invalid value is logged at warn');
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'reconcile: no alert');
 
+
+# D4, D5: keys reconcile creates expire; a line it crosses fires its alert,
+# and the first refusal fires quota_exceeded even if no charge crossed it
+{
+    my $h = <<"_EOC_";
+    quota_redis 127.0.0.1:$rport timeout=3s;
+    quota_metric tok;
+    quota_metric calls period=day;
+    quota_plan q { limit tok 10; limit calls 10; overage tok 0.01; }
+    quota_default_plan q;
+    quota_events alerts;
+_EOC_
+    my $srv = <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_t;
+    quota_route POST /r/** tok=0 calls=0;
+    quota_route POST /one/** tok=1;
+    quota_reconcile tok $upstream_http_x_ai_tokens_used;
+    quota_reconcile calls $upstream_http_x_ai_tokens_used;
+
+    location / {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        add_header X-AI-Tokens-Used $arg_used;
+        return 200 "ok\n";
+    }
+_EOC_
+    my (@refused, $after_refusals);
+    my $log = nginx_run(
+        no_root_location => 1, http_config => $h, config => $srv,
+        code => sub {
+            my ($port) = @_;
+            http_request($port, 'POST', '/r/x?used=7', { 'X-T' => 'd4' }, '');
+            settle_key("quota:{d4}:usage:$start", 'tok', 7);
+
+            # 0 -> 14 of 10 by reconcile, then refusals
+            http_request($port, 'POST', '/r/x?used=14', { 'X-T' => 'd5' }, '');
+            settle_key("quota:{d5}:usage:$start", 'tok', 14);
+            push @refused, http_request($port, 'POST', '/one/x', { 'X-T' => 'd5' }, '')->{status}
+                for 1 .. 2;
+            $after_refusals = redis_at($rport, 'XLEN', 'quota:{d5}:alerts');
+
+            # overage on: reconcile past the limit starts overage
+            redis_at($rport, 'HSET', 'quota:{d5o}:account', 'overage', 1);
+            http_request($port, 'POST', '/r/x?used=12', { 'X-T' => 'd5o' }, '');
+            settle_key("quota:{d5o}:usage:$start", 'tok', 12);
+
+            # usage at the limit set by the backend, no alert fired yet:
+            # the first refusal fires quota_exceeded
+            redis_at($rport, 'HSET', "quota:{d5r}:usage:$start", 'tok', 10);
+            http_request($port, 'POST', '/one/x', { 'X-T' => 'd5r' }, '');
+        },
+    );
+    my $ttl = redis_at($rport, 'TTL', "quota:{d4}:usage:$start");
+    ok($ttl > 62 * 86400, 'D4: the usage key reconcile created expires') or diag "TTL $ttl";
+    $ttl = redis_at($rport, 'TTL', "quota:{d4}:daily:$start");
+    ok($ttl > 62 * 86400, 'D4: the daily key too') or diag "TTL $ttl";
+    is(redis_at($rport, 'HGET', "quota:{d4}:daily:$start", "calls:$today"), 7,
+       'D4: a day metric is reconciled in its daily field');
+
+    my @types = map { { @{ $_->[1] } }->{type} }
+                @{ redis_at($rport, 'XRANGE', 'quota:{d5}:alerts', '-', '+') };
+    is_deeply([sort @types], [sort qw(approaching_limit quota_exceeded approaching_limit quota_exceeded)],
+              'D5: crossing 80% and 100% by reconcile fires both alerts (tok and calls)');
+    is_deeply(\@refused, [402, 402], 'D5: the tenant is refused afterwards');
+    is($after_refusals, 4, 'D5: refusals add no duplicate');
+    @types = map { { @{ $_->[1] } }->{type} }
+             @{ redis_at($rport, 'XRANGE', 'quota:{d5o}:alerts', '-', '+') };
+    ok((grep { $_ eq 'overage_started' } @types), 'D5: reconcile past the limit starts overage')
+        or diag "@types";
+    @types = map { { @{ $_->[1] } }->{type} }
+             @{ redis_at($rport, 'XRANGE', 'quota:{d5r}:alerts', '-', '+') };
+    is_deeply(\@types, ['quota_exceeded'], 'D5: the first refusal fires quota_exceeded');
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'D4/D5: no alert');
+}
+
+sub settle_key {
+    my ($key, $field, $want) = @_;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        my $v = redis_at($rport, 'HGET', $key, $field);
+        return $v if defined $v && $v == $want;
+        sleep 0.02;
+    }
+    return undef;
+}
+
 kill 'TERM', $upid;
 waitpid $upid, 0;
 stop_redis($rs);
