@@ -361,14 +361,9 @@ static const char  ngx_http_quota_charge_text[] =
 "  take_slot = true\n"
 "end\n"
 
-/* counters stay exact integers (2^53 - 1 at most): a charge that would
-   pass that cannot be charged (400 BAD_COST), it is not a quota matter */
 "local charged = false\n"
 "for i = 1, k do\n"
-"  if costs[i] > 0 then\n"
-"    charged = true\n"
-"    if used[i] + costs[i] > MAXI then return finish(9, i, 0) end\n"
-"  end\n"
+"  if costs[i] > 0 then charged = true end\n"
 "end\n"
 
 /* quota: grace, or overage units past the limit when overage is on; a
@@ -401,6 +396,14 @@ static const char  ngx_http_quota_charge_text[] =
 "      notify('spending_cap_reached', nil, true)\n"
 "      return finish(3, 0, 0)\n"
 "    end\n"
+"  end\n"
+"end\n"
+
+/* counters stay exact integers (2^53 - 1 at most): a charge that would
+   pass that cannot be charged (400 BAD_COST); quota refusals come first */
+"for i = 1, k do\n"
+"  if costs[i] > 0 and used[i] + costs[i] > MAXI then\n"
+"    return finish(9, i, 0)\n"
 "  end\n"
 "end\n"
 
