@@ -13,6 +13,8 @@
 #include "ngx_http_quota_pure.h"
 
 
+static int quota_tpl_segment(const char *p, size_t slen, int last,
+    quota_tpl_seg_t *seg, const char **err);
 static int quota_tpl_name_valid(const char *p, size_t len);
 static int quota_tpl_rank(const quota_tpl_seg_t *segs, size_t n, size_t i);
 
@@ -21,7 +23,7 @@ int
 quota_tpl_parse(const char *s, size_t len, quota_tpl_seg_t *segs, size_t max,
     size_t *nsegs, const char **err)
 {
-    size_t       n, slen, k;
+    size_t       n, slen;
     const char  *p, *end, *q;
 
     *nsegs = 0;
@@ -66,65 +68,8 @@ quota_tpl_parse(const char *s, size_t len, quota_tpl_seg_t *segs, size_t max,
             return -1;
         }
 
-        if (slen == 2 && p[0] == '*' && p[1] == '*') {
-
-            /* anything after "**" could never be reached */
-
-            if (q != end) {
-                *err = "\"**\" must be the last segment";
-                return -1;
-            }
-
-            segs[n].type = QUOTA_SEG_REST;
-            segs[n].data = p;
-            segs[n].len = slen;
-
-        } else if (p[0] == ':') {
-
-            if (!quota_tpl_name_valid(p + 1, slen - 1)) {
-                *err = "bad parameter name";
-                return -1;
-            }
-
-            segs[n].type = QUOTA_SEG_PARAM;
-            segs[n].data = p + 1;
-            segs[n].len = slen - 1;
-
-        } else if (p[0] == '{') {
-
-            if (slen < 2 || p[slen - 1] != '}'
-                || !quota_tpl_name_valid(p + 1, slen - 2))
-            {
-                *err = "bad parameter name";
-                return -1;
-            }
-
-            segs[n].type = QUOTA_SEG_PARAM;
-            segs[n].data = p + 1;
-            segs[n].len = slen - 2;
-
-        } else {
-
-            /*
-             * Reserve the parameter and wildcard characters: "a*" or
-             * "x{id}" would silently be literals that no request uses.
-             */
-
-            for (k = 0; k < slen; k++) {
-                if (p[k] == '{' || p[k] == '}') {
-                    *err = "\"{\" and \"}\" may only enclose a whole segment";
-                    return -1;
-                }
-
-                if (p[k] == '*') {
-                    *err = "\"*\" is only allowed as a whole \"**\" segment";
-                    return -1;
-                }
-            }
-
-            segs[n].type = QUOTA_SEG_LITERAL;
-            segs[n].data = p;
-            segs[n].len = slen;
+        if (quota_tpl_segment(p, slen, q == end, &segs[n], err) != 0) {
+            return -1;
         }
 
         n++;
@@ -137,6 +82,81 @@ quota_tpl_parse(const char *s, size_t len, quota_tpl_seg_t *segs, size_t max,
     }
 
     *nsegs = n;
+
+    return 0;
+}
+
+
+/* one non-empty segment: "**", ":name", "{name}" or a literal */
+static int
+quota_tpl_segment(const char *p, size_t slen, int last, quota_tpl_seg_t *seg,
+    const char **err)
+{
+    size_t  k;
+
+    if (slen == 2 && p[0] == '*' && p[1] == '*') {
+
+        /* anything after "**" could never be reached */
+
+        if (!last) {
+            *err = "\"**\" must be the last segment";
+            return -1;
+        }
+
+        seg->type = QUOTA_SEG_REST;
+        seg->data = p;
+        seg->len = slen;
+        return 0;
+    }
+
+    if (p[0] == ':') {
+
+        if (!quota_tpl_name_valid(p + 1, slen - 1)) {
+            *err = "bad parameter name";
+            return -1;
+        }
+
+        seg->type = QUOTA_SEG_PARAM;
+        seg->data = p + 1;
+        seg->len = slen - 1;
+        return 0;
+    }
+
+    if (p[0] == '{') {
+
+        if (slen < 2 || p[slen - 1] != '}'
+            || !quota_tpl_name_valid(p + 1, slen - 2))
+        {
+            *err = "bad parameter name";
+            return -1;
+        }
+
+        seg->type = QUOTA_SEG_PARAM;
+        seg->data = p + 1;
+        seg->len = slen - 2;
+        return 0;
+    }
+
+    /*
+     * Reserve the parameter and wildcard characters: "a*" or "x{id}" would
+     * silently be literals that no request uses.
+     */
+
+    for (k = 0; k < slen; k++) {
+        if (p[k] == '{' || p[k] == '}') {
+            *err = "\"{\" and \"}\" may only enclose a whole segment";
+            return -1;
+        }
+
+        if (p[k] == '*') {
+            *err = "\"*\" is only allowed as a whole \"**\" segment";
+            return -1;
+        }
+    }
+
+    seg->type = QUOTA_SEG_LITERAL;
+    seg->data = p;
+    seg->len = slen;
 
     return 0;
 }
