@@ -120,8 +120,12 @@ static ngx_uint_t ngx_http_quota_str_is(ngx_str_t *s, const char *lit);
 static void ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx);
 static void ngx_http_quota_alerts_reply(void *data, redisReply *reply);
+static yajl_gen ngx_http_quota_gen_alloc(void);
+static yajl_gen_status ngx_http_quota_gen_text(yajl_gen g, u_char *data,
+    size_t len);
 static void ngx_http_quota_gen_iso(yajl_gen g, int64_t t);
 static void ngx_http_quota_gen_usd(yajl_gen g, int64_t micro);
+static ngx_uint_t ngx_http_quota_is_date(u_char *p);
 static int ngx_libc_cdecl ngx_http_quota_day_cmp(const void *a,
     const void *b);
 static ngx_uint_t ngx_http_quota_arg_uint(ngx_http_request_t *r,
@@ -433,7 +437,7 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
         return NGX_ERROR;
     }
 
-    g = yajl_gen_alloc(NULL);
+    g = ngx_http_quota_gen_alloc();
     if (g == NULL) {
         return NGX_ERROR;
     }
@@ -546,8 +550,8 @@ ngx_http_quota_usage_gen_account(ngx_http_request_t *r, yajl_gen g,
                    : yajl_gen_null(g);
 
     s |= ngx_http_quota_yajl_str(g, "status");
-    s |= rep->status.len ? yajl_gen_string(g, rep->status.data,
-                                           rep->status.len)
+    s |= rep->status.len ? ngx_http_quota_gen_text(g, rep->status.data,
+                                                   rep->status.len)
                          : ngx_http_quota_yajl_str(g, "active");
 
     s |= ngx_http_quota_yajl_str(g, "seats");
@@ -739,7 +743,7 @@ ngx_http_quota_usage_daily(ngx_http_request_t *r, yajl_gen g, redisReply **e,
 
         colon = (u_char *) e[2 * i]->str + e[2 * i]->len - QUOTA_DATE_LEN - 1;
 
-        if (*colon != ':') {
+        if (*colon != ':' || !ngx_http_quota_is_date(colon + 1)) {
             continue;
         }
 
@@ -787,6 +791,22 @@ ngx_http_quota_usage_daily(ngx_http_request_t *r, yajl_gen g, redisReply **e,
     yajl_gen_array_close(g);
 
     return NGX_OK;
+}
+
+
+/* "YYYY-MM-DD" as the script writes it: digits and dashes only */
+static ngx_uint_t
+ngx_http_quota_is_date(u_char *p)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < QUOTA_DATE_LEN; i++) {
+        if (i == 4 || i == 7 ? p[i] != '-' : (p[i] < '0' || p[i] > '9')) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -1041,7 +1061,7 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     last = first + per_page;
     total = 0;
 
-    g = yajl_gen_alloc(NULL);
+    g = ngx_http_quota_gen_alloc();
     if (g == NULL) {
         return NGX_ERROR;
     }
@@ -1157,20 +1177,21 @@ ngx_http_quota_alert_gen(yajl_gen g, ngx_http_quota_alert_t *a)
 
     s = yajl_gen_map_open(g);
     s |= ngx_http_quota_yajl_str(g, "alert_id");
-    s |= yajl_gen_string(g, a->id.data, a->id.len);
+    s |= ngx_http_quota_gen_text(g, a->id.data, a->id.len);
     s |= ngx_http_quota_yajl_str(g, "type");
-    s |= yajl_gen_string(g, a->kind.data, a->kind.len);
+    s |= ngx_http_quota_gen_text(g, a->kind.data, a->kind.len);
     s |= ngx_http_quota_yajl_str(g, "metric");
-    s |= a->metric.len ? yajl_gen_string(g, a->metric.data, a->metric.len)
+    s |= a->metric.len ? ngx_http_quota_gen_text(g, a->metric.data,
+                                                 a->metric.len)
                        : yajl_gen_null(g);
     s |= ngx_http_quota_yajl_str(g, "message");
-    s |= yajl_gen_string(g, message, p - message);
+    s |= ngx_http_quota_gen_text(g, message, p - message);
     s |= ngx_http_quota_yajl_str(g, "used");
     s |= yajl_gen_integer(g, a->used);
     s |= ngx_http_quota_yajl_str(g, "limit");
     s |= a->limit >= 0 ? yajl_gen_integer(g, a->limit) : yajl_gen_null(g);
     s |= ngx_http_quota_yajl_str(g, "triggered_at");
-    s |= a->at.len ? yajl_gen_string(g, a->at.data, a->at.len)
+    s |= a->at.len ? ngx_http_quota_gen_text(g, a->at.data, a->at.len)
                    : yajl_gen_null(g);
     s |= yajl_gen_map_close(g);
 
@@ -1252,6 +1273,38 @@ ngx_http_quota_arg_uint(ngx_http_request_t *r, const char *name, size_t len,
     n = ngx_atoi(value.data, value.len);
 
     return n == NGX_ERROR ? dflt : (ngx_uint_t) n;
+}
+
+
+/* strings are checked: text from Redis must not make the JSON invalid */
+static yajl_gen
+ngx_http_quota_gen_alloc(void)
+{
+    yajl_gen  g;
+
+    g = yajl_gen_alloc(NULL);
+
+    if (g != NULL && !yajl_gen_config(g, yajl_gen_validate_utf8, 1)) {
+        yajl_gen_free(g);
+        return NULL;
+    }
+
+    return g;
+}
+
+
+/*
+ * Text a backend wrote into Redis (account status, alert fields): null
+ * when it is not valid UTF-8 (review S7); yajl checks before it writes.
+ */
+static yajl_gen_status
+ngx_http_quota_gen_text(yajl_gen g, u_char *data, size_t len)
+{
+    yajl_gen_status  s;
+
+    s = yajl_gen_string(g, data, len);
+
+    return s == yajl_gen_invalid_string ? yajl_gen_null(g) : s;
 }
 
 

@@ -88,6 +88,11 @@ QuotaTest::redis('XADD', 'quota:{big}:alerts', '*', 'type',
 QuotaTest::redis('XADD', 'quota:{pfx}:alerts', '*', 'type', 'approaching',
                  'metric', 'a', 'used', 5, 'limit', 10);
 
+# S7: text a backend wrote into Redis is not valid UTF-8
+QuotaTest::redis('HSET', 'quota:{utf}:account', 'status', "\xffbad");
+QuotaTest::redis('XADD', 'quota:{utf}:alerts', '*', 'type', 'quota_exceeded',
+                 'metric', "\xe9t\xe9", 'used', 5, 'limit', 10);
+
 my %r;
 my $log = QuotaTest::nginx_run(
     http_config => $http_config,
@@ -100,6 +105,8 @@ my $log = QuotaTest::nginx_run(
         $r{usage} = QuotaTest::http_get($port, '/usage', $k);
         $r{alerts} = QuotaTest::http_get($port, '/alerts', $k);
         $r{pfx} = QuotaTest::http_get($port, '/alerts', { 'X-API-Key' => 'pfx' });
+        $r{utfu} = QuotaTest::http_get($port, '/usage', { 'X-API-Key' => 'utf' });
+        $r{utfa} = QuotaTest::http_get($port, '/alerts', { 'X-API-Key' => 'utf' });
         $r{empty} = QuotaTest::http_request($port, 'POST', '/empty/x',
                                             { 'X-API-Key' => 'e' });
         $r{dup} = QuotaTest::http_request($port, 'POST', '/dup/x',
@@ -122,6 +129,13 @@ like($r{alerts}{body}, qr/"message":"a usage reached 1844674407370955170% of the
 
 like($r{pfx}{body}, qr/"type":"approaching","metric":"a","message":"approaching"/,
      'alerts: a kind is matched whole, not as a prefix of a known kind');
+
+is($r{utfu}{status}, 200, 'S7: usage with a non-UTF-8 account status answers');
+like($r{utfu}{body}, qr/"status":null,/, 'S7: ... with status null');
+is($r{utfa}{status}, 200, 'S7: alerts with a non-UTF-8 metric answer');
+like($r{utfa}{body}, qr/"metric":null,"message":null,/, 'S7: ... with metric and message null');
+ok($r{utfu}{body} !~ /[\x80-\xff]/ && $r{utfa}{body} !~ /[\x80-\xff]/,
+   'S7: no invalid UTF-8 in the JSON');
 
 # D17
 is($r{empty}{status}, 200, 'D17: empty warning value: admitted');
