@@ -51,7 +51,7 @@ _EOC_
 sub at {
     my ($instant, $tenant, $path) = @_;
     local $ENV{LD_PRELOAD} = $faketime;
-    local $ENV{FAKETIME} = "\@$instant";
+    local $ENV{FAKETIME} = $instant;    # stopped: exact under valgrind too
     local $ENV{FAKETIME_DONT_FAKE_MONOTONIC} = 1;
     my $res;
     nginx_run(http_config => $http, config => $server, no_root_location => 1,
