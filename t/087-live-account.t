@@ -12,6 +12,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
+use Time::HiRes ();
 
 redis_flush();
 my $start = month_start();
@@ -72,6 +73,9 @@ nginx_run(http_config => $http, config => $server, no_root_location => 1,
         my $p = <$f>;
         return $p;
     };
+    # the pid file may come after the port (valgrind): wait for it
+    my $deadline = time + 30;
+    Time::HiRes::sleep(0.05) while $pidfile->() !~ /\d/ && time < $deadline;
     $pid_seen = $pidfile->();
 
     # plan
@@ -180,6 +184,7 @@ nginx_run(http_config => $http, config => $server, no_root_location => 1,
     $post->('warm');
     cmp_ok(commands() - $after, '>=', 1, 'a metered request after it does reach Redis');
 
+    like($pid_seen, qr/^\d+\s*$/, 'nginx wrote its pid');
     is($pidfile->(), $pid_seen, 'the same nginx served every request');
 });
 
