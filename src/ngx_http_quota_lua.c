@@ -135,6 +135,12 @@ static const char  ngx_http_quota_charge_text[] =
 "end\n"
 /* integers as digits: Lua would print 1e+17 */
 "local function int(n) return string.format('%d', n) end\n"
+/* cjson prints 14 digits (1.2345678901235e+17): numbers of events travel as
+   marked digit strings, unquoted after encoding (S5) */
+"local function num(n) return '\\1' .. int(n) end\n"
+"local function json(e)\n"
+"  return (string.gsub(cjson.encode(e), '\"\\\\u0001(%-?%d+)\"', '%1'))\n"
+"end\n"
 
 /* the charge's record: a tombstone there means its gateway gave up on it
    and voided it (the void script) before it ran: it must do nothing */
@@ -306,14 +312,14 @@ static const char  ngx_http_quota_charge_text[] =
 "  end\n"
 "  local l = limits[i]\n"
 "  local e = {type = is_alert and 'alert' or kind, tenant_id = t,\n"
-"             metric = names[i] or '', used = used[i] or 0, timestamp = n,\n"
+"             metric = names[i] or '', used = num(used[i] or 0), timestamp = n,\n"
 "             limit = cjson.null, remaining = cjson.null,\n"
 "             percent = cjson.null}\n"
 "  if is_alert then e.alert_type = kind end\n"
 "  if l and l >= 0 then\n"
-"    e.limit = l\n"
-"    e.remaining = math.max(0, l - used[i])\n"
-"    if l > 0 then e.percent = math.floor(used[i] * 100 / l)\n"
+"    e.limit = num(l)\n"
+"    e.remaining = num(math.max(0, l - used[i]))\n"
+"    if l > 0 then e.percent = num(math.floor(used[i] * 100 / l))\n"
 "    elseif used[i] > 0 then e.percent = 100 else e.percent = 0 end\n"
 "  end\n"
 "  if i and daily[i] then\n"
@@ -321,7 +327,7 @@ static const char  ngx_http_quota_charge_text[] =
 "  else\n"
 "    e.quota_reset_date = end_date .. 'T00:00:00Z'\n"
 "  end\n"
-"  redis.call('PUBLISH', ch, cjson.encode(e))\n"
+"  redis.call('PUBLISH', ch, json(e))\n"
 "end\n"
 /* the alerts of a line crossed by the usage of metric i, from "before" */
 "local function crossed(i, before, threshold)\n"
@@ -534,10 +540,13 @@ static const char  ngx_http_quota_reconcile_text[] =
 "  local pc = 0\n"
 "  if limit > 0 then pc = math.floor(new * 100 / limit)\n"
 "  elseif new > 0 then pc = 100 end\n"
-"  redis.call('PUBLISH', ch, cjson.encode({type = 'alert', alert_type = kind,\n"
-"    tenant_id = t, metric = ARGV[13], used = new, limit = limit,\n"
-"    remaining = math.max(0, limit - new), percent = pc,\n"
-"    quota_reset_date = reset, timestamp = n}))\n"
+"  local function num(v) return '\\1' .. int(v) end\n"
+"  local e = cjson.encode({type = 'alert', alert_type = kind,\n"
+"    tenant_id = t, metric = ARGV[13], used = num(new), limit = num(limit),\n"
+"    remaining = num(math.max(0, limit - new)), percent = num(pc),\n"
+"    quota_reset_date = reset, timestamp = n})\n"
+/* numbers as digits, not cjson's 14 (S5) */
+"  redis.call('PUBLISH', ch, (string.gsub(e, '\"\\\\u0001(%-?%d+)\"', '%1')))\n"
 "end\n"
 "if limit >= 0 and delta > 0 then\n"
 "  local line = limit * tonumber(ARGV[10])\n"

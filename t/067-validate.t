@@ -14,6 +14,7 @@ use Test::More;
 use QuotaTest;
 use QuotaTime;
 use IO::Socket::INET;
+use IO::Select;
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
@@ -179,6 +180,31 @@ is($r{s3susp}{status}, 402, 'S3: suspended still applies to a zero cost');
 is(usage('s3', 'a'), 150, 'S3: nothing charged');
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
 
+
+# S5: event numbers are exact digits, not cjson's 14 significant digits
+{
+    my $sub = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                    PeerPort => $ENV{TEST_NGINX_REDIS_PORT}) or die $!;
+    print $sub "SUBSCRIBE quota:events\r\n";
+    my $ack = '';
+    sysread($sub, $ack, 4096) for 1;
+    (my $h = $http) =~ s/quota_default_plan p;/quota_default_plan p;\n    quota_events on;/;
+    acct('s5', plan => 'free');
+    redis('HSET', "quota:{s5}:usage:$start", 'b', '9007199254740000');
+    nginx_run(no_root_location => 1, http_config => $h, config => $server,
+              code => sub {
+                  QuotaTest::http_request($_[0], 'POST', '/b', { 'X-T' => 's5', 'X-Cost' => 991 }, '');
+              });
+    my ($buf, $deadline) = ('', time + 5);
+    my $sel = IO::Select->new($sub);
+    while (time < $deadline && $buf !~ /usage_update.*\r\n/s) {
+        last unless $sel->can_read(0.5);
+        sysread($sub, $buf, 4096, length $buf) or last;
+    }
+    like($buf, qr/"used":9007199254740991[,}]/, 'S5: the event says used 9007199254740991, every digit')
+        or diag $buf;
+    close $sub;
+}
 
 # D10 and D11 run nginx at fixed instants (libfaketime, as t/085)
 my ($faketime) = grep { -e } map { "$_/faketime/libfaketime.so.1" }

@@ -105,6 +105,14 @@ my $log = nginx_run(
     code => sub {
         my ($port) = @_;
 
+        # the worker's connection is ready (it may take long under valgrind)
+        my $deadline = time + 30;
+        while (time < $deadline) {
+            my $w = http_request($port, 'POST', '/ai/chat?used=1', { 'X-T' => 'warm' }, '');
+            last if ($w->{headers}{'x-status'} // '') eq 'ALLOWED';
+            sleep 0.2;
+        }
+
         # estimate 100, upstream reports 250 -> 250
         my $r = http_request($port, 'POST', '/ai/chat?used=250', { 'X-T' => 'recon' }, '');
         is($r->{status}, 200, 'reconcile: admitted');
