@@ -53,9 +53,12 @@
  * -1: none), overage cost, k x overage units, and with mode 3 the daily
  * hash as a count and field/value pairs.
  *
- * Decision order (SPEC 4): suspended, rate (GCRA), concurrency, quota
- * with grace or overage, spending cap; nothing is written unless all pass,
- * except the alert of a refusal (once per tenant, metric and period).
+ * Decision order (SPEC 4): a voided charge (its tombstone), suspended,
+ * rate (GCRA), concurrency, quota with grace or overage (a zero cost is
+ * never refused by it), spending cap, the 2^53 range; nothing is written
+ * unless all pass, except the alert of a refusal (once per tenant, metric
+ * and period).  An admitted charge writes its record P{T}:c:ID first
+ * (after the daily hash), for the void script below.
  *
  * Alerts go to the capped stream P{T}:alerts; the hash
  * P{T}:alerted:START remembers which fired this period.  Events are
@@ -312,7 +315,8 @@ static const char  ngx_http_quota_charge_text[] =
 "  end\n"
 "  local l = limits[i]\n"
 "  local e = {type = is_alert and 'alert' or kind, tenant_id = t,\n"
-"             metric = names[i] or '', used = num(used[i] or 0), timestamp = n,\n"
+"             metric = names[i] or '', used = num(used[i] or 0),\n"
+"             timestamp = n,\n"
 "             limit = cjson.null, remaining = cjson.null,\n"
 "             percent = cjson.null}\n"
 "  if is_alert then e.alert_type = kind end\n"
@@ -533,7 +537,8 @@ static const char  ngx_http_quota_reconcile_text[] =
 "  if redis.call('HSETNX', ARGV[11], kind .. ':' .. ARGV[13] .. ARGV[12], 1)\n"
 "     == 0 then return end\n"
 "  redis.call('EXPIRE', ARGV[11], ARGV[9])\n"
-"  local t, ch, n, reset = string.match(ARGV[15], '^(.-)\\n(.-)\\n(.-)\\n(.*)$')\n"
+"  local t, ch, n, reset =\n"
+"    string.match(ARGV[15], '^(.-)\\n(.-)\\n(.-)\\n(.*)$')\n"
 "  redis.call('XADD', ARGV[16], 'MAXLEN', '~', 1000, '*', 'type', kind,\n"
 "             'metric', ARGV[13], 'used', new, 'limit', limit, 'at', n)\n"
 "  if ARGV[14] == '0' then return end\n"

@@ -15,6 +15,8 @@
 
 
 static ngx_int_t ngx_http_quota_reply_script_error(redisReply *reply);
+static ngx_int_t ngx_http_quota_reply_failed(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, redisReply *reply);
 
 
 ngx_int_t
@@ -36,12 +38,12 @@ ngx_http_quota_reply_script_error(redisReply *reply)
 }
 
 
-ngx_int_t
-ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+/* no reply, an error, or corrupt data: NGX_ERROR, with what it means */
+static ngx_int_t
+ngx_http_quota_reply_failed(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply)
 {
-    int64_t       code, index, plan;
-    ngx_uint_t    i, k;
+    ngx_uint_t    k;
     redisReply  **e;
 
     if (reply == NULL) {
@@ -87,6 +89,24 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         ctx->data_error = 1;
         return NGX_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    redisReply *reply)
+{
+    int64_t       code, index, plan;
+    ngx_uint_t    i, k;
+    redisReply  **e;
+
+    if (ngx_http_quota_reply_failed(r, ctx, reply) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    k = ctx->ncharges;
 
     /* { code, index, plan, start, end, retry_ms, slot, (used, limit) x k } */
 

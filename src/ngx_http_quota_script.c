@@ -52,6 +52,9 @@ static void ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_str_t *s);
 static u_char      ngx_http_quota_id_prefix[16];
 static uint64_t    ngx_http_quota_id_seq;
 static u_char *ngx_http_quota_num(ngx_pool_t *pool, int64_t n, size_t *len);
+static ngx_int_t ngx_http_quota_reconcile_alert(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_str_t *name, time_t reset, u_char **p,
+    const char **argv, size_t *argvlen);
 static void ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta, u_char **p,
     const char **argv, size_t *argvlen);
@@ -756,9 +759,6 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
                                                  &ctx->tenant, "alerted:", 8,
                                                  start, QUOTA_DATE_LEN,
                                                  &argvlen[14]);
-    argv[19] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                 &ctx->tenant, "alerts", 6,
-                                                 NULL, 0, &argvlen[19]);
 
     /* a period=day metric counts in its daily field (see the script) */
     if (day) {
@@ -778,33 +778,54 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     }
 
     if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL
-        || argv[14] == NULL || argv[19] == NULL)
+        || argv[14] == NULL
+        || ngx_http_quota_reconcile_alert(r, ctx, name, period.end, &end,
+                                          argv, argvlen)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     ngx_http_quota_reconcile_nums(r, ctx, index, delta, &end, argv, argvlen);
 
-    /* 15: what an alert or its event needs */
-    argv[18] = (const char *) end;
-    end = ngx_sprintf(end, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
-    quota_format_iso8601(now, (char *) end);
-    end += QUOTA_ISO8601_LEN;
-    *end++ = '\n';
-    quota_format_iso8601(period.end, (char *) end);
-    end += QUOTA_ISO8601_LEN;
-    argvlen[18] = end - (u_char *) argv[18];
+    /*
+     * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
+     * one to answer a NOSCRIPT; reconciles are rare next to charges.
+     */
+    return ngx_http_quota_redis_send_oneway(qmcf, 20, argv, argvlen);
+}
+
+
+/* what an alert fired by a reconcile needs: ARGV 13-16 */
+static ngx_int_t
+ngx_http_quota_reconcile_alert(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_str_t *name, time_t reset, u_char **p,
+    const char **argv, size_t *argvlen)
+{
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
     argv[16] = (const char *) name->data;
     argvlen[16] = name->len;
     argv[17] = qmcf->events == NGX_HTTP_QUOTA_EVENTS_OFF ? "0" : "1";
     argvlen[17] = 1;
 
-    /*
-     * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
-     * one to answer a NOSCRIPT; reconciles are rare next to charges.
-     */
-    return ngx_http_quota_redis_send_oneway(qmcf, 20, argv, argvlen);
+    /* "TENANT\nCHANNEL\nNOW\nRESET" */
+    argv[18] = (const char *) *p;
+    *p = ngx_sprintf(*p, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
+    quota_format_iso8601(ngx_time(), (char *) *p);
+    *p += QUOTA_ISO8601_LEN;
+    *(*p)++ = '\n';
+    quota_format_iso8601(reset, (char *) *p);
+    *p += QUOTA_ISO8601_LEN;
+    argvlen[18] = *p - (u_char *) argv[18];
+
+    argv[19] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                 &ctx->tenant, "alerts", 6,
+                                                 NULL, 0, &argvlen[19]);
+
+    return argv[19] ? NGX_OK : NGX_ERROR;
 }
 
 
