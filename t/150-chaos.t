@@ -1,0 +1,474 @@
+# Chaos: a real redis-server and a real nginx (master + 2 workers) under
+# load from this test (QuotaLoad, ~32 concurrent clients), while Redis is
+# killed and restarted, paused, put to sleep longer than the timeout, has
+# its script cache or its data flushed, or is replaced by a port that
+# accepts and never answers; nginx reloaded five times under load; clients
+# aborting while Redis is paused (a concurrency 2 plan). For each fault, in
+# both failure modes where it matters:
+#
+#   - no worker crash ("exited on signal"), no [alert]/[crit]/[emerg];
+#   - every request answered within timeout + a margin, with a status the
+#     failure mode allows;
+#   - "a rejected request charges nothing": one distinct tenant per request,
+#     and afterwards every tenant answered ALLOWED has exactly its cost,
+#     every tenant answered FAIL_OPEN/503 has no charge and no slot (no
+#     double charge either way);
+#   - exact counting after recovery: a fixed tenant's counter equals the
+#     admitted cost; no concurrency slot left behind, a fresh request
+#     admitted.
+#
+# A table (fault, statuses, max latency, counters) is printed with diag.
+# The slow part of the suite (~1-2 minutes). QUOTA_CHAOS_ONLY=pause,kill9
+# runs a subset; QUOTA_CHAOS_RATE sets the request rate (default 500/s).
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTime;
+use QuotaLoad;
+use File::Temp qw(tempdir);
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $TIMEOUT = 0.15;                                   # quota_redis timeout
+my $slow = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
+my $MARGIN = ($ENV{QUOTA_CHAOS_MARGIN} || 1.0) * $slow;
+my $RATE = $ENV{QUOTA_CHAOS_RATE} || int(500 / $slow);
+my %only = map { $_ => 1 } split /,/, $ENV{QUOTA_CHAOS_ONLY} // '';
+my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+my @table;
+
+sub wanted { !%only || $only{ $_[0] } }
+
+sub redis_args { ['--enable-debug-command', 'local'] }
+
+# the gateway: 2 workers, fail-open or fail-closed, metered /api/** with the
+# cost in X-Cost, the decision in X-Quota-Status; /slow/** goes to a slow
+# upstream run by the test
+sub gateway {
+    my (%o) = @_;
+    my ($port, $oport) = (free_port(), free_port());
+    my $root = tempdir('t150-gw-XXXX', TMPDIR => 1, CLEANUP => 1);
+    my $ms = int($TIMEOUT * 1000);
+    my $plan = $o{plan} || 'limit api_requests 1000000000; concurrency 1000;';
+    my $slowup = $o{slow_port}
+        ? "location /slow/ { proxy_read_timeout 30s; "
+          . "proxy_pass http://127.0.0.1:$o{slow_port}; }"
+        : '';
+    my %conf = (
+        servroot         => $root,
+        port             => $port,
+        workers          => 2,
+        master           => 1,
+        no_root_location => 1,
+        http_config      => <<"_EOC_",
+    quota_redis 127.0.0.1:$o{redis} timeout=${ms}ms;
+    quota_failure_mode $o{mode};
+    quota_metric api_requests;
+    quota_plan p { $plan }
+    quota_default_plan p;
+
+    server {
+        listen 127.0.0.1:$oport;
+        quota off;
+        access_log off;
+        location / { return 200 "ok\\n"; }
+    }
+_EOC_
+        config => <<"_EOC_",
+    quota on;
+    quota_tenant \$http_x_api_key;
+    quota_route * /api/**  api_requests=\$http_x_cost;
+    quota_route * /slow/** api_requests=1;
+    add_header X-Quota-Status \$quota_status always;
+
+    location /api/ { proxy_pass http://127.0.0.1:$oport; }
+    $slowup
+_EOC_
+    );
+    my $h = nginx_start(%conf);
+    die "gateway: $h->{error}\n" if $h->{error};
+    sleep 0.2;    # the workers' Redis handshakes
+    return { h => $h, port => $port, root => $root };
+}
+
+sub gateway_stop {
+    my ($gw) = @_;
+    nginx_stop($gw->{h}, master => 1);
+    local $/;
+    open my $fh, '<', "$gw->{root}/logs/error.log" or return '';
+    return <$fh> // '';
+}
+
+sub api {
+    my ($port, $tenant, $cost, %x) = @_;
+    return { port => $port, method => 'POST', path => '/api/x', tag => $cost,
+             headers => { 'X-API-Key' => $tenant, 'X-Cost' => $cost }, %x };
+}
+
+# counters and slots of many tenants in one round trip each 500
+sub tenant_state {
+    my ($rport, @t) = @_;
+    my %st;
+    my $lua = "local r = {} for i, t in ipairs(ARGV) do "
+        . "r[2*i-1] = redis.call('HGET', 'quota:{' .. t .. '}:usage:$start', "
+        . "'api_requests') or '0' "
+        . "r[2*i] = redis.call('ZCARD', 'quota:{' .. t .. '}:inflight') end "
+        . "return r";
+    while (my @chunk = splice @t, 0, 500) {
+        my $r = QuotaTest::redis_at($rport, 'EVAL', $lua, 0, @chunk);
+        for my $i (0 .. $#chunk) {
+            $st{ $chunk[$i] } = [ $r->[2 * $i], $r->[2 * $i + 1] ];
+        }
+    }
+    return \%st;
+}
+
+sub wait_redis {
+    my ($rport, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $ok = eval { QuotaTest::redis_at($rport, 'PING') eq 'PONG' };
+        return 1 if $ok;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+sub decision { $_[0]{headers}{'x-quota-status'} // '' }
+
+# checks of one fault run; returns the table row's trace columns
+sub check_trace {
+    my ($name, $mode, $res, $rport, $from) = @_;
+    my %allowed = $mode eq 'open' ? ('200' => 1) : ('200' => 1, '503' => 1);
+    my (@bad_status, @late);
+    for my $r (@$res) {
+        push @bad_status, $r unless $allowed{ $r->{status} };
+        push @late, $r if $r->{lat} > $TIMEOUT + $MARGIN;
+    }
+    is(scalar @bad_status, 0, "$name: every request answered "
+       . ($mode eq 'open' ? '200' : '200 or 503'))
+        or diag(QuotaLoad::statuses($res));
+    is(scalar @late, 0, "$name: every request answered within "
+       . "${TIMEOUT}s + ${MARGIN}s")
+        or diag(sprintf "%d late, max %.3fs", scalar @late,
+                QuotaLoad::max_latency($res));
+
+    # per-request trace: only requests that started after $from (kill -9
+    # and FLUSHALL wipe what was charged before)
+    my @checked = grep { $_->{start} >= $from } @$res;
+    my $st = tenant_state($rport, map { $_->{req}{headers}{'X-API-Key'} } @checked);
+    my ($adm_cost, $sum, $wrong_allowed, $charged_rejected, $slots) = (0) x 5;
+    my @ex;
+    for my $r (@checked) {
+        my ($c, $z) = @{ $st->{ $r->{req}{headers}{'X-API-Key'} } };
+        my $d = decision($r);
+        $sum += $c;
+        $slots += $z;
+        if ($r->{status} eq '200' && $d eq 'ALLOWED') {
+            $adm_cost += $r->{req}{tag};
+            if ($c != $r->{req}{tag}) {
+                $wrong_allowed++;
+                push @ex, "ALLOWED cost $r->{req}{tag} counter $c" if @ex < 3;
+            }
+        } elsif ($c != 0) {
+            $charged_rejected++;
+            push @ex, sprintf("%s %s charged %s after %.0fms", $r->{status}, $d,
+                              $c, 1000 * $r->{lat}) if @ex < 3;
+        }
+    }
+    is($wrong_allowed, 0, "$name: every ALLOWED tenant charged its cost exactly once");
+    is($charged_rejected, 0, "$name: a rejected (FAIL_OPEN/503) request charges nothing")
+        or diag(join '; ', @ex);
+    is($slots, 0, "$name: no concurrency slot left behind by the traced requests");
+    return (scalar @checked, $adm_cost, $sum, $charged_rejected, $slots);
+}
+
+# after the fault: first ALLOWED of a fresh tenant (recovery time), then a
+# fixed tenant's counter equals the cost admitted to it, no slot remains
+# and one more request is admitted
+sub check_recovery {
+    my ($name, $gw, $rport) = @_;
+    my $t0 = time;
+    my $rec;
+    while (time < $t0 + 10) {
+        my $r = http_request($gw->{port}, 'POST', '/api/x',
+                             { 'X-API-Key' => "probe-$name", 'X-Cost' => 0 }, '', 5);
+        if (($r->{headers}{'x-quota-status'} // '') eq 'ALLOWED') {
+            $rec = time - $t0;
+            last;
+        }
+        sleep 0.05;
+    }
+    ok(defined $rec, "$name: recovered (a request ALLOWED again)");
+    my $tenant = "post-$name";
+    my @c = (1, 3, 7, 2);
+    my $res = QuotaLoad::run(concurrency => 32, timeout => 10,
+        gen => sub { $_[0] < 300 ? api($gw->{port}, $tenant, $c[$_[0] % 4]) : undef });
+    my $adm = 0;
+    $adm += $_->{req}{tag} for grep { decision($_) eq 'ALLOWED' } @$res;
+    my $n_ok = grep { decision($_) eq 'ALLOWED' } @$res;
+    is($n_ok, 300, "$name: after recovery every request ALLOWED")
+        or diag(QuotaLoad::statuses($res));
+    my $counter = QuotaTest::redis_at($rport, 'HGET',
+                                      "quota:{$tenant}:usage:$start", 'api_requests') // 0;
+    is($counter, $adm, "$name: after recovery the counter equals the admitted cost");
+    my $deadline = time + 2;
+    my $z;
+    while (1) {
+        $z = QuotaTest::redis_at($rport, 'ZCARD', "quota:{$tenant}:inflight");
+        last if $z == 0 || time > $deadline;
+        sleep 0.05;
+    }
+    is($z, 0, "$name: after recovery no slot left");
+    return (defined $rec ? sprintf('%.2fs', $rec) : 'never', "$adm/$counter");
+}
+
+sub no_crash {
+    my ($name, $log) = @_;
+    unlike($log, qr/exited on signal/, "$name: no worker crashed");
+    unlike($log, qr/\[(alert|crit|emerg)\]/, "$name: no alert in error.log")
+        or diag(join "\n", grep { /\[(alert|crit|emerg)\]/ } split /\n/, $log);
+}
+
+sub row {
+    my ($name, $res, @rest) = @_;
+    my %n;
+    for (@$res) {
+        my $k = $_->{aborted} ? 'aborted' : $_->{timed_out} ? 'timeout'
+              : ($_->{status} || 'none') . (decision($_) ? ' ' . decision($_) : '');
+        $n{$k}++;
+    }
+    my $st = join ', ', map { "$_ $n{$_}" } sort keys %n;
+    push @table, [ $name, scalar @$res, $st,
+                   sprintf('%.3f', QuotaLoad::max_latency($res)), @rest ];
+}
+
+
+# ------------------------------------------------------------ Redis faults
+#
+# load: RATE requests/s for 4 s, one tenant per request, costs 1, 3, 7, 2;
+# the fault at 1.5 s
+
+my %faults = (
+    kill9 => sub {
+        my ($r, $times) = @_;
+        return ([1.5, sub {
+                     $times->{from} = time;
+                     kill 'KILL', $r->{h}{pid};
+                     waitpid $r->{h}{pid}, 0;
+                 }],
+                [2.5, sub {
+                     $r->{h} = start_redis(port => $r->{port}, args => redis_args());
+                     $times->{end} = time;
+                 }]);
+    },
+    pause => sub {
+        my ($r, $times) = @_;
+        return ([1.5, sub {
+                     QuotaTest::redis_at($r->{port}, 'CLIENT', 'PAUSE', 1000);
+                     $times->{end} = time + 1;
+                 }]);
+    },
+    sleep => sub {
+        my ($r, $times) = @_;
+        return ([1.5, sub {
+                     $r->{keep} = QuotaLoad::redis_send($r->{port}, 'DEBUG', 'SLEEP', '1');
+                     $times->{end} = time + 1;
+                 }]);
+    },
+    scriptflush => sub {
+        my ($r, $times) = @_;
+        return ([1.5, sub {
+                     QuotaTest::redis_at($r->{port}, 'SCRIPT', 'FLUSH');
+                     $times->{end} = time;
+                 }]);
+    },
+    flushall => sub {
+        my ($r, $times) = @_;
+        return ([1.5, sub {
+                     QuotaTest::redis_at($r->{port}, 'FLUSHALL');
+                     $times->{from} = $times->{end} = time;
+                 }]);
+    },
+);
+
+for my $fault (qw(kill9 pause sleep scriptflush flushall)) {
+    next unless wanted($fault);
+    for my $mode (qw(open closed)) {
+        my $name = "$fault/$mode";
+        my $rh = start_redis(args => redis_args());
+        my $r = { h => $rh, port => $rh->{port} };
+        my $gw = gateway(mode => $mode, redis => $r->{port});
+        my %times = (from => 0);
+        my @c = (1, 3, 7, 2);
+        my $res = QuotaLoad::run(
+            concurrency => 32, rate => $RATE, duration => 4, timeout => 10,
+            gen => sub { api($gw->{port}, "c-$fault-$mode-$_[0]", $c[$_[0] % 4]) },
+            at  => [ $faults{$fault}->($r, \%times) ],
+        );
+        close $r->{keep} if $r->{keep};
+        ok(wait_redis($r->{port}, 5), "$name: Redis answers again");
+        sleep 0.5;    # late commands have run by now
+        my @trace = check_trace($name, $mode, $res, $r->{port}, $times{from});
+        my @rec = check_recovery($name, $gw, $r->{port});
+        # recovery under load: from the fault's end to the first request
+        # admitted after it
+        my ($first) = sort { $a <=> $b } map { $_->{start} + $_->{lat} }
+            grep { decision($_) eq 'ALLOWED' && $_->{start} >= $times{end} } @$res;
+        $rec[0] = defined $first ? sprintf('%.3fs', $first - $times{end}) : 'none';
+        no_crash($name, gateway_stop($gw));
+        stop_redis($r->{h});
+        row($name, $res, @trace, @rec);
+    }
+}
+
+
+# ---------------------------------------------- a port that never answers
+#
+# quota_redis points at a socket that accepts and stays silent for the
+# whole run: bounded latency, the failure mode at once for (nearly) every
+# request instead of each waiting its timeout
+
+if (wanted('blackhole')) {
+    for my $mode (qw(open closed)) {
+        my $name = "blackhole/$mode";
+        my $bh = QuotaLoad::Holder->new(hold => undef);
+        my $gw = gateway(mode => $mode, redis => $bh->port);
+        my @c = (1, 3, 7, 2);
+        my $res = QuotaLoad::run(
+            concurrency => 32, rate => $RATE, duration => 3, timeout => 10,
+            servers => [$bh],
+            gen => sub { api($gw->{port}, "bh-$mode-$_[0]", $c[$_[0] % 4]) },
+        );
+        my %allowed = $mode eq 'open' ? ('200' => 1) : ('503' => 1);
+        my @bad = grep { !$allowed{ $_->{status} } } @$res;
+        is(scalar @bad, 0, "$name: every request answered "
+           . ($mode eq 'open' ? '200 FAIL_OPEN' : '503'))
+            or diag(QuotaLoad::statuses($res));
+        my @late = grep { $_->{lat} > $TIMEOUT + $MARGIN } @$res;
+        is(scalar @late, 0, "$name: every request answered within the timeout + margin");
+        my @waited = grep { $_->{lat} >= 0.9 * $TIMEOUT } @$res;
+        my $share = @$res ? @waited / @$res : 0;
+        ok($share <= 0.02, sprintf("%s: requests fail fast while no connection is "
+           . "ready (%d of %d waited the timeout)", $name, scalar @waited, scalar @$res));
+        ok($bh->accepted > 0, "$name: the gateway did connect to the silent port");
+        no_crash($name, gateway_stop($gw));
+        $bh->close_all;
+        row($name, $res, scalar @$res, 0, 0, 0, 0, '-', sprintf('%d waited', scalar @waited));
+    }
+}
+
+
+# ------------------------------------------------ five reloads under load
+#
+# a fixed tenant with limit L, 2400 requests of cost 1 while nginx -s
+# reload runs five times: exactly L admitted, no 5xx, no connection error
+
+if (wanted('reload')) {
+    my $L = 1500;
+    my $rh = start_redis(args => redis_args());
+    my $gw = gateway(mode => 'closed', redis => $rh->{port},
+                     plan => "limit api_requests $L; concurrency 1000;");
+    my @pids;
+    my @at = map {
+        my $t = $_;
+        [$t, sub {
+             my $pid = fork;
+             if (defined $pid && $pid == 0) {
+                 open STDOUT, '>', '/dev/null';
+                 open STDERR, '>', '/dev/null';
+                 exec $nginx, '-p', "$gw->{root}/", '-c', 'conf/nginx.conf',
+                      '-s', 'reload';
+                 POSIX::_exit(127);
+             }
+             push @pids, $pid;
+         }]
+    } (0.5, 1.0, 1.5, 2.5, 3.5);
+    my $res = QuotaLoad::run(
+        concurrency => 32, rate => 600, duration => 4, timeout => 10, at => \@at,
+        gen => sub { $_[0] < 2400 ? api($gw->{port}, 'reload', 1) : undef },
+    );
+    my @rc = map { waitpid($_, 0); $? >> 8 } @pids;
+    is_deeply(\@rc, [0, 0, 0, 0, 0], 'reload: five nginx -s reload, each rc 0');
+    my %n;
+    $n{ $_->{status} || 'none' }++ for @$res;
+    is(join(' ', sort keys %n), '200 402', 'reload: only 200 and 402 (no 5xx, no connection error)')
+        or diag(QuotaLoad::statuses($res));
+    my $adm = $n{200} // 0;
+    my $want = @$res < $L ? scalar @$res : $L;
+    is($adm, $want, 'reload: admitted = min(limit, attempts)');
+    my $counter = QuotaTest::redis_at($rh->{port}, 'HGET',
+                                      "quota:{reload}:usage:$start", 'api_requests') // 0;
+    is($counter, $adm, 'reload: Redis counter = admitted');
+    is(scalar(grep { $_->{lat} > $TIMEOUT + $MARGIN } @$res), 0,
+       'reload: every request answered within the timeout + margin');
+    my $log = gateway_stop($gw);
+    no_crash('reload', $log);
+    my $gens = () = $log =~ /SIGHUP/g;
+    is($gens, 5, 'reload: the master reconfigured five times');
+    stop_redis($rh);
+    row('reload x5', $res, scalar @$res, $adm, $counter, 0, 0, '-', "$adm/$counter");
+}
+
+
+# --------------------------------- aborting clients while Redis is paused
+#
+# plan concurrency 2; 200 clients, one every 15 ms, each asking a 2 s
+# upstream and leaving after 0.2-1.5 s (half with a reset); CLIENT PAUSE
+# 1000 at 1.5 s. When every request has ended, no slot is left and a
+# fresh request is admitted (not 429 until the lease expires).
+
+if (wanted('abort')) {
+    for my $mode (qw(open closed)) {
+        my $name = "abort/$mode";
+        my $rh = start_redis(args => redis_args());
+        my $up = QuotaLoad::Holder->new(hold => 2);
+        my $gw = gateway(mode => $mode, redis => $rh->{port}, slow_port => $up->port,
+                         plan => 'limit api_requests 1000000000; concurrency 2;');
+        srand(150);
+        my @ab = map { 0.2 + rand 1.3 } 1 .. 200;
+        my $res = QuotaLoad::run(
+            concurrency => 200, rate => 1 / 0.015, timeout => 10, servers => [$up],
+            gen => sub {
+                my ($i) = @_;
+                return undef if $i >= 200;
+                return { port => $gw->{port}, method => 'GET', path => "/slow/$i",
+                         headers => { 'X-API-Key' => "abort-$mode" },
+                         abort => $ab[$i], rst => $i % 2 };
+            },
+            at => [[1.5, sub { QuotaTest::redis_at($rh->{port}, 'CLIENT', 'PAUSE', 1000) }]],
+        );
+        # every admitted request's upstream answer (2 s) is over by now
+        QuotaLoad::run(requests => [], servers => [$up], at => [[2.5, sub {}]]);
+        wait_redis($rh->{port}, 5);
+        my $z = QuotaTest::redis_at($rh->{port}, 'ZCARD', "quota:{abort-$mode}:inflight");
+        is($z, 0, "$name: no slot left once every request has ended");
+        my $fresh = http_request($gw->{port}, 'POST', '/api/x',
+                                 { 'X-API-Key' => "abort-$mode", 'X-Cost' => 1 }, '', 5);
+        is($fresh->{status}, 200, "$name: a fresh request is admitted, not 429")
+            or diag("fresh: $fresh->{status} " . ($fresh->{body} // ''));
+        no_crash($name, gateway_stop($gw));
+        $up->close_all;
+        stop_redis($rh);
+        row($name, $res, scalar @$res, '-', '-', '-', $z, '-', "fresh $fresh->{status}");
+    }
+}
+
+
+# ------------------------------------------------------------------ table
+
+diag('');
+diag(sprintf '%-18s %5s  %-44s %7s  %6s %7s %7s %5s %5s  %-8s %s',
+     'fault/mode', 'reqs', 'statuses', 'max(s)', 'traced', 'admit$', 'counter',
+     'rej$', 'slots', 'recover', 'post admit/counter');
+diag(sprintf '%-18s %5d  %-44s %7s  %6s %7s %7s %5s %5s  %-8s %s', @$_) for @table;
+diag("(traced: requests whose tenant was checked; admit\$: their admitted cost; "
+     . "counter: sum of their Redis counters; rej\$: rejected requests charged; "
+     . "slots: slots left; timeout ${TIMEOUT}s, margin ${MARGIN}s, $RATE req/s)");
+
+done_testing();
