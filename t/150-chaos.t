@@ -26,7 +26,7 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use QuotaTime;
 use QuotaLoad;
 use File::Temp qw(tempdir);
@@ -99,6 +99,10 @@ _EOC_
 sub gateway_stop {
     my ($gw) = @_;
     nginx_stop($gw->{h}, master => 1);
+    if ($gw->{h}{valgrind}) {
+        my @p = valgrind_problems($gw->{root});
+        is(scalar @p, 0, "valgrind clean") or diag(join "\n", @p);
+    }
     local $/;
     open my $fh, '<', "$gw->{root}/logs/error.log" or return '';
     return <$fh> // '';
