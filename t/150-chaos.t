@@ -34,8 +34,8 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
-my $TIMEOUT = 0.15;                                   # quota_redis timeout
 my $slow = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
+my $TIMEOUT = $slow > 1 ? 0.6 : 0.15;                 # quota_redis timeout
 my $MARGIN = ($ENV{QUOTA_CHAOS_MARGIN} || 1.0) * $slow;
 my $RATE = $ENV{QUOTA_CHAOS_RATE} || int(500 / $slow);
 my %only = map { $_ => 1 } split /,/, $ENV{QUOTA_CHAOS_ONLY} // '';
