@@ -269,4 +269,141 @@ sub close_all {
     close $self->{l};
 }
 
+
+# A TCP proxy run from QuotaLoad::run's loop, in front of a Redis: it
+# forwards both ways until partition(1), then holds every byte (and accepts
+# new connections without connecting them on) until partition(0), when what
+# it held is delivered, like TCP retransmits after a partition heals:
+# commands a client wrote before it gave up and closed still reach Redis.
+package QuotaLoad::Proxy;
+
+use Time::HiRes qw(time);
+
+sub new {
+    my ($class, %o) = @_;
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1024,
+                                  ReuseAddr => 1)
+        or die "QuotaLoad::Proxy: listen: $!\n";
+    $l->blocking(0);
+    return bless { l => $l, port => $l->sockport, to => $o{to}, cut => 0,
+                   pairs => [], accepted => 0 }, $class;
+}
+
+sub port { $_[0]{port} }
+
+# runs the proxy in a child process of its own (so it keeps forwarding
+# between loads); partition(1|0) signals it (USR1 cuts, USR2 heals)
+sub spawn {
+    my ($class, %o) = @_;
+    my $self = $class->new(%o);
+    my $pid = fork;
+    die "QuotaLoad::Proxy: fork: $!\n" unless defined $pid;
+    if ($pid) {
+        close $self->{l};
+        $self->{pid} = $pid;
+        return $self;
+    }
+    QuotaTest::_die_with_parent();
+    my ($cut, $stop) = (0, 0);
+    local $SIG{USR1} = sub { $cut = 1 };
+    local $SIG{USR2} = sub { $cut = 0 };
+    local $SIG{TERM} = sub { $stop = 1 };
+    local $SIG{PIPE} = 'IGNORE';
+    # never return or die into the test's END blocks (they stop its servers)
+    eval {
+        until ($stop) {
+            $self->{cut} = $cut;
+            my $sel = IO::Select->new($self->handles);
+            my @r = $sel->can_read(0.005);
+            $self->readable($_) for @r;
+            $self->tick;
+        }
+        1;
+    } or print STDERR "QuotaLoad::Proxy: $@";
+    POSIX::_exit(0);
+}
+
+sub partition {
+    my ($self, $on) = @_;
+    kill $on ? 'USR1' : 'USR2', $self->{pid};
+}
+
+sub stop {
+    my ($self) = @_;
+    return unless $self->{pid};
+    kill 'TERM', $self->{pid};
+    waitpid $self->{pid}, 0;
+    $self->{pid} = undef;
+}
+
+sub handles {
+    my ($self) = @_;
+    return ($self->{l},
+            map { (($_->{c} && !$_->{c_eof}) ? $_->{c} : ()),
+                  (($_->{u} && !$_->{u_eof}) ? $_->{u} : ()) } @{ $self->{pairs} });
+}
+
+sub _connect {
+    my ($self, $p) = @_;
+    return if $p->{u} || $p->{u_eof};
+    my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->{to},
+                                  Proto => 'tcp');
+    if (!$u) {
+        $p->{u_eof} = 1;    # Redis down: the client sees its connection close
+        return;
+    }
+    $u->blocking(0);
+    $p->{u} = $u;
+}
+
+sub readable {
+    my ($self, $s) = @_;
+    if ($s == $self->{l}) {
+        while (my $c = $self->{l}->accept) {
+            $c->blocking(0);
+            $self->{accepted}++;
+            my $p = { c => $c, c2u => '', u2c => '' };
+            push @{ $self->{pairs} }, $p;
+            $self->_connect($p) unless $self->{cut};
+        }
+        return;
+    }
+    for my $p (@{ $self->{pairs} }) {
+        for my $side (['c', 'c2u'], ['u', 'u2c']) {
+            my ($k, $buf) = @$side;
+            next unless $p->{$k} && $s == $p->{$k};
+            my $n = sysread($s, $p->{$buf}, 65536, length $p->{$buf});
+            return if !defined $n && $!{EAGAIN};
+            $p->{"${k}_eof"} = 1 unless $n;
+            return;
+        }
+    }
+}
+
+sub tick {
+    my ($self) = @_;
+    return if $self->{cut};
+    my @keep;
+    for my $p (@{ $self->{pairs} }) {
+        $self->_connect($p);
+        for my $dir (['c2u', 'u'], ['u2c', 'c']) {
+            my ($buf, $to) = @$dir;
+            next unless length $p->{$buf} && $p->{$to};
+            my $n = syswrite($p->{$to}, $p->{$buf});
+            substr($p->{$buf}, 0, $n, '') if $n;
+            $p->{$buf} = '' if !defined $n && !$!{EAGAIN};
+        }
+        # a side that closed: the other one closes once its data went out
+        if (($p->{c_eof} && !length $p->{c2u}) || ($p->{u_eof} && !length $p->{u2c})) {
+            close $p->{c} if $p->{c};
+            close $p->{u} if $p->{u};
+            next;
+        }
+        push @keep, $p;
+    }
+    $self->{pairs} = \@keep;
+}
+
+
 1;
