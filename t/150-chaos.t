@@ -1,9 +1,10 @@
 # Chaos: a real redis-server and a real nginx (master + 2 workers) under
 # load from this test (QuotaLoad, ~32 concurrent clients), while Redis is
-# killed and restarted, paused, put to sleep longer than the timeout, has
-# its script cache or its data flushed, or is replaced by a port that
-# accepts and never answers; nginx reloaded five times under load; clients
-# aborting while Redis is paused (a concurrency 2 plan). For each fault, in
+# killed and restarted, paused, put to sleep longer than the timeout, cut
+# off by a partition that heals, has its script cache or its data flushed,
+# or is replaced by a port that accepts and never answers; nginx reloaded
+# five times under load; clients aborting while Redis is paused (a
+# concurrency 2 plan). For each fault, in
 # both failure modes where it matters:
 #
 #   - no worker crash ("exited on signal"), no [alert]/[crit]/[emerg];
