@@ -315,7 +315,7 @@ static const char  ngx_http_quota_charge_text[] =
 "  end\n"
 "  local l = limits[i]\n"
 "  local e = {type = is_alert and 'alert' or kind, tenant_id = t,\n"
-"             metric = names[i] or '', used = num(used[i] or 0),\n"
+"             metric = names[i] or cjson.null, used = num(used[i] or 0),\n"
 "             timestamp = n,\n"
 "             limit = cjson.null, remaining = cjson.null,\n"
 "             percent = cjson.null}\n"

@@ -176,6 +176,9 @@ sub start_consumer {
         or diag explain \@events;
     like($updates[0] // '', qr/"metric":"b"/, 'usage_update metric');
     like($updates[0] // '', qr/"used":1,/, 'usage_update used');
+    my @cap = grep { /"alert_type":"spending_cap_reached"/ } @events;
+    is(scalar @cap, 1, 'one spending_cap_reached event');
+    like($cap[0] // '', qr/"metric":null[,}]/, 'spending_cap_reached event: metric null, like the alert (SPEC 4a)');
     my @alerts = grep { /"type":"alert"/ } @events;
     is(scalar @alerts, 5, 'quota_events on publishes the alerts too');
 }
