@@ -119,6 +119,10 @@ for my $n (@nodes) {
         my @p = valgrind_problems($n->{root});
         is(scalar @p, 0, "node $n->{port}: valgrind clean") or diag(join "\n", @p);
     }
+    if ($ENV{TEST_NGINX_USE_SANITIZER}) {
+        my @p = QuotaTest::sanitizer_problems($n->{root});
+        is(scalar @p, 0, "node $n->{port}: no sanitizer report") or diag(join "\n", @p);
+    }
 }
 
 for my $ph (@phases) {

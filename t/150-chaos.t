@@ -106,6 +106,10 @@ sub gateway_stop {
         my @p = valgrind_problems($gw->{root});
         is(scalar @p, 0, "valgrind clean") or diag(join "\n", @p);
     }
+    if ($ENV{TEST_NGINX_USE_SANITIZER}) {
+        my @p = QuotaTest::sanitizer_problems($gw->{root});
+        is(scalar @p, 0, "no sanitizer report") or diag(join "\n", @p);
+    }
     local $/;
     open my $fh, '<', "$gw->{root}/logs/error.log" or return '';
     return <$fh> // '';
