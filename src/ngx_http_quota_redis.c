@@ -283,6 +283,7 @@ ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
         rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len);
 
     } else {
+        ngx_http_quota_redis_write_now(rc);
         rv = NGX_OK;
     }
 

@@ -162,6 +162,7 @@ void ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
     ngx_uint_t reconnect);
 ngx_int_t ngx_http_quota_redis_can_take(ngx_http_quota_redis_conn_t *rc,
     size_t len);
+void ngx_http_quota_redis_write_now(ngx_http_quota_redis_conn_t *rc);
 ngx_int_t ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, u_char *cmd, size_t len);
 ngx_int_t ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,

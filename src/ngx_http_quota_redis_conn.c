@@ -589,6 +589,22 @@ ngx_http_quota_redis_flush(ngx_http_quota_redis_conn_t *rc)
 }
 
 
+/*
+ * Write what is queued now instead of at the posted write event: a slot
+ * release must reach Redis before the client, which is about to get its
+ * response, can come back with its next request through another worker.
+ */
+void
+ngx_http_quota_redis_write_now(ngx_http_quota_redis_conn_t *rc)
+{
+    if (rc->state == NGX_HTTP_QUOTA_REDIS_READY && rc->peer.connection
+        && rc->out_pos < rc->out_len)
+    {
+        ngx_http_quota_redis_write_handler(rc->peer.connection->write);
+    }
+}
+
+
 static void
 ngx_http_quota_redis_write_handler(ngx_event_t *ev)
 {
