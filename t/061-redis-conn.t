@@ -201,10 +201,11 @@ sub stop_proxy {
 }
 
 
-# 1. D12: one reply slower than timeout= does not drop the shared
-#    connection: each waiting request times out on its own, nothing
-#    reconnects, and the requests after the pause are served at once
-{
+# 1. D12: one reply slower than timeout= (DEBUG SLEEP, CLIENT PAUSE) does
+#    not drop the shared connection: each waiting request times out on its
+#    own, nothing reconnects, and the requests after the pause are served
+#    at once
+for my $how ('DEBUG SLEEP', 'CLIENT PAUSE') {
     my $rs = start_redis(args => ['--enable-debug-command', 'local']);
     my (@slow, $after, $r0, $r1);
     my $log = nginx_run(
@@ -215,17 +216,27 @@ sub stop_proxy {
             my ($port) = @_;
             warm($port);
             my $r = post($port, '/api/x', 'slow');
-            is($r->{headers}{'x-status'}, 'ALLOWED', 'slow reply: charged before');
+            is($r->{headers}{'x-status'}, 'ALLOWED', "$how: charged before");
             $r0 = metric($port, 'quota_redis_reconnects_total');
 
-            my $pid = redis_sleep($rs->{port}, '1.2');
+            my $pid;
+            if ($how eq 'DEBUG SLEEP') {
+                $pid = redis_sleep($rs->{port}, '1.2');
+            } else {
+                $rs->cmd('CLIENT', 'PAUSE', 1200);
+            }
+            my $t0 = time;
             my $a = post_start($port, '/api/x', 'slow');
             sleep 0.1;
             my $b = post_start($port, '/closed/x', 'slow');
             sleep 0.05;
             my $c = post_start($port, '/api/x', 'slow');
             @slow = map { post_finish($_) } $a, $b, $c;
-            waitpid($pid, 0);
+            if ($pid) {
+                waitpid($pid, 0);
+            } else {
+                sleep 1.3 - (time - $t0) if time - $t0 < 1.3;
+            }
 
             $after = post($port, '/api/x', 'slow');
             $r1 = metric($port, 'quota_redis_reconnects_total');
@@ -233,20 +244,20 @@ sub stop_proxy {
     );
     is_deeply([map { $_->{headers}{'x-status'} // '' } @slow],
               ['FAIL_OPEN', 'FAIL_CLOSED', 'FAIL_OPEN'],
-              'slow reply: each waiting request follows its failure mode');
-    is($slow[1]{status}, 503, 'slow reply: closed answers 503');
+              "$how: each waiting request follows its failure mode");
+    is($slow[1]{status}, 503, "$how: closed answers 503");
     # each waited its own timeout: none was failed early by another's
     for my $i (0 .. 2) {
         ok($slow[$i]{elapsed} >= 0.19 && $slow[$i]{elapsed} < 0.2 + $slack,
-           "slow reply: request $i waited its own 200ms")
+           "$how: request $i waited its own 200ms")
             or diag "took $slow[$i]{elapsed}s";
     }
-    is($after->{headers}{'x-status'}, 'ALLOWED', 'slow reply: charging goes on after the pause');
-    ok($after->{elapsed} < 0.15 * $slack, 'slow reply: no reconnect wait after the pause')
+    is($after->{headers}{'x-status'}, 'ALLOWED', "$how: charging goes on after the pause");
+    ok($after->{elapsed} < 0.15 * $slack, "$how: no reconnect wait after the pause")
         or diag "took $after->{elapsed}s";
-    is($r1, $r0, 'slow reply: quota_redis_reconnects_total did not move');
-    unlike($log, qr/stalled|dead peer|connection lost/, 'slow reply: the connection was kept');
-    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'slow reply: no alert, no crash');
+    is($r1, $r0, "$how: quota_redis_reconnects_total did not move");
+    unlike($log, qr/stalled|dead peer|connection lost/, "$how: the connection was kept");
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, "$how: no alert, no crash");
     stop_redis($rs);
 }
 
