@@ -89,6 +89,9 @@ struct ngx_http_quota_redis_conn_s {
 
     ngx_peer_connection_t        peer;        /* peer.connection: the socket */
     redisReader                 *reader;
+#if (NGX_SSL)
+    ngx_ssl_session_t           *ssl_session; /* resumed at the reconnect */
+#endif
 
     /* unwritten RESP, ngx_alloc'd, grown by doubling */
     u_char                      *out;
@@ -184,6 +187,7 @@ ngx_int_t ngx_http_quota_redis_failover_sign(redisReply *reply);
 /* ngx_http_quota_redis_ssl.c */
 #if (NGX_SSL)
 ngx_int_t ngx_http_quota_redis_ssl_start(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_ssl_forget(ngx_http_quota_redis_conn_t *rc);
 #endif
 
 

@@ -916,6 +916,12 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
         rc->out_size = 0;
     }
 
+#if (NGX_SSL)
+    if (rc->worker->exiting) {
+        ngx_http_quota_redis_ssl_forget(rc);
+    }
+#endif
+
     ngx_http_quota_redis_fail_ops(rc);
 
     if (rc->sentinel) {

@@ -24,6 +24,7 @@ static ngx_int_t ngx_http_quota_redis_ssl_name(ngx_conf_t *cf,
 static ngx_int_t ngx_http_quota_redis_ssl_certs(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf, ngx_ssl_t *ssl);
 static void ngx_http_quota_redis_ssl_handshaked(ngx_connection_t *c);
+static void ngx_http_quota_redis_ssl_save(ngx_connection_t *c);
 static ngx_int_t ngx_http_quota_redis_ssl_verify(
     ngx_http_quota_redis_conn_t *rc);
 
@@ -77,7 +78,9 @@ ngx_http_quota_redis_ssl_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
     SSL_CTX_set_mode(ssl->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                                |SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
+    /* a reconnect resumes the last session (ssl_save below) */
     if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK
+        || ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK
         || ngx_http_quota_redis_ssl_name(cf, qmcf) != NGX_OK
         || ngx_http_quota_redis_ssl_certs(cf, qmcf, ssl) != NGX_OK)
     {
@@ -243,6 +246,12 @@ ngx_http_quota_redis_ssl_start(ngx_http_quota_redis_conn_t *rc)
     }
 #endif
 
+    c->ssl->save_session = ngx_http_quota_redis_ssl_save;
+
+    if (rc->ssl_session && ngx_ssl_set_session(c, rc->ssl_session) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     rv = ngx_ssl_handshake(c);
 
     if (rv == NGX_AGAIN) {
@@ -281,8 +290,41 @@ ngx_http_quota_redis_ssl_handshaked(ngx_connection_t *c)
 
 failed:
 
+    /* a session of a failed check is not one to resume */
+    ngx_http_quota_redis_ssl_forget(rc);
+
     ngx_http_quota_count(rc->worker->qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
     ngx_http_quota_redis_close(rc, 1);
+}
+
+
+/* OpenSSL has a session to resume (TLSv1.3: a ticket after the handshake) */
+static void
+ngx_http_quota_redis_ssl_save(ngx_connection_t *c)
+{
+    ngx_ssl_session_t            *session;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    rc = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    ngx_http_quota_redis_ssl_forget(rc);
+
+    rc->ssl_session = session;
+}
+
+
+void
+ngx_http_quota_redis_ssl_forget(ngx_http_quota_redis_conn_t *rc)
+{
+    if (rc->ssl_session) {
+        ngx_ssl_free_session(rc->ssl_session);
+        rc->ssl_session = NULL;
+    }
 }
 
 

@@ -119,6 +119,32 @@ my $addr = "127.0.0.1:$tport timeout=3s connect_timeout=3s";
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'tls: no alert');
 }
 
+# 1b. a reconnect resumes the TLS session (abbreviated handshake)
+{
+    my $back;
+    my $log = nginx_run(
+        no_root_location => 1,
+        log_level => 'debug',
+        http_config => "    quota_redis $addr;\n    quota_redis_ssl on;\n"
+                       . "    quota_metric api_requests;\n",
+        config => server_config(),
+        code => sub {
+            my ($port) = @_;
+            my $deadline = time + 10;
+            do { $back = post($port, 'resume') }
+                while ($back->{status} != 200 && time < $deadline && sleep 0.1);
+            sleep 0.2;    # the TLSv1.3 ticket comes after the first reply
+            $rs->cmd('CLIENT', 'KILL', 'TYPE', 'normal');
+            $deadline = time + 10;
+            do { sleep 0.1; $back = post($port, 'resume') }
+                while ($back->{status} != 200 && time < $deadline);
+        },
+    );
+    is($back->{headers}{'x-status'}, 'ALLOWED', 'resume: charged after the reconnect');
+    like($log, qr/quota: redis connection lost/, 'resume: the connection was lost');
+    like($log, qr/SSL reused session/, 'resume: the reconnect resumed the TLS session');
+}
+
 # 2. verification against the right CA, by name (SNI) and by address
 {
     my ($r, $log) = charge("    quota_redis $addr;\n    quota_redis_ssl on;\n"
