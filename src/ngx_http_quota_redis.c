@@ -32,7 +32,9 @@
 
 
 static ngx_http_quota_redis_conn_t *ngx_http_quota_redis_pick(
-    ngx_http_quota_worker_t *w, size_t len);
+    ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity);
+static ngx_uint_t ngx_http_quota_redis_affinity(int argc, const char **argv,
+    const size_t *argvlen);
 static ngx_int_t ngx_http_quota_redis_format(ngx_http_quota_worker_t *w,
     int argc, const char **argv, const size_t *argvlen, ngx_str_t *cmd);
 static ngx_int_t ngx_http_quota_redis_reliable_on(
@@ -165,7 +167,9 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     op = NULL;
-    rc = ngx_http_quota_redis_pick(w, cmd.len);
+    rc = ngx_http_quota_redis_pick(w, cmd.len,
+                                   ngx_http_quota_redis_affinity(argc, argv,
+                                                                 argvlen));
 
     if (rc != NULL) {
         op = ngx_http_quota_redis_op_alloc(w);
@@ -234,7 +238,9 @@ ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     rv = NGX_ERROR;
-    rc = ngx_http_quota_redis_pick(w, cmd.len);
+    rc = ngx_http_quota_redis_pick(w, cmd.len,
+                                   ngx_http_quota_redis_affinity(argc, argv,
+                                                                 argvlen));
 
     if (rc != NULL) {
         op = ngx_http_quota_redis_op_alloc(w);
@@ -275,7 +281,9 @@ ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_quota_redis_pick(w, cmd.len);
+    rc = ngx_http_quota_redis_pick(w, cmd.len,
+                                   ngx_http_quota_redis_affinity(argc, argv,
+                                                                 argvlen));
 
     if (rc == NULL
         || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len) != NGX_OK)
@@ -506,7 +514,8 @@ ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w)
     for ( /* void */ ; op; op = next) {
         next = op->next;
 
-        rc = op->handler ? ngx_http_quota_redis_pick(w, op->cmd.len) : NULL;
+        rc = op->handler ? ngx_http_quota_redis_pick(w, op->cmd.len, 0)
+                         : NULL;
 
         if (rc == NULL
             || ngx_http_quota_redis_append(rc, op, op->cmd.data, op->cmd.len)
@@ -597,7 +606,7 @@ ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
     while (w->reliable && !w->exiting) {
         cmd = w->reliable;
 
-        rc = ngx_http_quota_redis_pick(w, cmd->len);
+        rc = ngx_http_quota_redis_pick(w, cmd->len, 0);
         if (rc == NULL
             || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len)
                != NGX_OK)
@@ -691,24 +700,75 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
 }
 
 
-/* round robin over the ready connections that can take len more bytes */
+/*
+ * A ready connection that can take len more bytes: the tenant's own while
+ * it can (affinity), else the next one; round robin for commands of no
+ * tenant.
+ */
 static ngx_http_quota_redis_conn_t *
-ngx_http_quota_redis_pick(ngx_http_quota_worker_t *w, size_t len)
+ngx_http_quota_redis_pick(ngx_http_quota_worker_t *w, size_t len,
+    ngx_uint_t affinity)
 {
-    ngx_uint_t                    i, n;
+    ngx_uint_t                    i, n, start;
     ngx_http_quota_redis_conn_t  *rc;
 
+    start = affinity ? affinity % w->nconns : w->next;
+
     for (n = 0; n < w->nconns; n++) {
-        i = (w->next + n) % w->nconns;
+        i = (start + n) % w->nconns;
         rc = &w->conns[i];
 
         if (ngx_http_quota_redis_can_take(rc, len) == NGX_OK) {
-            w->next = i + 1;
+            if (!affinity) {
+                w->next = i + 1;
+            }
+
             return rc;
         }
     }
 
     return NULL;
+}
+
+
+/*
+ * Redis runs the commands of one connection in order, but not those of
+ * two: a tenant's commands go to one connection while it can take them, so
+ * that a slot release is run before the same tenant's next charge (a
+ * sequential client of a concurrency-1 tenant is never refused by its own
+ * last request), and a void after its charge.  The tenant is the hash tag
+ * {T} of the command's first key; 0: no tenant.
+ */
+static ngx_uint_t
+ngx_http_quota_redis_affinity(int argc, const char **argv,
+    const size_t *argvlen)
+{
+    int      i;
+    u_char  *p, *last, *open, *close;
+
+    /* EVAL and EVALSHA: SCRIPT NUMKEYS KEY...; others: KEY first */
+    i = (argvlen[0] >= 4
+         && ngx_strncasecmp((u_char *) argv[0], (u_char *) "EVAL", 4) == 0)
+        ? 3 : 1;
+
+    if (i >= argc) {
+        return 0;
+    }
+
+    p = (u_char *) argv[i];
+    last = p + argvlen[i];
+
+    open = ngx_strlchr(p, last, '{');
+    if (open == NULL) {
+        return 0;
+    }
+
+    close = ngx_strlchr(open + 1, last, '}');
+    if (close == NULL) {
+        return 0;
+    }
+
+    return (ngx_uint_t) ngx_crc32_short(open + 1, close - open - 1) + 1;
 }
 
 

@@ -315,7 +315,8 @@ for my $how ('DEBUG SLEEP', 'CLIENT PAUSE') {
             }
             kill 'HUP', $ppid;
             sleep 0.5;    # the lost one reconnects into the black hole
-            push @res, post($port, '/api/x', 'pool') for 1 .. 10;
+            # ten tenants: some are at home on the lost connection
+            push @res, post($port, '/api/x', "pool$_") for 1 .. 10;
         },
     );
     stop_proxy($ppid);
