@@ -30,7 +30,8 @@ for my $n (1, 2) {
         master           => 1,
         no_root_location => 1,
         http_config      => <<"_EOC_",
-    quota_redis 127.0.0.1:$rport timeout=5s;
+    quota_redis 127.0.0.1:$rport timeout=5s connect_timeout=30s;
+    quota_failure_mode closed;    # a request Redis did not decide is a 503
     quota_metric api_requests;
     quota_plan p { limit api_requests $L; }
     quota_default_plan p;
@@ -60,6 +61,16 @@ _EOC_
     );
     die "node $n: $h->{error}\n" if $h->{error};
     push @nodes, { h => $h, port => $port, root => $root };
+}
+
+# both nodes' workers connected (under valgrind a worker needs seconds)
+for my $n (@nodes) {
+    my $deadline = time + 60;
+    my $ok = 0;
+    while (time < $deadline && $ok < 10) {
+        my $r = http_request($n->{port}, 'POST', '/api/one/x', { 'X-API-Key' => 'warm-up' }, '', 30);
+        $ok = ($r->{status} // '') eq '200' ? $ok + 1 : 0;
+    }
 }
 
 my %route = (1 => 'one', 3 => 'three', 7 => 'seven');

@@ -415,15 +415,16 @@ if (wanted('reload')) {
              if (defined $pid && $pid == 0) {
                  open STDOUT, '>', '/dev/null';
                  open STDERR, '>', '/dev/null';
-                 exec $nginx, '-p', "$gw->{root}/", '-c', 'conf/nginx.conf',
-                      '-s', 'reload';
+                 { exec $nginx, '-p', "$gw->{root}/", '-c', 'conf/nginx.conf',
+                        '-s', 'reload' }
                  POSIX::_exit(127);
              }
              push @pids, $pid;
          }]
     } (0.5, 1.0, 1.5, 2.5, 3.5);
     my $res = QuotaLoad::run(
-        concurrency => 32, rate => 600, duration => 4, timeout => 10, at => \@at,
+        concurrency => 32, rate => 600 / $slow, duration => 4, timeout => 10 * $slow,
+        at => \@at,
         gen => sub { $_[0] < 2400 ? api($gw->{port}, 'reload', 1) : undef },
     );
     my @rc = map { waitpid($_, 0); $? >> 8 } @pids;
