@@ -317,7 +317,8 @@ sub sanitizer_problems {
     my $dir = $root . (defined $sub ? $sub : '/logs');
     my $ours = qr/ngx_http_quota|hiredis|redisAsync|redisReader|yajl/;
     my @problems;
-    for my $f (sort glob("$dir/asan.* $dir/ubsan.*")) {
+    # asan.PID; the real runner names them asan-FILE-tN.PID
+    for my $f (sort glob("$dir/asan[.-]* $dir/ubsan[.-]*")) {
         my $text = _slurp($f);
         next unless length $text;
         if ($text =~ /ERROR: LeakSanitizer/ && $text !~ /ERROR: AddressSanitizer|runtime error:/) {
@@ -550,6 +551,28 @@ sub _kill_and_reap {
     return ($?, 1);
 }
 
+# Under valgrind a worker needs a second or more for the module's Redis
+# handshake after the port listens, and a request that comes first is
+# answered by the failure mode (no connection ready). When the
+# configuration has a quota_redis, wait (at most 20 s) until each worker
+# logged a ready connection; a Redis that is down on purpose only costs
+# the wait. Nothing to do without valgrind: the handshake takes a
+# millisecond there.
+sub wait_module_ready {
+    my ($root, $conf, $workers) = @_;
+    return unless _use_valgrind();
+    return unless defined $conf && $conf =~ /^\s*quota_redis\s/m;
+    $workers ||= 1;
+    my $deadline = time + 20;
+    while (time < $deadline) {
+        my %pids = map { $_ => 1 } _slurp("$root/logs/error.log")
+            =~ /\d+#(\d+): quota: redis connection #\d+ ready/g;
+        return 1 if keys %pids >= $workers;
+        sleep 0.05;
+    }
+    return 0;
+}
+
 # stops nginx (SIGQUIT with a master, else SIGTERM); returns the handle with
 # {killed} set when it had to be SIGKILLed
 sub nginx_stop {
@@ -656,6 +679,8 @@ sub nginx_run {
             . "\n" . _slurp_tail("$root/logs/stderr.log", 20) . "\n";
     }
 
+    wait_module_ready($root, ($conf{http_config} || '') . "\n"
+                             . ($conf{main_config} || ''), $conf{workers});
     my $ok = eval { $o{code}->($port, $root); 1 };
     my $err = $@;
     nginx_stop($h, master => $conf{master});

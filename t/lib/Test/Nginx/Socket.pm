@@ -560,6 +560,8 @@ sub run_test {
     # handshake) is done: let it finish, as the real runner sleeps after
     # the start (Util.pm:2321)
     _settle_log();
+    QuotaTest::wait_module_ready($ServRoot, ($conf{http_config} || '') . "\n"
+                                 . ($conf{main_config} || ''), $Workers);
 
     my $init_ok = 1;
     if (defined(my $init = $block->init)) {
