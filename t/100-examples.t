@@ -1,7 +1,7 @@
 # Every file in conf.example/ passes "nginx -t", and each billing model's
 # example is run and exercised: the file as shipped, with only its ports,
-# the Redis address and the module path moved for the test (and a stand-in
-# for the customer's upstream added).
+# the Redis address, the module path and the Redis timeout changed for the
+# test (and a stand-in for the customer's upstream added).
 
 use strict;
 use warnings;
@@ -32,6 +32,10 @@ sub prepare {
     $conf =~ s{\.\./ngx_http_quota_module\.so}{$module}g;
     $conf =~ s{127\.0\.0\.1:(6379|6399)}{127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}}g;
     $conf =~ s{worker_processes auto;}{worker_processes 2;};
+    # a 50 ms Redis timeout suits production, not a test box shared with a
+    # whole suite: a slow reply would admit by fail-open and skip the
+    # checks this file makes
+    $conf =~ s{(quota_redis\s[^;]*\btimeout=)\d+ms}{${1}5s}g;
     for my $p (sort keys %port) {
         $conf =~ s{listen\s+(?:127\.0\.0\.1:)?$p;}{listen 127.0.0.1:$port{$p};}g;
         $conf =~ s{server\s+127\.0\.0\.1:$p;}{server 127.0.0.1:$port{$p};}g;
