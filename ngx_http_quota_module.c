@@ -302,6 +302,27 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       ngx_http_quota_alerts_handler },
 
+    { ngx_string("quota_usage_body"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_body_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, usage_body),
+      NULL },
+
+    { ngx_string("quota_alerts_item"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_body_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, alerts_item),
+      NULL },
+
+    { ngx_string("quota_rejection_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_quota_rejection_body_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -476,6 +497,10 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_quota_templates_check(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_quota_redis_ssl_init(cf, qmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
@@ -526,6 +551,8 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_quota_loc_conf_t *prev = parent;
     ngx_http_quota_loc_conf_t *conf = child;
 
+    ngx_uint_t  i;
+
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_uint_value(conf->failure_mode, prev->failure_mode,
                               NGX_HTTP_QUOTA_FAIL_OPEN);
@@ -572,6 +599,13 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->reconcile == NULL) {
         conf->reconcile = prev->reconcile;
+    }
+
+    /* each kind of rejection inherits its own body template */
+    for (i = 0; i < NGX_HTTP_QUOTA_ERRORS; i++) {
+        if (conf->rejection[i] == NULL) {
+            conf->rejection[i] = prev->rejection[i];
+        }
     }
 
     if (conf->header_prefix.data == prev->header_prefix.data

@@ -167,7 +167,7 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         return status;
     }
 
-    if (ngx_http_quota_error_body(r, ctx, error, &body) != NGX_OK) {
+    if (ngx_http_quota_error_body(r, ctx, error, &status, &body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -179,14 +179,40 @@ ngx_http_quota_send_rejection(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
-/* {"error": NAME, "message": ..., details} */
+/*
+ * {"error": NAME, "message": ..., details}, or the location's
+ * quota_rejection_body for this error; a template that renders invalid
+ * JSON turns the answer into a 500 (*status) with a fixed body.
+ */
 ngx_int_t
 ngx_http_quota_error_body(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_http_quota_error_e error, ngx_str_t *body)
+    ngx_http_quota_error_e error, ngx_uint_t *status, ngx_str_t *body)
 {
+    ngx_int_t                     rc;
     yajl_gen                      g;
     yajl_gen_status               s;
+    ngx_http_quota_view_t         view;
+    ngx_http_quota_loc_conf_t    *qlcf;
     const ngx_http_quota_error_t  *e;
+
+    /* the location that charged, even after an internal redirect */
+    qlcf = ctx->conf ? ctx->conf
+                     : ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    if (qlcf->rejection[error]) {
+        ngx_memzero(&view, sizeof(ngx_http_quota_view_t));
+        view.ctx = ctx;
+
+        rc = ngx_http_quota_render(r, qlcf->rejection[error], &view, body);
+
+        if (rc == NGX_DECLINED) {
+            *status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            *body = ngx_http_quota_template_error_body;
+            return NGX_OK;
+        }
+
+        return rc;
+    }
 
     e = &ngx_http_quota_errors[error];
 

@@ -35,6 +35,15 @@
  *                                handlers and their JSON
  *   ngx_http_quota_metrics.c     shared-memory counters, quota_metrics
  *   ngx_http_quota_variables.c   $quota_* variables
+ *   ngx_http_quota_template_body.c
+ *                                quota_usage_body, quota_alerts_item,
+ *                                quota_rejection_body: parsing, the
+ *                                undeclared-metric check, rendering and
+ *                                the JSON validation of a rendered body
+ *   ngx_http_quota_template_vars.c
+ *                                the variables of those templates: the
+ *                                per-metric families, account, alert and
+ *                                $quota_json_* variables
  *   ngx_http_quota_tenant.c      tenant value, SHA-256, key names
  *   ngx_http_quota_{template,period,parse}.c
  *                                nginx-independent helpers (unit-tested)
@@ -76,6 +85,9 @@
 /* at most this many metrics are declared, and so charged by one rule or
    reported by quota_usage (per-request arrays are sized by it) */
 #define NGX_HTTP_QUOTA_MAX_CHARGES       16
+
+/* the number of kinds of ngx_http_quota_error_e */
+#define NGX_HTTP_QUOTA_ERRORS            11
 
 /* no limit for a metric in a plan */
 #define NGX_HTTP_QUOTA_UNLIMITED         (-1)
@@ -235,6 +247,15 @@ typedef struct {
 } ngx_http_quota_conf_file_t;
 
 
+/* a JSON body template (SPEC 13), with where it is for the logs */
+typedef struct {
+    ngx_http_complex_value_t     value;
+    ngx_str_t                    file;
+    ngx_uint_t                   line;
+    unsigned                     daily:1;     /* names $quota_daily_* */
+} ngx_http_quota_body_tpl_t;
+
+
 typedef struct {
     /* quota_redis */
     ngx_addr_t                   redis_addr;  /* resolved at conf time */
@@ -274,6 +295,9 @@ typedef struct {
     ngx_int_t                    default_plan;  /* index or -1 */
 
     ngx_flag_t                   enabled_somewhere;  /* "quota on" seen */
+
+    ngx_array_t                 *templates;   /* ngx_http_quota_body_tpl_t *,
+                                                 checked at init_main_conf */
 
     /* the first quota_usage/quota_alerts: they need quota_redis and a
        worker connection even where no "quota on" is */
@@ -329,6 +353,11 @@ typedef struct {
     ngx_http_complex_value_t    *warning_value;
     ngx_flag_t                   ratelimit_headers;
     ngx_array_t                 *reconcile;   /* ngx_http_quota_reconcile_t */
+
+    /* SPEC 13: the API's own JSON (NULL: the default body) */
+    ngx_http_quota_body_tpl_t   *usage_body;
+    ngx_http_quota_body_tpl_t   *alerts_item;
+    ngx_http_quota_body_tpl_t   *rejection[NGX_HTTP_QUOTA_ERRORS];
 
     /* header names built from header_prefix at merge time */
     ngx_str_t                    hdr_limit;
@@ -443,7 +472,7 @@ typedef enum {
     NGX_HTTP_QUOTA_ERROR_MISSING_TENANT,
     NGX_HTTP_QUOTA_ERROR_METHOD,
     NGX_HTTP_QUOTA_ERROR_UNAVAILABLE,
-    NGX_HTTP_QUOTA_ERROR_COUNT,
+    NGX_HTTP_QUOTA_ERROR_COUNT,       /* == NGX_HTTP_QUOTA_ERRORS */
     NGX_HTTP_QUOTA_ERROR_NONE = NGX_HTTP_QUOTA_ERROR_COUNT
 } ngx_http_quota_error_e;
 
@@ -475,6 +504,45 @@ typedef void (*ngx_http_quota_reply_pt)(void *data, redisReply *reply);
 
 
 extern ngx_module_t  ngx_http_quota_module;
+
+
+/* the report part of a quota_usage reply (_usage.c decodes it) */
+typedef struct {
+    ngx_str_t                    status;      /* account status, "" */
+    int64_t                      seats;
+    int64_t                      cap;         /* micro-USD, < 0: none */
+    int64_t                      cost;        /* the period's overage cost */
+    ngx_uint_t                   overage;     /* overage enabled */
+    redisReply                 **units;       /* k overage unit counts */
+    redisReply                 **daily;       /* NULL, or ndaily pairs */
+    size_t                       ndaily;
+    ngx_http_quota_plan_t       *plan;
+} ngx_http_quota_report_t;
+
+
+/* one entry of the tenant's alert stream */
+typedef struct {
+    ngx_str_t                    id;
+    ngx_str_t                    kind;        /* "type" */
+    ngx_str_t                    metric;
+    ngx_str_t                    at;
+    int64_t                      used;
+    int64_t                      limit;       /* -1: none */
+    ngx_str_t                    message;     /* written by _usage.c */
+} ngx_http_quota_alert_t;
+
+
+/*
+ * What a template's variables read while it is rendered: the decoded
+ * reply, and the usage report or the alert being written.  Outside a
+ * rendering the variables read the request's metering ctx.
+ */
+typedef struct {
+    ngx_http_request_t          *request;
+    ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_report_t     *report;      /* quota_usage only */
+    ngx_http_quota_alert_t      *alert;       /* quota_alerts_item only */
+} ngx_http_quota_view_t;
 
 
 /* ngx_http_quota_redis_conf.c */
@@ -580,7 +648,7 @@ ngx_int_t ngx_http_quota_send_rejection(ngx_http_request_t *r,
     ngx_http_quota_error_e error);
 ngx_int_t ngx_http_quota_error_body(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_error_e error,
-    ngx_str_t *body);
+    ngx_uint_t *status, ngx_str_t *body);
 ngx_int_t ngx_http_quota_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t ngx_http_quota_gen_body(ngx_http_request_t *r, void *g,
@@ -594,6 +662,11 @@ ngx_int_t ngx_http_quota_usage_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_quota_alerts_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_quota_report_rule(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
+ngx_uint_t ngx_http_quota_report_approaching(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+int64_t ngx_http_quota_report_projected(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
+ngx_uint_t ngx_http_quota_is_date(u_char *p);
 
 /* ngx_http_quota_numbers.c: the first metric's numbers, for the headers
    and the variables */
@@ -610,6 +683,26 @@ ngx_int_t ngx_http_quota_first_numbers(ngx_http_request_t *r,
 quota_period_t ngx_http_quota_metric_period(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index);
 int64_t ngx_http_quota_percent(int64_t used, int64_t limit);
+
+/* ngx_http_quota_template_body.c */
+char *ngx_http_quota_body_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_rejection_body_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_quota_templates_check(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+ngx_int_t ngx_http_quota_render(ngx_http_request_t *r,
+    ngx_http_quota_body_tpl_t *tpl, ngx_http_quota_view_t *view,
+    ngx_str_t *body);
+ngx_int_t ngx_http_quota_alerts_envelope(ngx_http_request_t *r,
+    ngx_array_t *items, ngx_uint_t total, ngx_uint_t page,
+    ngx_uint_t per_page, ngx_str_t *body);
+ngx_http_quota_view_t *ngx_http_quota_view(ngx_http_request_t *r,
+    ngx_http_quota_view_t *tmp);
+extern ngx_str_t  ngx_http_quota_template_error_body;
+
+/* ngx_http_quota_template_vars.c */
+ngx_int_t ngx_http_quota_add_template_variables(ngx_conf_t *cf);
 
 /* ngx_http_quota_metrics.c */
 ngx_int_t ngx_http_quota_stats_zone(ngx_conf_t *cf,

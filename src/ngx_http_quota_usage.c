@@ -48,31 +48,6 @@ typedef struct {
 } ngx_http_quota_endpoint_ctx_t;
 
 
-/* one entry of the tenant's alert stream */
-typedef struct {
-    ngx_str_t                    id;
-    ngx_str_t                    kind;        /* "type" */
-    ngx_str_t                    metric;
-    ngx_str_t                    at;
-    int64_t                      used;
-    int64_t                      limit;       /* -1: none */
-} ngx_http_quota_alert_t;
-
-
-/* the report part of a quota_usage reply */
-typedef struct {
-    ngx_str_t                    status;      /* account status, "" */
-    int64_t                      seats;
-    int64_t                      cap;         /* micro-USD, < 0: none */
-    int64_t                      cost;        /* the period's overage cost */
-    ngx_uint_t                   overage;     /* overage enabled */
-    redisReply                 **units;       /* k overage unit counts */
-    redisReply                 **daily;       /* NULL, or ndaily pairs */
-    size_t                       ndaily;
-    ngx_http_quota_plan_t       *plan;
-} ngx_http_quota_report_t;
-
-
 typedef struct {
     u_char      *date;          /* "YYYY-MM-DD", points into the reply */
     ngx_uint_t   metric;
@@ -95,6 +70,9 @@ static void ngx_http_quota_endpoint_timeout(ngx_event_t *ev);
 static void ngx_http_quota_endpoint_cleanup(void *data);
 static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
     void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_usage_render(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_http_quota_body_tpl_t *tpl,
+    ngx_http_quota_report_t *rep);
 static ngx_int_t ngx_http_quota_report_decode(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, redisReply *reply,
     ngx_http_quota_report_t *rep);
@@ -102,16 +80,17 @@ static yajl_gen_status ngx_http_quota_usage_gen_account(ngx_http_request_t *r,
     yajl_gen g, ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
 static yajl_gen_status ngx_http_quota_usage_gen_metrics(ngx_http_request_t *r,
     yajl_gen g, ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
-static ngx_uint_t ngx_http_quota_report_approaching(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx);
-static int64_t ngx_http_quota_report_projected(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
 static ngx_int_t ngx_http_quota_usage_daily(ngx_http_request_t *r,
     yajl_gen g, redisReply **e, size_t n);
 static ngx_int_t ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply);
 static ngx_int_t ngx_http_quota_alert_decode(redisReply *entry,
     ngx_http_quota_alert_t *a);
+static ngx_int_t ngx_http_quota_alert_match(redisReply *entry,
+    ngx_str_t *type, ngx_http_quota_alert_t *a);
+static ngx_int_t ngx_http_quota_alerts_render(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply, ngx_str_t *type,
+    ngx_uint_t page, ngx_uint_t per_page);
 static yajl_gen_status ngx_http_quota_alert_gen(yajl_gen g,
     ngx_http_quota_alert_t *a);
 static u_char *ngx_http_quota_alert_message(ngx_http_quota_alert_t *a,
@@ -125,7 +104,6 @@ static yajl_gen_status ngx_http_quota_gen_text(yajl_gen g, u_char *data,
     size_t len);
 static void ngx_http_quota_gen_iso(yajl_gen g, int64_t t);
 static void ngx_http_quota_gen_usd(yajl_gen g, int64_t micro);
-static ngx_uint_t ngx_http_quota_is_date(u_char *p);
 static int ngx_libc_cdecl ngx_http_quota_day_cmp(const void *a,
     const void *b);
 static ngx_uint_t ngx_http_quota_arg_uint(ngx_http_request_t *r,
@@ -287,6 +265,7 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_int_t status)
 {
     ngx_str_t                body;
+    ngx_uint_t               code;
     ngx_table_elt_t         *allow;
     ngx_http_quota_error_e   error;
 
@@ -321,11 +300,15 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
         return status;
     }
 
-    if (ngx_http_quota_error_body(r, &ectx->quota, error, &body) != NGX_OK) {
+    code = status;
+
+    if (ngx_http_quota_error_body(r, &ectx->quota, error, &code, &body)
+        != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_quota_send_json(r, status, &body);
+    return ngx_http_quota_send_json(r, code, &body);
 }
 
 
@@ -374,6 +357,7 @@ ngx_http_quota_usage_handler(ngx_http_request_t *r)
     ngx_str_t                       daily;
     ngx_http_quota_ctx_t           *ctx;
     ngx_http_quota_endpoint_ctx_t  *ectx;
+    ngx_http_quota_loc_conf_t      *qlcf;
     ngx_http_quota_main_conf_t     *qmcf;
 
     ectx = ngx_http_quota_endpoint_ctx(r);
@@ -394,8 +378,11 @@ ngx_http_quota_usage_handler(ngx_http_request_t *r)
     ctx->report = 1;
     ctx->build = ngx_http_quota_usage_build;
 
-    if (ngx_http_arg(r, (u_char *) "daily", 5, &daily) == NGX_OK
-        && daily.len && !(daily.len == 1 && daily.data[0] == '0'))
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    if ((qlcf->usage_body && qlcf->usage_body->daily)
+        || (ngx_http_arg(r, (u_char *) "daily", 5, &daily) == NGX_OK
+            && daily.len && !(daily.len == 1 && daily.data[0] == '0')))
     {
         ctx->report = 2;
     }
@@ -422,19 +409,26 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
 
     ngx_http_quota_endpoint_ctx_t  *ectx = data;   /* ctx is its first field */
 
-    yajl_gen                  g;
-    yajl_gen_status           s;
-    ngx_http_quota_report_t   rep;
+    yajl_gen                    g;
+    yajl_gen_status             s;
+    ngx_http_quota_report_t     rep;
+    ngx_http_quota_loc_conf_t  *qlcf;
 
     if (ctx->code == NGX_HTTP_QUOTA_CODE_UNKNOWN) {
         ectx->status = NGX_HTTP_FORBIDDEN;
         return ngx_http_quota_error_body(r, ctx,
                                          NGX_HTTP_QUOTA_ERROR_UNKNOWN_TENANT,
-                                         &ectx->body);
+                                         &ectx->status, &ectx->body);
     }
 
     if (ngx_http_quota_report_decode(r, ctx, reply, &rep) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    if (qlcf->usage_body) {
+        return ngx_http_quota_usage_render(r, ectx, qlcf->usage_body, &rep);
     }
 
     g = ngx_http_quota_gen_alloc();
@@ -467,6 +461,33 @@ ngx_http_quota_usage_build(ngx_http_request_t *r, void *data,
     ectx->status = NGX_HTTP_OK;
 
     return ngx_http_quota_gen_body(r, g, &ectx->body);
+}
+
+
+/* quota_usage_body: rendered while the reply (the daily tail) is alive */
+static ngx_int_t
+ngx_http_quota_usage_render(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, ngx_http_quota_body_tpl_t *tpl,
+    ngx_http_quota_report_t *rep)
+{
+    ngx_int_t              rc;
+    ngx_http_quota_view_t  view;
+
+    ngx_memzero(&view, sizeof(ngx_http_quota_view_t));
+    view.ctx = &ectx->quota;
+    view.report = rep;
+
+    rc = ngx_http_quota_render(r, tpl, &view, &ectx->body);
+
+    if (rc == NGX_DECLINED) {
+        ectx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ectx->body = ngx_http_quota_template_error_body;
+        return NGX_OK;
+    }
+
+    ectx->status = NGX_HTTP_OK;
+
+    return rc;
 }
 
 
@@ -627,7 +648,7 @@ ngx_http_quota_usage_gen_metrics(ngx_http_request_t *r, yajl_gen g,
 
 
 /* some metric at or past the warning threshold */
-static ngx_uint_t
+ngx_uint_t
 ngx_http_quota_report_approaching(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx)
 {
@@ -654,7 +675,7 @@ ngx_http_quota_report_approaching(ngx_http_request_t *r,
  * extrapolated linearly to the period's end, priced past the limit; at
  * least what has been spent, at most the cap.
  */
-static int64_t
+int64_t
 ngx_http_quota_report_projected(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep)
 {
@@ -795,7 +816,7 @@ ngx_http_quota_usage_daily(ngx_http_request_t *r, yajl_gen g, redisReply **e,
 
 
 /* "YYYY-MM-DD" as the script writes it: digits and dashes only */
-static ngx_uint_t
+ngx_uint_t
 ngx_http_quota_is_date(u_char *p)
 {
     ngx_uint_t  i;
@@ -882,21 +903,25 @@ static ngx_int_t
 ngx_http_quota_endpoint_wait(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_uint_t sent)
 {
-    ngx_str_t  body;
+    ngx_str_t   body;
+    ngx_uint_t  status;
 
     if (sent) {
         ngx_http_quota_suspend(r, &ectx->quota);
         return NGX_DONE;
     }
 
+    status = NGX_HTTP_SERVICE_UNAVAILABLE;
+
     if (ngx_http_quota_error_body(r, &ectx->quota,
-                                  NGX_HTTP_QUOTA_ERROR_UNAVAILABLE, &body)
+                                  NGX_HTTP_QUOTA_ERROR_UNAVAILABLE, &status,
+                                  &body)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_quota_send_json(r, NGX_HTTP_SERVICE_UNAVAILABLE, &body);
+    return ngx_http_quota_send_json(r, status, &body);
 }
 
 
@@ -920,7 +945,7 @@ ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
 
         if (ngx_http_quota_error_body(r, &ectx->quota,
                                       NGX_HTTP_QUOTA_ERROR_UNAVAILABLE,
-                                      &ectx->body)
+                                      &ectx->status, &ectx->body)
             != NGX_OK)
         {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -1037,11 +1062,12 @@ static ngx_int_t
 ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply)
 {
-    yajl_gen                 g;
-    ngx_str_t                type;
-    ngx_uint_t               i, page, per_page, total, first, last;
-    yajl_gen_status          s;
-    ngx_http_quota_alert_t   alert;
+    yajl_gen                    g;
+    ngx_str_t                   type;
+    ngx_uint_t                  i, page, per_page, total, first, last;
+    yajl_gen_status             s;
+    ngx_http_quota_alert_t      alert;
+    ngx_http_quota_loc_conf_t  *qlcf;
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
@@ -1061,6 +1087,13 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     last = first + per_page;
     total = 0;
 
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    if (qlcf->alerts_item) {
+        return ngx_http_quota_alerts_render(r, ectx, reply, &type, page,
+                                            per_page);
+    }
+
     g = ngx_http_quota_gen_alloc();
     if (g == NULL) {
         return NGX_ERROR;
@@ -1072,10 +1105,8 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
 
     for (i = 0; i < reply->elements; i++) {
 
-        if (ngx_http_quota_alert_decode(reply->element[i], &alert) != NGX_OK
-            || (type.len && (type.len != alert.kind.len
-                             || ngx_strncmp(type.data, alert.kind.data,
-                                            type.len) != 0)))
+        if (ngx_http_quota_alert_match(reply->element[i], &type, &alert)
+            != NGX_OK)
         {
             continue;
         }
@@ -1104,6 +1135,93 @@ ngx_http_quota_alerts_build(ngx_http_request_t *r,
     ectx->status = NGX_HTTP_OK;
 
     return ngx_http_quota_gen_body(r, g, &ectx->body);
+}
+
+
+/* decoded, and of the ?type= asked for */
+static ngx_int_t
+ngx_http_quota_alert_match(redisReply *entry, ngx_str_t *type,
+    ngx_http_quota_alert_t *a)
+{
+    if (ngx_http_quota_alert_decode(entry, a) != NGX_OK
+        || (type->len && (type->len != a->kind.len
+                          || ngx_strncmp(type->data, a->kind.data,
+                                         type->len) != 0)))
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * quota_alerts_item: each alert of the page rendered by the template,
+ * in the default envelope.  One invalid item makes the answer a 500.
+ */
+static ngx_int_t
+ngx_http_quota_alerts_render(ngx_http_request_t *r,
+    ngx_http_quota_endpoint_ctx_t *ectx, redisReply *reply, ngx_str_t *type,
+    ngx_uint_t page, ngx_uint_t per_page)
+{
+    u_char                     *p, message[NGX_MAX_ERROR_STR];
+    ngx_int_t                   rc;
+    ngx_str_t                  *item;
+    ngx_uint_t                  i, total, first;
+    ngx_array_t                *items;
+    ngx_http_quota_view_t       view;
+    ngx_http_quota_alert_t      alert;
+    ngx_http_quota_loc_conf_t  *qlcf;
+
+    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
+
+    items = ngx_array_create(r->pool, per_page, sizeof(ngx_str_t));
+    if (items == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&view, sizeof(ngx_http_quota_view_t));
+    view.ctx = &ectx->quota;
+    view.alert = &alert;
+
+    first = (page - 1) * per_page;
+    total = 0;
+
+    for (i = 0; i < reply->elements; i++) {
+
+        if (ngx_http_quota_alert_match(reply->element[i], type, &alert)
+            != NGX_OK
+            || total++ < first || total > first + per_page)
+        {
+            continue;
+        }
+
+        p = ngx_http_quota_alert_message(&alert, message, sizeof(message));
+        alert.message.data = message;
+        alert.message.len = p - message;
+
+        item = ngx_array_push(items);
+        if (item == NULL) {
+            return NGX_ERROR;
+        }
+
+        rc = ngx_http_quota_render(r, qlcf->alerts_item, &view, item);
+
+        if (rc == NGX_DECLINED) {
+            ectx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            ectx->body = ngx_http_quota_template_error_body;
+            return NGX_OK;
+        }
+
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    ectx->status = NGX_HTTP_OK;
+
+    return ngx_http_quota_alerts_envelope(r, items, total, page, per_page,
+                                          &ectx->body);
 }
 
 

@@ -99,7 +99,7 @@ ngx_http_quota_add_variables(ngx_conf_t *cf)
         var->data = v->data;
     }
 
-    return NGX_OK;
+    return ngx_http_quota_add_template_variables(cf);
 }
 
 
@@ -109,10 +109,13 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 {
     ngx_str_t                   *name;
     ngx_http_quota_ctx_t        *ctx;
+    ngx_http_quota_view_t       *view, tmp;
     ngx_http_quota_metric_t     *m;
     ngx_http_quota_main_conf_t  *qmcf;
 
-    ctx = ngx_http_quota_get_ctx(r->main);
+    /* a body template's report, or the request's metering ctx */
+    view = ngx_http_quota_view(r, &tmp);
+    ctx = view ? view->ctx : NULL;
 
     if (data == NGX_HTTP_QUOTA_VAR_STATUS) {
         name = &ngx_http_quota_status_names[ctx ? ctx->status
