@@ -42,6 +42,8 @@ sub prepare {
     $conf =~ s{^load_module\s+\S+;}{load_module $module;}m or die "no load_module in $file";
     $conf =~ s{127\.0\.0\.1:6379}{127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}}g;
     $conf =~ s{worker_processes auto;}{worker_processes 1;};
+    # 50 ms suits production, not a busy test box (fail-open would admit)
+    $conf =~ s{(quota_redis\s[^;]*\btimeout=)\d+ms}{${1}5s}g;
     for my $p (sort keys %port) {
         $conf =~ s{listen\s+(?:127\.0\.0\.1:)?$p;}{listen 127.0.0.1:$port{$p};}g;
         $conf =~ s{server\s+127\.0\.0\.1:$p;}{server 127.0.0.1:$port{$p};}g;
