@@ -58,6 +58,9 @@ sub gateway {
     my ($port, $oport) = (free_port(), free_port());
     my $root = tempdir('t150-gw-XXXX', TMPDIR => 1, CLEANUP => 1);
     my $ms = int($TIMEOUT * 1000);
+    # a generous connect_timeout (a reloaded worker's first connection on a
+    # busy machine), a short one where the black hole is measured
+    my $cms = $o{connect_ms} || 4 * $CONNECT_MS;
     my $plan = $o{plan} || 'limit api_requests 1000000000; concurrency 1000;';
     my $slowup = $o{slow_port}
         ? "location /slow/ { proxy_read_timeout 30s; "
@@ -70,7 +73,7 @@ sub gateway {
         master           => 1,
         no_root_location => 1,
         http_config      => <<"_EOC_",
-    quota_redis 127.0.0.1:$o{redis} timeout=${ms}ms connect_timeout=${CONNECT_MS}ms;
+    quota_redis 127.0.0.1:$o{redis} timeout=${ms}ms connect_timeout=${cms}ms;
     quota_failure_mode $o{mode};
     quota_metric api_requests;
     quota_plan p { $plan }
@@ -371,7 +374,7 @@ if (wanted('blackhole')) {
     for my $mode (qw(open closed)) {
         my $name = "blackhole/$mode";
         my $bh = QuotaLoad::Holder->new(hold => undef);
-        my $gw = gateway(mode => $mode, redis => $bh->port);
+        my $gw = gateway(mode => $mode, redis => $bh->port, connect_ms => $CONNECT_MS);
         my @c = (1, 3, 7, 2);
         my $res = QuotaLoad::run(
             concurrency => 32, rate => $RATE, duration => $CONNECT_MS / 1000 + 2.5,
