@@ -982,6 +982,10 @@ ngx_http_quota_redis_schedule(ngx_http_quota_redis_conn_t *rc)
     /* "equal jitter": half the backoff, plus up to the other half */
     delay = rc->backoff / 2 + (ngx_msec_t) ngx_random() % (rc->backoff / 2 + 1);
 
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, rc->worker->log, 0,
+                   "quota: redis connection #%ui reconnects in %Mms "
+                   "(backoff %Mms)", rc->index, delay, rc->backoff);
+
     ngx_add_timer(&rc->reconnect_timer, delay);
 
     rc->backoff *= 2;

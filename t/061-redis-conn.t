@@ -417,6 +417,28 @@ _EOC_
 }
 
 
+# 5b. jittered backoff: eight connections refused at once do not retry in
+#    step; each delay is drawn from the upper half of its backoff step
+{
+    my $dead = free_port();
+    my $log = nginx_run(
+        no_root_location => 1,
+        log_level => 'debug',
+        http_config => http_config("127.0.0.1:$dead pool=8 timeout=100ms"),
+        config => server_config(),
+        code => sub { sleep 0.3 },
+    );
+    my %first;
+    while ($log =~ /quota: redis connection #(\d+) reconnects in (\d+)ms \(backoff 50ms\)/g) {
+        $first{$1} //= $2;
+    }
+    is(scalar(keys %first), 8, 'backoff: every connection scheduled its first retry');
+    is(scalar(grep { $_ < 25 || $_ > 50 } values %first), 0,
+       'backoff: the first retry within 25-50ms') or diag join ' ', values %first;
+    my %distinct = map { $_ => 1 } values %first;
+    ok(keys %distinct >= 2, 'backoff: not all in step (' . join(' ', sort values %first) . ')');
+}
+
 sub poll_supported {
     my $dir = File::Temp::tempdir(CLEANUP => 1);
     open my $fh, '>', "$dir/nginx.conf" or die $!;
