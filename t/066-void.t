@@ -115,6 +115,14 @@ sub concurrent {
 
 sub used { my ($rs, $t) = @_; $rs->cmd('HGET', "quota:{$t}:usage:$start", 'a') // 0 }
 sub slots { my ($rs, $t) = @_; $rs->cmd('ZCARD', "quota:{$t}:inflight") }
+# the daily breakdown of metric a, summed over its days
+sub daily_sum {
+    my ($rs, $t) = @_;
+    my %d = @{ $rs->cmd('HGETALL', "quota:{$t}:daily:$start") || [] };
+    my $n = 0;
+    $n += $d{$_} for grep { /^a:/ } keys %d;
+    return $n;
+}
 
 # wait until Redis answers again and the voids had time to arrive
 sub settle {
@@ -158,6 +166,8 @@ sub settle {
         $xs //= '-';
         $by{$xs}++;
         my $u = used($rs, $t);
+        my $d = daily_sum($rs, $t);
+        push @charged, "$t $xs used=$u but daily=$d" if $d != $u;
         if ($xs eq 'ALLOWED') {
             push @charged, "$t ALLOWED used=$u" if $u != 1;
         } else {
