@@ -120,7 +120,7 @@ sub daily_sum {
     my ($rs, $t) = @_;
     my %d = @{ $rs->cmd('HGETALL', "quota:{$t}:daily:$start") || [] };
     my $n = 0;
-    $n += $d{$_} for grep { /^a:/ } keys %d;
+    $n += $d{$_} for grep { /^a:\d{4}-\d\d-\d\d$/ } keys %d;
     return $n;
 }
 
