@@ -538,7 +538,11 @@ ngx_http_quota_tv_json(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         return NGX_ERROR;
     }
 
-    if (vv->not_found || !vv->valid) {
+    if (vv->not_found) {
+        return ngx_http_quota_tv_lit(v, "null");
+    }
+
+    if (!vv->valid) {
         return ngx_http_quota_tv_lit(v, "null");
     }
 
@@ -652,9 +656,12 @@ ngx_http_quota_tv_set(ngx_http_variable_value_t *v, u_char *data, size_t len)
 }
 
 
+/* every flag set: $quota_json_* reads them through ngx_http_get_variable() */
 static ngx_int_t
 ngx_http_quota_tv_none(ngx_http_variable_value_t *v)
 {
+    v->valid = 0;
+    v->no_cacheable = 1;
     v->not_found = 1;
 
     return NGX_OK;

@@ -128,6 +128,7 @@ ngx_http_quota_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     }
 
     if (ctx == NULL || ctx->rule == NULL) {
+        v->valid = 0;
         v->not_found = 1;
         return NGX_OK;
     }
@@ -159,6 +160,7 @@ ngx_http_quota_variable_numbers(ngx_http_request_t *r,
     ngx_http_quota_numbers_t   num;
 
     if (ngx_http_quota_first_numbers(r->main, ctx, &num) != NGX_OK) {
+        v->valid = 0;
         v->not_found = 1;
         return NGX_OK;
     }
@@ -184,6 +186,7 @@ ngx_http_quota_variable_numbers(ngx_http_request_t *r,
     /* limit, remaining and percent mean nothing for an unlimited metric */
 
     if (num.limit < 0) {
+        v->valid = 0;
         v->not_found = 1;
         return NGX_OK;
     }

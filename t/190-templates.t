@@ -307,7 +307,7 @@ my $server = <<'_EOC_';
 
     location = /usage {
         quota_usage;
-        quota_usage_body '{"t":$quota_json_tenant,"s":$quota_json_account_status,"plan":$quota_json_plan,"seats":$quota_seats,"cap":$quota_spending_cap,"over":$quota_overage_enabled,"proj":$quota_projected_overage,"used_a":$quota_used_a,"pct_a":$quota_percent_a,"over_a":$quota_overage_a,"lim_b":$quota_limit_b,"rem_b":$quota_remaining_b,"pct_b":$quota_percent_b,"daily_b":$quota_daily_b,"alert":$quota_json_alert_message}';
+        quota_usage_body '{"t":$quota_json_tenant,"s":$quota_json_account_status,"plan":$quota_json_plan,"seats":$quota_seats,"cap":$quota_spending_cap,"over":$quota_overage_enabled,"proj":$quota_projected_overage,"used_a":$quota_used_a,"pct_a":$quota_percent_a,"over_a":$quota_overage_a,"lim_b":$quota_limit_b,"rem_b":$quota_remaining_b,"pct_b":$quota_percent_b,"daily_b":$quota_daily_b,"daily_a":$quota_daily_a,"alert":$quota_json_alert_message,"ju":$quota_json_used_a,"braces":${quota_used_a}}';
     }
 
     location = /raw-usage {
@@ -326,6 +326,8 @@ account('esc"\\t', status => $ctl, seats => 3);
 redis('XADD', 'quota:{plain}:alerts', '*', 'type', 'approaching_limit',
       'used', 1, 'at', '2026-01-01T00:00:00Z');
 redis('XADD', 'quota:{quoted}:alerts', '*', 'type', 'x"y', 'used', 1);
+redis('XADD', 'quota:{binary}:alerts', '*', 'type', 'quota_exceeded',
+      'metric', "a\xff\xfe", 'used', 2, 'limit', 2);
 
 my $log = nginx_run(http_config => $http, config => $server, code => sub {
     my ($port, $root) = @_;
@@ -340,7 +342,9 @@ my $log = nginx_run(http_config => $http, config => $server, code => sub {
     body_is($r, { t => 'esc"\\t', s => "ctl\x01\x{fc}\"\\", plan => 'basic',
                   seats => 3, cap => undef, over => JSON::PP::false, proj => 0,
                   used_a => 1, pct_a => 50, over_a => 0, lim_b => undef,
-                  rem_b => undef, pct_b => undef, daily_b => [], alert => undef },
+                  rem_b => undef, pct_b => undef, daily_b => [], alert => undef,
+                  daily_a => [ { date => $today, a => 1 } ],
+                  ju => '1', braces => 1 },
             'every variable, escaped by yajl, nulls where no limit');
 
     $r = req($port, 'POST', '/m', 'X-T' => 'esc"\\t');
@@ -368,6 +372,13 @@ my $log = nginx_run(http_config => $http, config => $server, code => sub {
     body_is($r, { alerts => [ { id => $id, type => 'approaching_limit',
                                 metric => undef, limit => undef } ],
                   total => 1, page => 1, per_page => 20 }, 'alert item template');
+
+    $r = req($port, 'GET', '/alerts', 'X-T' => 'binary');
+    $id = redis('XREVRANGE', 'quota:{binary}:alerts', '+', '-')->[0][0];
+    body_is($r, { alerts => [ { id => $id, type => 'quota_exceeded',
+                                metric => undef, limit => 2 } ],
+                  total => 1, page => 1, per_page => 20 },
+            'a metric that is not UTF-8: $quota_json_alert_metric is null');
 
     $r = req($port, 'GET', '/alerts', 'X-T' => 'quoted');
     is($r->{status}, 500, 'an alert item rendering invalid JSON: 500');
