@@ -288,6 +288,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       offsetof(ngx_http_quota_main_conf_t, events),
       &ngx_http_quota_events_modes },
 
+    { ngx_string("quota_live"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_quota_live_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      ngx_http_quota_live_handler },
+
     { ngx_string("quota_usage"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -493,6 +500,11 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
         qmcf->events = NGX_HTTP_QUOTA_EVENTS_ALERTS;
     }
 
+    if (qmcf->live) {
+        /* SPEC 11: live clients see every charge, as quota_events on */
+        qmcf->events = NGX_HTTP_QUOTA_EVENTS_ON;
+    }
+
     if (ngx_http_quota_script_init(cf, qmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
@@ -538,6 +550,7 @@ ngx_http_quota_create_loc_conf(ngx_conf_t *cf)
     conf->require_account = NGX_CONF_UNSET;
     conf->bypass = NGX_CONF_UNSET_PTR;
     conf->dry_run = NGX_CONF_UNSET;
+    conf->live_ping = NGX_CONF_UNSET_MSEC;
     conf->warning_threshold = NGX_CONF_UNSET_UINT;
     conf->ratelimit_headers = NGX_CONF_UNSET;
 
@@ -588,6 +601,7 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->require_account, prev->require_account, 0);
     ngx_conf_merge_ptr_value(conf->bypass, prev->bypass, NULL);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_msec_value(conf->live_ping, prev->live_ping, 30000);
     ngx_conf_merge_uint_value(conf->warning_threshold,
                               prev->warning_threshold, 80);
     ngx_conf_merge_value(conf->ratelimit_headers, prev->ratelimit_headers, 0);
@@ -730,6 +744,7 @@ ngx_http_quota_exit_process(ngx_cycle_t *cycle)
     qmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_quota_module);
 
     if (qmcf != NULL && qmcf->worker != NULL) {
+        ngx_http_quota_live_exit_worker();
         ngx_http_quota_redis_exit_worker(qmcf);
     }
 }

@@ -157,7 +157,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_NOT_FOUND;
     }
 
-    len = 4096 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
+    len = 4096 + 1024 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_LATENCY_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN);
 
@@ -256,6 +256,20 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "quota_redis_failovers_total %uA\n",
                     st->reconnects, st->noscript, st->inflight,
                     st->failovers);
+
+    p = ngx_sprintf(p, "# HELP quota_live_clients quota_live clients "
+                       "connected (WebSocket and SSE).\n"
+                       "# TYPE quota_live_clients gauge\n"
+                       "quota_live_clients %uA\n"
+                       "# HELP quota_live_frames_total Messages queued for "
+                       "quota_live clients.\n"
+                       "# TYPE quota_live_frames_total counter\n"
+                       "quota_live_frames_total %uA\n"
+                       "# HELP quota_live_dropped_total Events not delivered: "
+                       "the client did not read and was closed (1008).\n"
+                       "# TYPE quota_live_dropped_total counter\n"
+                       "quota_live_dropped_total %uA\n",
+                    st->live_clients, st->live_frames, st->live_dropped);
 
     return p;
 }

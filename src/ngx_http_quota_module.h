@@ -21,7 +21,9 @@
  *   ngx_http_quota_redis_sentinel.c
  *                                the master from Redis Sentinel
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
- *   ngx_http_quota_redis.h       what the four share
+ *   ngx_http_quota_redis_live.c  quota_live's subscription: one connection
+ *                                per worker SUBSCRIBEd to the events channel
+ *   ngx_http_quota_redis.h       what the Redis files share
  *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
  *                                and reconcile commands
  *   ngx_http_quota_lua.c         the Redis Lua scripts (charge, reconcile)
@@ -33,6 +35,8 @@
  *   ngx_http_quota_json.c        every JSON error body, through yajl_gen
  *   ngx_http_quota_usage.c       quota_usage and quota_alerts content
  *                                handlers and their JSON
+ *   ngx_http_quota_live.c        quota_live: WebSocket (wslay) and SSE
+ *                                clients, fan-out of events by tenant
  *   ngx_http_quota_metrics.c     shared-memory counters, quota_metrics
  *   ngx_http_quota_variables.c   $quota_* variables
  *   ngx_http_quota_template_body.c
@@ -208,6 +212,9 @@ typedef struct {
     ngx_atomic_t                 noscript;
     ngx_atomic_t                 inflight;
     ngx_atomic_t                 failovers;   /* sentinel: master moved */
+    ngx_atomic_t                 live_clients;    /* gauge */
+    ngx_atomic_t                 live_frames;     /* frames queued */
+    ngx_atomic_t                 live_dropped;    /* events not delivered */
 } ngx_http_quota_stats_t;
 
 #define ngx_http_quota_count(qmcf, field)                                    \
@@ -318,6 +325,7 @@ typedef struct {
 
     ngx_uint_t                   events;      /* NGX_HTTP_QUOTA_EVENTS_* */
     ngx_str_t                    events_channel;   /* "Pevents" */
+    ngx_flag_t                   live;        /* some location has quota_live */
 
     /* quota_usage reports every metric: a rule that charges all of them 0 */
     ngx_http_quota_rule_t        report_rule;
@@ -353,6 +361,7 @@ typedef struct {
     ngx_http_complex_value_t    *warning_value;
     ngx_flag_t                   ratelimit_headers;
     ngx_array_t                 *reconcile;   /* ngx_http_quota_reconcile_t */
+    ngx_msec_t                   live_ping;   /* quota_live ping=, 30 s */
 
     /* SPEC 13: the API's own JSON (NULL: the default body) */
     ngx_http_quota_body_tpl_t   *usage_body;
@@ -667,6 +676,20 @@ ngx_uint_t ngx_http_quota_report_approaching(ngx_http_request_t *r,
 int64_t ngx_http_quota_report_projected(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
 ngx_uint_t ngx_http_quota_is_date(u_char *p);
+typedef void (*ngx_http_quota_report_done_pt)(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *body);
+ngx_int_t ngx_http_quota_usage_report(ngx_http_request_t *r,
+    ngx_str_t *tenant, ngx_http_quota_report_done_pt done);
+ngx_int_t ngx_http_quota_endpoint_refuse(ngx_http_request_t *r,
+    ngx_int_t status);
+
+/* ngx_http_quota_live.c */
+char *ngx_http_quota_live_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_quota_live_handler(ngx_http_request_t *r);
+void ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf,
+    u_char *msg, size_t len);
+void ngx_http_quota_live_exit_worker(void);
 
 /* ngx_http_quota_numbers.c: the first metric's numbers, for the headers
    and the variables */

@@ -94,6 +94,10 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
         ngx_http_quota_redis_connect(&w->conns[i]);
     }
 
+    if (qmcf->live && ngx_http_quota_redis_live_init(w) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (qmcf->redis_sentinels) {
         return ngx_http_quota_redis_sentinel_init(w);
     }
@@ -120,6 +124,10 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
 
     if (w->sentinel) {
         ngx_http_quota_redis_close(w->sentinel, 0);
+    }
+
+    if (w->live) {
+        ngx_http_quota_redis_close(w->live, 0);
     }
 
     ngx_http_quota_redis_fail_held(w);

@@ -10,6 +10,7 @@
  *   ngx_http_quota_redis_sentinel.c
  *                                the master's address from Redis Sentinel
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
+ *   ngx_http_quota_redis_live.c  quota_live's SUBSCRIBE connection
  */
 
 #ifndef _NGX_HTTP_QUOTA_REDIS_H_INCLUDED_
@@ -86,6 +87,7 @@ struct ngx_http_quota_redis_conn_s {
     ngx_addr_t                  *addr;        /* NULL: master not known yet */
     unsigned                     sentinel:1;  /* talks to a sentinel */
     unsigned                     subscribed:1;    /* replies without ops */
+    unsigned                     live:1;      /* quota_live's subscriber */
 
     ngx_peer_connection_t        peer;        /* peer.connection: the socket */
     redisReader                 *reader;
@@ -140,6 +142,9 @@ struct ngx_http_quota_worker_s {
     ngx_sockaddr_t               master_sa;
     u_char                       master_text[NGX_SOCKADDR_STRLEN];
 
+    /* quota_live: SUBSCRIBEd to the events channel */
+    ngx_http_quota_redis_conn_t *live;
+
     ngx_msec_t                   dead_after;  /* the dead-peer threshold */
     unsigned                     ever_ready:1;
     unsigned                     exiting:1;
@@ -183,6 +188,13 @@ void ngx_http_quota_redis_sentinel_push(ngx_http_quota_redis_conn_t *rc,
 void ngx_http_quota_redis_sentinel_lost(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_sentinel_refresh(ngx_http_quota_worker_t *w);
 ngx_int_t ngx_http_quota_redis_failover_sign(redisReply *reply);
+
+/* ngx_http_quota_redis_live.c */
+ngx_int_t ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w);
+ngx_int_t ngx_http_quota_redis_live_handshake(
+    ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_live_push(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply);
 
 /* ngx_http_quota_redis_ssl.c */
 #if (NGX_SSL)

@@ -241,7 +241,8 @@ ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc)
     rc->state = NGX_HTTP_QUOTA_REDIS_HANDSHAKE;
 
     if ((rc->sentinel ? ngx_http_quota_redis_sentinel_handshake(rc)
-                      : ngx_http_quota_redis_handshake(rc))
+         : rc->live ? ngx_http_quota_redis_live_handshake(rc)
+         : ngx_http_quota_redis_handshake(rc))
         != NGX_OK)
     {
         ngx_http_quota_redis_close(rc, 1);
@@ -757,7 +758,13 @@ ngx_http_quota_redis_reply(ngx_http_quota_redis_conn_t *rc, redisReply *reply)
     op = rc->head;
 
     if (op == NULL) {
-        ngx_http_quota_redis_sentinel_push(rc, reply);
+        if (rc->live) {
+            ngx_http_quota_redis_live_push(rc, reply);
+
+        } else {
+            ngx_http_quota_redis_sentinel_push(rc, reply);
+        }
+
         return NGX_OK;
     }
 
@@ -923,6 +930,15 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
 #endif
 
     ngx_http_quota_redis_fail_ops(rc);
+
+    if (rc->live) {
+        /* the next handshake SUBSCRIBEs again */
+        if (reconnect) {
+            ngx_http_quota_redis_schedule(rc);
+        }
+
+        return;
+    }
 
     if (rc->sentinel) {
         ngx_http_quota_redis_sentinel_lost(rc);

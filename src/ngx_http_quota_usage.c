@@ -45,6 +45,7 @@ typedef struct {
     ngx_http_quota_ctx_t         quota;       /* first: the Redis part */
     ngx_str_t                    body;        /* built in the callback */
     ngx_uint_t                   status;
+    ngx_http_quota_report_done_pt  done;      /* quota_live: the snapshot */
 } ngx_http_quota_endpoint_ctx_t;
 
 
@@ -312,6 +313,21 @@ ngx_http_quota_endpoint_error(ngx_http_request_t *r,
 }
 
 
+/* quota_live refuses before any upgrade with the endpoints' answers */
+ngx_int_t
+ngx_http_quota_endpoint_refuse(ngx_http_request_t *r, ngx_int_t status)
+{
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+
+    ectx = ngx_http_quota_endpoint_ctx(r);
+    if (ectx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_quota_endpoint_error(r, ectx, status);
+}
+
+
 /*
  * RFC 9110 15.5.2: a 401 carries a challenge.  The tenant is an API key
  * sent in a header, for which no scheme is registered; like other API
@@ -386,6 +402,48 @@ ngx_http_quota_usage_handler(ngx_http_request_t *r)
     {
         ctx->report = 2;
     }
+
+    rc = ngx_http_quota_script_charge(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_quota_endpoint_wait(r, ectx, rc == NGX_OK);
+}
+
+
+/*
+ * quota_live's snapshot: the same report for a tenant the caller already
+ * identified; "done" gets the status and the JSON instead of the client,
+ * and finalizes the request itself.  Returns NGX_DONE (done will run, unless
+ * the request goes away first), or what the content phase finalizes (503
+ * when no Redis connection is ready, already sent).
+ */
+ngx_int_t
+ngx_http_quota_usage_report(ngx_http_request_t *r, ngx_str_t *tenant,
+    ngx_http_quota_report_done_pt done)
+{
+    ngx_int_t                       rc;
+    ngx_http_quota_ctx_t           *ctx;
+    ngx_http_quota_endpoint_ctx_t  *ectx;
+    ngx_http_quota_main_conf_t     *qmcf;
+
+    ectx = ngx_http_quota_endpoint_ctx(r);
+    if (ectx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    ectx->done = done;
+
+    ctx = &ectx->quota;
+    ctx->tenant = *tenant;
+    ctx->rule = &qmcf->report_rule;
+    ctx->ncharges = qmcf->report_rule.ncharges;
+    ctx->report = 1;
+    ctx->build = ngx_http_quota_usage_build;
 
     rc = ngx_http_quota_script_charge(r, ctx);
 
@@ -951,6 +1009,11 @@ ngx_http_quota_endpoint_finish(ngx_http_request_t *r,
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
+    }
+
+    if (ectx->done) {
+        ectx->done(r, ectx->status, &ectx->body);
+        return;
     }
 
     rc = ngx_http_quota_send_json(r, ectx->status, &ectx->body);

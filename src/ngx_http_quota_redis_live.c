@@ -1,0 +1,124 @@
+
+/*
+ * quota_live's subscription: one connection per worker, apart from the
+ * pool, that SUBSCRIBEs to the events channel (section 4a) and hands every
+ * message to ngx_http_quota_live_publish() for the worker's clients.
+ *
+ * It is an ordinary connection of this layer (connect, TLS, AUTH, the read
+ * loop, backoff), with its own handshake: [AUTH], then SUBSCRIBE, whose
+ * confirmation and messages come without ops.  A lost connection (Redis
+ * restarted, a network error) reconnects with the usual jittered backoff
+ * and subscribes again; events published while it was down are lost (Redis
+ * Pub/Sub keeps nothing), which the snapshot a reconnecting client gets
+ * covers.  It never takes commands from the pool.
+ */
+
+
+#include "ngx_http_quota_redis.h"
+
+
+ngx_int_t
+ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w)
+{
+    ngx_http_quota_redis_conn_t  *rc;
+
+    rc = ngx_pcalloc(ngx_cycle->pool, sizeof(ngx_http_quota_redis_conn_t));
+    if (rc == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_quota_redis_conn_init(rc, w, 0);
+
+    rc->live = 1;
+
+    /* with quota_redis_sentinel the master is not known here: quota_live
+       needs a fixed address (see README, "Live usage") */
+    rc->addr = w->qmcf->redis_sentinels ? NULL : &w->qmcf->redis_addr;
+
+    w->live = rc;
+
+    ngx_http_quota_redis_connect(rc);
+
+    return NGX_OK;
+}
+
+
+/* [AUTH [user] password], SUBSCRIBE channel */
+ngx_int_t
+ngx_http_quota_redis_live_handshake(ngx_http_quota_redis_conn_t *rc)
+{
+    int                          n;
+    size_t                       argvlen[3];
+    const char                  *argv[3];
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = rc->worker->qmcf;
+
+    if (qmcf->redis_password.len) {
+        n = 0;
+        argv[n] = "AUTH";
+        argvlen[n++] = 4;
+
+        if (qmcf->redis_user.len) {
+            argv[n] = (const char *) qmcf->redis_user.data;
+            argvlen[n++] = qmcf->redis_user.len;
+        }
+
+        argv[n] = (const char *) qmcf->redis_password.data;
+        argvlen[n++] = qmcf->redis_password.len;
+
+        if (ngx_http_quota_redis_handshake_cmd(rc, "AUTH", n, argv, argvlen)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    argv[0] = "SUBSCRIBE";
+    argvlen[0] = 9;
+    argv[1] = (const char *) qmcf->events_channel.data;
+    argvlen[1] = qmcf->events_channel.len;
+
+    rc->subscribed = 1;
+
+    return ngx_http_quota_redis_handshake_cmd(rc, NULL, 2, argv, argvlen);
+}
+
+
+/* ["subscribe", channel, n] once, then ["message", channel, payload] */
+void
+ngx_http_quota_redis_live_push(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply)
+{
+    redisReply  *kind, *payload;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || reply->element[0]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    kind = reply->element[0];
+    payload = reply->element[2];
+
+    if (kind->len == 9 && ngx_strncmp(kind->str, "subscribe", 9) == 0) {
+
+        if (rc->connect_timer.timer_set) {
+            ngx_del_timer(&rc->connect_timer);
+        }
+
+        rc->state = NGX_HTTP_QUOTA_REDIS_READY;
+        rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MIN;
+
+        ngx_log_error(NGX_LOG_INFO, rc->worker->log, 0,
+                      "quota: live subscription ready");
+        return;
+    }
+
+    if (kind->len == 7 && ngx_strncmp(kind->str, "message", 7) == 0
+        && payload->type == REDIS_REPLY_STRING)
+    {
+        ngx_http_quota_live_publish(rc->worker->qmcf, (u_char *) payload->str,
+                                    payload->len);
+    }
+}
