@@ -350,6 +350,7 @@ sub json_field {
             like($m, qr/^quota_live_dropped_total [1-9]/m, 'slow: counted');
             done_client($c);
         });
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'slow: no alert');
     like($log, qr/live client does not read, (\d+) bytes queued/,
          'slow: logged');
     my ($q) = $log =~ /live client does not read, (\d+) bytes queued/;
@@ -383,6 +384,7 @@ sub json_field {
         });
     my $access = do { local (@ARGV, $/) = "$root/logs/access.log"; <> } // '';
     unlike($log, qr/\Q$SECRET\E/, 'hash: no raw key in the error log');
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'hash: no alert');
     like($access, qr{GET /ws/live\?api_key=\*+ }, 'hash: masked in the access log');
     unlike($access, qr/\Q$SECRET\E/, 'hash: no raw key in the access log');
 }
@@ -424,6 +426,8 @@ sub json_field {
             ok($ok, 'reload: every client got 1001');
             done_client($_) for @c;
         });
+    unlike($log, qr/\[(alert|crit|emerg)\]/,
+           'reload: no alert (no open socket left in the old workers)');
     my %pids = map { $_ => 1 } $log =~ /\[info\] (\d+)#\d+: \*\d+ quota: live client/g;
     is(scalar keys %pids, 2, 'workers: clients on both workers');
     my @ready = $log =~ /quota: live subscription ready/g;
