@@ -105,6 +105,8 @@ static ngx_int_t ngx_http_quota_live_refuse(ngx_http_request_t *r,
     ngx_uint_t status, const char *message);
 static ngx_http_quota_live_client_t *ngx_http_quota_live_client(
     ngx_http_request_t *r);
+static ngx_http_quota_live_client_t *ngx_http_quota_live_get(
+    ngx_http_request_t *r);
 static void ngx_http_quota_live_snapshot(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *body);
 static ngx_int_t ngx_http_quota_live_accept(ngx_http_request_t *r,
@@ -540,6 +542,22 @@ ngx_http_quota_live_client(ngx_http_request_t *r)
 }
 
 
+/* the request's client: its pool cleanup (a short list) holds it */
+static ngx_http_quota_live_client_t *
+ngx_http_quota_live_get(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_quota_live_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
+
+
 /* the report is in: refuse as quota_usage would, or go live */
 static void
 ngx_http_quota_live_snapshot(ngx_http_request_t *r, ngx_uint_t status,
@@ -548,18 +566,10 @@ ngx_http_quota_live_snapshot(ngx_http_request_t *r, ngx_uint_t status,
     u_char                        *p;
     ngx_str_t                      snap;
     ngx_connection_t              *c;
-    ngx_pool_cleanup_t            *cln;
     ngx_http_quota_live_client_t  *lc;
 
     c = r->connection;
-    lc = NULL;
-
-    for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_quota_live_cleanup) {
-            lc = cln->data;
-            break;
-        }
-    }
+    lc = ngx_http_quota_live_get(r);
 
     if (lc == NULL || status != NGX_HTTP_OK || body->len < 2) {
         ngx_http_finalize_request(r, lc == NULL
@@ -1011,19 +1021,11 @@ ngx_http_quota_live_read(ngx_event_t *rev)
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
     ngx_http_quota_live_client_t  *lc;
-    ngx_pool_cleanup_t            *cln;
 
     c = rev->data;
     r = c->data;
 
-    lc = NULL;
-
-    for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_quota_live_cleanup) {
-            lc = cln->data;
-            break;
-        }
-    }
+    lc = ngx_http_quota_live_get(r);
 
     if (lc == NULL) {
         return;
@@ -1079,20 +1081,12 @@ ngx_http_quota_live_write(ngx_event_t *wev)
 {
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
-    ngx_pool_cleanup_t            *cln;
     ngx_http_quota_live_client_t  *lc;
 
     c = wev->data;
     r = c->data;
 
-    lc = NULL;
-
-    for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_quota_live_cleanup) {
-            lc = cln->data;
-            break;
-        }
-    }
+    lc = ngx_http_quota_live_get(r);
 
     if (lc == NULL) {
         return;

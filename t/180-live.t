@@ -11,6 +11,7 @@ use IPC::Open2;
 use IO::Select;
 use IO::Socket::INET;
 use POSIX ();
+use File::Path ();
 use Time::HiRes qw(time sleep);
 use Digest::SHA qw(sha256_hex sha1_base64);
 
@@ -387,6 +388,44 @@ sub json_field {
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'hash: no alert');
     like($access, qr{GET /ws/live\?api_key=\*+ }, 'hash: masked in the access log');
     unlike($access, qr/\Q$SECRET\E/, 'hash: no raw key in the access log');
+}
+
+# a charge on another gateway node (a second nginx, same Redis) arrives
+{
+    redis_flush();
+    my $p2 = QuotaTest::free_port();
+    my $root2 = "$FindBin::Bin/servroot_live2.$$";
+    (my $cfg2 = server_config()) =~ s/\$TEST_NGINX_SERVER_PORT/$p2/g;
+    my $h2 = QuotaTest::nginx_start(
+        servroot => $root2, port => $p2,
+        http_config => http_config(redis_port => $ENV{TEST_NGINX_REDIS_PORT}),
+        config => $cfg2, no_root_location => 1, log_level => 'info');
+    die "second node: $h2->{error}\n" if $h2->{error};
+    nginx_run(
+        http_config => http_config(),
+        config => server_config(),
+        no_root_location => 1,
+        code => sub {
+            my ($port) = @_;
+            my $c = client("ws://127.0.0.1:$port/ws/live?api_key=frank");
+            is(line($c), 'OPEN 101', 'node 2: client on node 1');
+            like(line($c) // '', qr/snapshot/, 'node 2: snapshot');
+            my $st = '';
+            for (1 .. 50) {
+                $st = charge($p2, 'frank');
+                last if $st == 200;
+                sleep 0.1;
+            }
+            is($st, 200, 'node 2: charged on the second node');
+            my $m = line($c) // '';
+            like($m, qr/"type":"usage_update"/, 'node 2: its event arrives');
+            is(json_field($m, 'used'), '1', 'node 2: used 1');
+            tell_client($c, 'close 1000');
+            line($c);
+            done_client($c);
+        });
+    QuotaTest::nginx_stop($h2);
+    File::Path::rmtree($root2);
 }
 
 # two workers both deliver; a reload closes clients with 1001
