@@ -29,6 +29,8 @@ static ngx_int_t ngx_http_quota_template_check(ngx_conf_t *cf,
 static ngx_int_t ngx_http_quota_template_name(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf, ngx_http_quota_body_tpl_t *tpl,
     ngx_str_t *name);
+static ngx_int_t ngx_http_quota_variable_exists(ngx_conf_t *cf,
+    u_char *name, size_t len);
 static ngx_int_t ngx_http_quota_json_valid(ngx_http_request_t *r,
     ngx_http_quota_body_tpl_t *tpl, ngx_str_t *body);
 
@@ -264,6 +266,15 @@ ngx_http_quota_template_name(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
         /* $quota_json_used_scans quotes $quota_used_scans */
         p = ngx_cpymem(buf + 6, buf + 11, s.len - 11);
         s.len = p - buf;
+
+        /* a typo would quote nothing: null in every answer */
+        if (ngx_http_quota_variable_exists(cf, buf, s.len) != NGX_OK) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"$%V\" in a body template: there is no "
+                          "variable \"$%*s\", in %V:%ui",
+                          name, s.len, buf, &tpl->file, tpl->line);
+            return NGX_ERROR;
+        }
     }
 
     if (s.len == sizeof("quota_overage_enabled") - 1
@@ -292,6 +303,41 @@ ngx_http_quota_template_name(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
     }
 
     return NGX_OK;
+}
+
+
+/* a variable nginx knows by now (all are added before init_main_conf) */
+static ngx_int_t
+ngx_http_quota_variable_exists(ngx_conf_t *cf, u_char *name, size_t len)
+{
+    ngx_uint_t                  i;
+    ngx_hash_key_t             *key;
+    ngx_http_variable_t        *pv;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    key = cmcf->variables_keys->keys.elts;
+
+    for (i = 0; i < cmcf->variables_keys->keys.nelts; i++) {
+        if (key[i].key.len == len
+            && ngx_strncmp(key[i].key.data, name, len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    pv = cmcf->prefix_variables.elts;
+
+    for (i = 0; i < cmcf->prefix_variables.nelts; i++) {
+        if (len > pv[i].name.len
+            && ngx_strncmp(pv[i].name.data, name, pv[i].name.len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 

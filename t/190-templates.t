@@ -422,10 +422,19 @@ like($out, qr/"\$quota_used_nope" in a body template: "nope" is not a declared q
 _EOC_
 like($out, qr/"zz" is not a declared quota_metric/, 'nginx -t: ${quota_json_limit_zz} too');
 
+($rc, $out) = conf_test($http, <<'_EOC_');
+    location = /u {
+        quota_usage;
+        quota_usage_body '{"x":$quota_json_tenat}';
+    }
+_EOC_
+like($out, qr/"\$quota_json_tenat" in a body template: there is no variable "\$quota_tenat", in \S+nginx\.conf:\d+/,
+     'nginx -t: $quota_json_ of an unknown variable (a typo)');
+
 ($rc, $out) = conf_test($http . "    quota_metric late;\n", <<'_EOC_');
     location = /u {
         quota_usage;
-        quota_usage_body '{"x":$quota_used_late,"y":$quota_overage_enabled}';
+        quota_usage_body '{"x":$quota_used_late,"y":$quota_overage_enabled,"z":$quota_json_alert_id,"w":$quota_json_used_late}';
     }
 _EOC_
 is($rc, 0, 'nginx -t: a metric declared after the template is fine') or diag $out;
