@@ -84,8 +84,11 @@ sub post { my ($port, $t, $path) = @_; http_request($port, 'POST', $path // '/a'
 sub alerts { my ($port, $t, $q) = @_; http_request($port, 'GET', '/alerts' . ($q // ''), { 'X-T' => $t }) }
 
 # the shipped example consumer, scripts/events, run in the background
+sub numsub { redis('PUBSUB', 'NUMSUB', 'quota:events')->[1] }
+
 sub start_consumer {
     my ($out) = @_;
+    my $before = numsub();
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if ($pid == 0) {
@@ -94,7 +97,9 @@ sub start_consumer {
         { exec "$FindBin::Bin/../scripts/events", '-p', $ENV{TEST_NGINX_REDIS_PORT}, '--alerts' }
         POSIX::_exit(127);
     }
-    sleep 0.3;
+    # subscribed when Redis counts one more subscriber on the channel
+    my $deadline = time + 10;
+    sleep 0.02 while numsub() <= $before && time < $deadline;
     return $pid;
 }
 
@@ -110,6 +115,14 @@ sub start_consumer {
         $consumer = start_consumer($consumer_out);
         @codes = map { post($port, 'acme')->{status} } 1 .. 15;
         @events = messages($sub);
+        # the consumer prints what it received: wait for its two lines
+        my $deadline = time + 5;
+        while (time < $deadline) {
+            open my $fh, '<', $consumer_out or last;
+            my @l = <$fh>;
+            last if @l >= 2;
+            sleep 0.02;
+        }
         kill 'TERM', -$consumer;
         waitpid $consumer, 0;
         $r = alerts($port, 'acme');
