@@ -193,6 +193,11 @@ ngx_http_quota_live_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
     qmcf->live = 1;
 
+    if (qmcf->live_line == 0) {
+        qmcf->live_file = cf->conf_file->file.name;
+        qmcf->live_line = cf->conf_file->line;
+    }
+
     return NGX_CONF_OK;
 }
 

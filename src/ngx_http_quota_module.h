@@ -326,6 +326,8 @@ typedef struct {
     ngx_uint_t                   events;      /* NGX_HTTP_QUOTA_EVENTS_* */
     ngx_str_t                    events_channel;   /* "Pevents" */
     ngx_flag_t                   live;        /* some location has quota_live */
+    ngx_str_t                    live_file;   /* the first quota_live */
+    ngx_uint_t                   live_line;
 
     /* quota_usage reports every metric: a rule that charges all of them 0 */
     ngx_http_quota_rule_t        report_rule;

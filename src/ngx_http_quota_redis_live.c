@@ -31,9 +31,9 @@ ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w)
 
     rc->live = 1;
 
-    /* with quota_redis_sentinel the master is not known here: quota_live
-       needs a fixed address (see README, "Live usage") */
-    rc->addr = w->qmcf->redis_sentinels ? NULL : &w->qmcf->redis_addr;
+    /* nginx -t refuses quota_live with quota_redis_sentinel (README, "Live
+       usage"): the address is fixed */
+    rc->addr = &w->qmcf->redis_addr;
 
     w->live = rc;
 
