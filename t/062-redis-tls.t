@@ -133,7 +133,11 @@ my $addr = "127.0.0.1:$tport timeout=3s connect_timeout=3s";
             my $deadline = time + 10;
             do { $back = post($port, 'resume') }
                 while ($back->{status} != 200 && time < $deadline && sleep 0.1);
-            sleep 0.2;    # the TLSv1.3 ticket comes after the first reply
+            # the TLSv1.3 ticket comes after the handshake: a second round
+            # trip on the same connection makes sure it was read and kept
+            sleep 0.3;
+            $back = post($port, 'resume');
+            sleep 0.3;
             $rs->cmd('CLIENT', 'KILL', 'TYPE', 'normal');
             $deadline = time + 10;
             do { sleep 0.1; $back = post($port, 'resume') }
