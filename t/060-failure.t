@@ -306,7 +306,7 @@ my $slack = $valgrind ? 3 : 1;
                     $sel->add($c, $u);
                     next;
                 }
-                next unless $h->opened;
+                next unless $h->opened && $peer{$h};
                 next if $frozen;
                 my $buf;
                 my $n = sysread($h, $buf, 65536);

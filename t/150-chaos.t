@@ -423,7 +423,8 @@ if (wanted('reload')) {
              if (defined $pid && $pid == 0) {
                  open STDOUT, '>', '/dev/null';
                  open STDERR, '>', '/dev/null';
-                 { exec $nginx, '-p', "$gw->{root}/", '-c', 'conf/nginx.conf',
+                 { no warnings 'exec';
+                   exec $nginx, '-p', "$gw->{root}/", '-c', 'conf/nginx.conf',
                         '-s', 'reload' }
                  POSIX::_exit(127);
              }
