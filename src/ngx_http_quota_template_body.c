@@ -251,7 +251,7 @@ static ngx_int_t
 ngx_http_quota_template_name(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_body_tpl_t *tpl, ngx_str_t *name)
 {
-    u_char     *p, buf[128];
+    u_char      buf[128];
     ngx_str_t   s, metric, *f;
 
     if (name->len < sizeof("quota_") - 1 || name->len > sizeof(buf) - 8) {
@@ -264,8 +264,8 @@ ngx_http_quota_template_name(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
 
     if (s.len > 11 && ngx_strncmp(buf, "quota_json_", 11) == 0) {
         /* $quota_json_used_scans quotes $quota_used_scans */
-        p = ngx_cpymem(buf + 6, buf + 11, s.len - 11);
-        s.len = p - buf;
+        ngx_memmove(buf + 6, buf + 11, s.len - 11);   /* they overlap */
+        s.len -= 5;
 
         /* a typo would quote nothing: null in every answer */
         if (ngx_http_quota_variable_exists(cf, buf, s.len) != NGX_OK) {
