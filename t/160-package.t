@@ -57,6 +57,29 @@ like(slurp("$top/README.md"),
      qr/libnginx-mod-http-quota_\Q$debversion\E_amd64\.deb/,
      'README.md: "Install from the package" names this version');
 
+# every library ./config links comes from a package debian/control
+# build-depends on (a clean machine builds with those only)
+SKIP: {
+    skip 'dpkg is not available', 1
+        unless grep { -x "$_/dpkg" } split /:/, $ENV{PATH};
+
+    my ($bd) = slurp("$top/debian/control")
+        =~ /^Build-Depends:(.*?)^\S/ms;
+    my %bd = map { /^\s*([a-z0-9][a-z0-9+.-]+)/ ? ($1 => 1) : () }
+             split /,/, $bd // '';
+    my %libs = map { $_ => 1 } slurp("$top/config") =~ /-l([\w+-]+)/g;
+    my @missing;
+    for my $lib (sort keys %libs) {
+        my ($dev) = `dpkg -S '*/lib$lib.so' 2>/dev/null`
+            =~ /^([a-z0-9][a-z0-9+.-]+)(?::\w+)?: /m;
+        push @missing, $dev ? "$dev (-l$lib)" : "-l$lib (no package)"
+            unless $dev && $bd{$dev};
+    }
+    is("@missing", '', 'debian/control build-depends on the package of '
+       . 'every library ./config links (' . join(' ', sort keys %libs)
+       . ')');
+}
+
 SKIP: {
     skip 'TEST_NGINX_LOAD_MODULES is empty: no module to start', 2
         unless ($ENV{TEST_NGINX_LOAD_MODULES} // '') =~ /\S/;
