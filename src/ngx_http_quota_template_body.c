@@ -35,6 +35,12 @@ static ngx_int_t ngx_http_quota_json_valid(ngx_http_request_t *r,
     ngx_http_quota_body_tpl_t *tpl, ngx_str_t *body);
 
 
+/* the loc conf's rejection[] has one slot per error kind: a new kind
+   without a new slot fails the build */
+typedef char  ngx_http_quota_rejection_slots_t[
+    NGX_HTTP_QUOTA_ERRORS == NGX_HTTP_QUOTA_ERROR_COUNT ? 1 : -1];
+
+
 ngx_str_t  ngx_http_quota_template_error_body = ngx_string(
     "{\"error\":\"INTERNAL_ERROR\",\"message\":\"Internal error.\"}");
 
