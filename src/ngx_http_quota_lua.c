@@ -480,7 +480,12 @@ static const char  ngx_http_quota_charge_text[] =
 "if add_cost > 0 then\n"
 "  redis.call('HINCRBY', usage_key, 'overage_cost', int(add_cost))\n"
 "end\n"
-"if charged and events == 2 then notify('usage_update', 1, false) end\n"
+/* one usage_update per charged metric (SPEC 11: live clients see each) */
+"if events == 2 then\n"
+"  for i = 1, k do\n"
+"    if costs[i] > 0 then notify('usage_update', i, false) end\n"
+"  end\n"
+"end\n"
 "return finish(1, 0, 0)\n";
 
 

@@ -31,7 +31,8 @@ sub http_config {
     return <<"_EOC_";
     quota_redis 127.0.0.1:$port timeout=3s;
     quota_metric a;
-    quota_plan basic { limit a 4; }
+    quota_metric b;
+    quota_plan basic { limit a 4; limit b 10; }
     quota_default_plan basic;
     quota_warning_threshold 50%;
 _EOC_
@@ -45,6 +46,7 @@ sub server_config {
     quota on;
     quota_tenant \$http_x_api_key$hash;
     quota_route POST /a a=1;
+    quota_route POST /ab a=1 b=2;
 
     location / {
         proxy_pass http://127.0.0.1:\$TEST_NGINX_SERVER_PORT/origin;
@@ -196,6 +198,33 @@ sub json_field {
                  'metrics: frames counted');
         });
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the log');
+}
+
+# a rule with two metrics: one usage_update per charged metric
+{
+    redis_flush();
+    nginx_run(
+        http_config => http_config(),
+        config => server_config(),
+        no_root_location => 1,
+        code => sub {
+            my ($port) = @_;
+            my $c = client("ws://127.0.0.1:$port/ws/live?api_key=gina");
+            is(line($c), 'OPEN 101', 'two metrics: connected');
+            like(line($c) // '', qr/snapshot/, 'two metrics: snapshot');
+            is(QuotaTest::http_request($port, 'POST', '/ab',
+                   { 'X-API-Key' => 'gina' }, '')->{status}, 200,
+               'two metrics: charge a=1 b=2');
+            my @m = grep { /usage_update/ } map { line($c) // '' } 1 .. 2;
+            my %used = map { (json_field($_, 'metric') // '') =>
+                             json_field($_, 'used') } @m;
+            is_deeply(\%used, { '"a"' => 1, '"b"' => 2 },
+                      'two metrics: a usage_update for a and one for b');
+            is(line($c, 1), undef, 'two metrics: nothing more');
+            tell_client($c, 'close 1000');
+            line($c);
+            done_client($c);
+        });
 }
 
 # refusals before any upgrade
