@@ -85,6 +85,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_redis_cluster"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_quota_redis_cluster_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("quota_redis_ssl"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -407,13 +414,14 @@ ngx_http_quota_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (qmcf->live_line && qmcf->redis_sentinels) {
+    if (qmcf->live_line && (qmcf->redis_sentinels || qmcf->redis_cluster)) {
         /* the subscription follows a fixed address only, for now */
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"quota_live\" in %V:%ui needs \"quota_redis\" "
-                      "with an address: \"quota_redis_sentinel\" is not "
-                      "supported for live events yet",
-                      &qmcf->live_file, qmcf->live_line);
+                      "with an address: \"%s\" is not supported for live "
+                      "events yet", &qmcf->live_file, qmcf->live_line,
+                      qmcf->redis_sentinels ? "quota_redis_sentinel"
+                                            : "quota_redis_cluster");
         return NGX_ERROR;
     }
 

@@ -20,7 +20,10 @@
  *   ngx_http_quota_redis_ssl.c   TLS to Redis (quota_redis_ssl_*)
  *   ngx_http_quota_redis_sentinel.c
  *                                the master from Redis Sentinel
- *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
+ *   ngx_http_quota_redis_cluster.c
+ *                                Redis Cluster: slot map, routing, MOVED/ASK
+ *   ngx_http_quota_redis_conf.c  quota_redis, _sentinel, _cluster and
+ *                                quota_redis_ssl_* parsers
  *   ngx_http_quota_redis_live.c  quota_live's subscription: one connection
  *                                per worker SUBSCRIBEd to the events channel
  *   ngx_http_quota_redis.h       what the Redis files share
@@ -279,6 +282,9 @@ typedef struct {
     ngx_array_t                 *redis_sentinels;     /* ngx_addr_t */
     ngx_str_t                    redis_master_name;
     ngx_str_t                    redis_sentinel_password;
+
+    /* quota_redis_cluster: the seeds (then redis_addr is unset) */
+    ngx_array_t                 *redis_cluster;       /* ngx_addr_t */
 
     /* quota_redis_ssl* */
     ngx_flag_t                   redis_ssl;
@@ -560,6 +566,8 @@ typedef struct {
 char *ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_quota_redis_cluster_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 char *ngx_http_quota_redis_ssl_file_slot(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

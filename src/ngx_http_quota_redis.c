@@ -32,13 +32,15 @@
 
 
 static ngx_http_quota_redis_conn_t *ngx_http_quota_redis_pick(
-    ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity);
-static ngx_uint_t ngx_http_quota_redis_affinity(int argc, const char **argv,
-    const size_t *argvlen);
+    ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity,
+    ngx_uint_t route);
+static void ngx_http_quota_redis_keep_copy(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op, ngx_str_t *cmd);
 static ngx_int_t ngx_http_quota_redis_format(ngx_http_quota_worker_t *w,
     int argc, const char **argv, const size_t *argvlen, ngx_str_t *cmd);
 static ngx_int_t ngx_http_quota_redis_reliable_on(
-    ngx_http_quota_redis_conn_t *rc, u_char *cmd, size_t len);
+    ngx_http_quota_redis_conn_t *rc, u_char *cmd, size_t len,
+    ngx_uint_t route);
 static void ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w);
 static void ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
     ngx_http_quota_op_t *op, redisReply *reply);
@@ -67,6 +69,11 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     w->log = cycle->log;
     w->nconns = qmcf->redis_pool;
 
+    if (qmcf->redis_cluster) {
+        /* a pool per master, used as the masters are learned */
+        w->nconns *= NGX_HTTP_QUOTA_CLUSTER_MAX_NODES;
+    }
+
     /* a reply later than this, with commands waiting, means a dead peer */
     w->dead_after = ngx_max(qmcf->redis_connect_timeout,
                             NGX_HTTP_QUOTA_DEAD_FACTOR * qmcf->redis_timeout);
@@ -88,8 +95,10 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     for (i = 0; i < w->nconns; i++) {
         ngx_http_quota_redis_conn_init(&w->conns[i], w, i);
 
-        /* with sentinels: connects once the master is named */
-        w->conns[i].addr = qmcf->redis_sentinels ? NULL : &qmcf->redis_addr;
+        /* with sentinels: connects once the master is named; in a
+           cluster, once CLUSTER SLOTS names the masters */
+        w->conns[i].addr = (qmcf->redis_sentinels || qmcf->redis_cluster)
+                           ? NULL : &qmcf->redis_addr;
 
         ngx_http_quota_redis_connect(&w->conns[i]);
     }
@@ -100,6 +109,10 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
 
     if (qmcf->redis_sentinels) {
         return ngx_http_quota_redis_sentinel_init(w);
+    }
+
+    if (qmcf->redis_cluster) {
+        return ngx_http_quota_redis_cluster_init(w);
     }
 
     return NGX_OK;
@@ -128,6 +141,10 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
 
     if (w->live) {
         ngx_http_quota_redis_close(w->live, 0);
+    }
+
+    if (w->control) {
+        ngx_http_quota_redis_close(w->control, 0);
     }
 
     ngx_http_quota_redis_fail_held(w);
@@ -160,6 +177,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     void *data)
 {
     ngx_str_t                     cmd;
+    ngx_uint_t                    affinity, route;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
@@ -175,9 +193,8 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     op = NULL;
-    rc = ngx_http_quota_redis_pick(w, cmd.len,
-                                   ngx_http_quota_redis_affinity(argc, argv,
-                                                                 argvlen));
+    route = ngx_http_quota_redis_route(w, argc, argv, argvlen, &affinity);
+    rc = ngx_http_quota_redis_pick(w, cmd.len, affinity, route);
 
     if (rc != NULL) {
         op = ngx_http_quota_redis_op_alloc(w);
@@ -188,6 +205,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
         op = ngx_http_quota_redis_hold(w, &cmd);
 
         if (op != NULL) {
+            op->route = route;
             op->handler = handler;
             op->data = data;
             op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
@@ -205,6 +223,7 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     op->kind = NGX_HTTP_QUOTA_OP_REPLY;
+    op->route = route;
     op->handler = handler;
     op->data = data;
     op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
@@ -215,6 +234,8 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
         ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         return NULL;
     }
+
+    ngx_http_quota_redis_keep_copy(w, op, &cmd);
 
     redisFreeCommand((char *) cmd.data);
 
@@ -231,6 +252,7 @@ ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
 {
     ngx_int_t                     rv;
     ngx_str_t                     cmd;
+    ngx_uint_t                    affinity, route;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
@@ -246,19 +268,22 @@ ngx_http_quota_redis_send_oneway(ngx_http_quota_main_conf_t *qmcf, int argc,
     }
 
     rv = NGX_ERROR;
-    rc = ngx_http_quota_redis_pick(w, cmd.len,
-                                   ngx_http_quota_redis_affinity(argc, argv,
-                                                                 argvlen));
+    route = ngx_http_quota_redis_route(w, argc, argv, argvlen, &affinity);
+    rc = ngx_http_quota_redis_pick(w, cmd.len, affinity, route);
 
     if (rc != NULL) {
         op = ngx_http_quota_redis_op_alloc(w);
 
         if (op != NULL) {
             op->kind = NGX_HTTP_QUOTA_OP_ONEWAY;
+            op->route = route;
             rv = ngx_http_quota_redis_append(rc, op, cmd.data, cmd.len);
 
             if (rv != NGX_OK) {
                 ngx_http_quota_redis_op_free(w, op);
+
+            } else {
+                ngx_http_quota_redis_keep_copy(w, op, &cmd);
             }
         }
     }
@@ -276,6 +301,7 @@ ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
 {
     ngx_int_t                     rv;
     ngx_str_t                     cmd;
+    ngx_uint_t                    affinity, route;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
 
@@ -289,14 +315,14 @@ ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_quota_redis_pick(w, cmd.len,
-                                   ngx_http_quota_redis_affinity(argc, argv,
-                                                                 argvlen));
+    route = ngx_http_quota_redis_route(w, argc, argv, argvlen, &affinity);
+    rc = ngx_http_quota_redis_pick(w, cmd.len, affinity, route);
 
     if (rc == NULL
-        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len) != NGX_OK)
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route)
+           != NGX_OK)
     {
-        rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len);
+        rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route);
 
     } else {
         ngx_http_quota_redis_write_now(rc);
@@ -342,6 +368,7 @@ ngx_http_quota_redis_cancel(ngx_http_quota_op_t *op, int argc,
     const char **argv, const size_t *argvlen)
 {
     ngx_str_t                     cmd;
+    ngx_uint_t                    affinity, route;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *rc;
 
@@ -364,10 +391,13 @@ ngx_http_quota_redis_cancel(ngx_http_quota_op_t *op, int argc,
         return;
     }
 
+    route = ngx_http_quota_redis_route(w, argc, argv, argvlen, &affinity);
+
     if (rc->state != NGX_HTTP_QUOTA_REDIS_READY
-        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len) != NGX_OK)
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route)
+           != NGX_OK)
     {
-        (void) ngx_http_quota_redis_keep(w, cmd.data, cmd.len);
+        (void) ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route);
     }
 
     redisFreeCommand((char *) cmd.data);
@@ -429,7 +459,8 @@ ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
 
     if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && reply == NULL) {
         /* lost with its connection: it is idempotent, send it again */
-        (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len);
+        (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len,
+                                         op->route);
     }
 
     ngx_http_quota_redis_op_free(w, op);
@@ -446,6 +477,11 @@ ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc)
 
     if (!w->ever_ready) {
         if (rc->state == NGX_HTTP_QUOTA_REDIS_READY) {
+            if (w->slots && !ngx_http_quota_redis_cluster_ready(w)) {
+                /* held commands wait for every master of the map */
+                goto flush;
+            }
+
             w->ever_ready = 1;
             ngx_http_quota_redis_release_held(w);
 
@@ -455,6 +491,8 @@ ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc)
             ngx_http_quota_redis_fail_held(w);
         }
     }
+
+flush:
 
     ngx_http_quota_redis_flush_reliable(w);
 }
@@ -522,7 +560,8 @@ ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w)
     for ( /* void */ ; op; op = next) {
         next = op->next;
 
-        rc = op->handler ? ngx_http_quota_redis_pick(w, op->cmd.len, 0)
+        rc = op->handler ? ngx_http_quota_redis_pick(w, op->cmd.len, 0,
+                                                     op->route)
                          : NULL;
 
         if (rc == NULL
@@ -535,8 +574,11 @@ ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w)
             continue;
         }
 
-        ngx_free(op->cmd.data);
-        op->cmd.data = NULL;
+        if (w->slots == NULL) {
+            /* a cluster keeps it for a redirection */
+            ngx_free(op->cmd.data);
+            op->cmd.data = NULL;
+        }
     }
 }
 
@@ -614,9 +656,10 @@ ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
     while (w->reliable && !w->exiting) {
         cmd = w->reliable;
 
-        rc = ngx_http_quota_redis_pick(w, cmd->len, 0);
+        rc = ngx_http_quota_redis_pick(w, cmd->len, 0, cmd->route);
         if (rc == NULL
-            || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len)
+            || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len,
+                                                cmd->route)
                != NGX_OK)
         {
             return;
@@ -636,7 +679,7 @@ ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
 /* keep a copy of a command for the next ready connection (bounded) */
 ngx_int_t
 ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
-    size_t len)
+    size_t len, ngx_uint_t route)
 {
     ngx_http_quota_redis_cmd_t  *cmd;
 
@@ -657,6 +700,7 @@ ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
     }
 
     cmd->next = NULL;
+    cmd->route = route;
     cmd->len = len;
     ngx_memcpy(cmd->data, data, len);
 
@@ -677,7 +721,7 @@ ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
 /* a reliable command on rc; it keeps its own copy to be resent if lost */
 static ngx_int_t
 ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
-    u_char *cmd, size_t len)
+    u_char *cmd, size_t len, ngx_uint_t route)
 {
     ngx_http_quota_op_t      *op;
     ngx_http_quota_worker_t  *w;
@@ -698,6 +742,7 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
     ngx_memcpy(op->cmd.data, cmd, len);
     op->cmd.len = len;
     op->kind = NGX_HTTP_QUOTA_OP_RELIABLE;
+    op->route = route;
 
     if (ngx_http_quota_redis_append(rc, op, cmd, len) != NGX_OK) {
         ngx_http_quota_redis_op_free(w, op);
@@ -715,10 +760,14 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
  */
 static ngx_http_quota_redis_conn_t *
 ngx_http_quota_redis_pick(ngx_http_quota_worker_t *w, size_t len,
-    ngx_uint_t affinity)
+    ngx_uint_t affinity, ngx_uint_t route)
 {
     ngx_uint_t                    i, n, start;
     ngx_http_quota_redis_conn_t  *rc;
+
+    if (w->slots) {
+        return ngx_http_quota_redis_cluster_pick(w, len, affinity, route);
+    }
 
     start = affinity ? affinity % w->nconns : w->next;
 
@@ -745,21 +794,26 @@ ngx_http_quota_redis_pick(ngx_http_quota_worker_t *w, size_t len,
  * that a slot release is run before the same tenant's next charge (a
  * sequential client of a concurrency-1 tenant is never refused by its own
  * last request), and a void after its charge.  The tenant is the hash tag
- * {T} of the command's first key; 0: no tenant.
+ * {T} of the command's first key (*affinity; 0: no tenant).  In a cluster
+ * that key also names the slot, hence the master (returned: slot + 1; 0:
+ * no key, or not a cluster): the callers build every key of a command with
+ * the same {T} tag, so the first one routes them all.
  */
-static ngx_uint_t
-ngx_http_quota_redis_affinity(int argc, const char **argv,
-    const size_t *argvlen)
+ngx_uint_t
+ngx_http_quota_redis_route(ngx_http_quota_worker_t *w, int argc,
+    const char **argv, const size_t *argvlen, ngx_uint_t *affinity)
 {
     int      i;
     u_char  *p, *last, *open, *close;
+
+    *affinity = 0;
 
     /* EVAL and EVALSHA: SCRIPT NUMKEYS KEY...; others: KEY first */
     i = (argvlen[0] >= 4
          && ngx_strncasecmp((u_char *) argv[0], (u_char *) "EVAL", 4) == 0)
         ? 3 : 1;
 
-    if (i >= argc) {
+    if (i >= argc || (i == 3 && argvlen[2] == 1 && argv[2][0] == '0')) {
         return 0;
     }
 
@@ -767,16 +821,36 @@ ngx_http_quota_redis_affinity(int argc, const char **argv,
     last = p + argvlen[i];
 
     open = ngx_strlchr(p, last, '{');
-    if (open == NULL) {
+    close = open ? ngx_strlchr(open + 1, last, '}') : NULL;
+
+    if (close) {
+        *affinity = (ngx_uint_t) ngx_crc32_short(open + 1, close - open - 1)
+                    + 1;
+    }
+
+    if (w->slots == NULL) {
         return 0;
     }
 
-    close = ngx_strlchr(open + 1, last, '}');
-    if (close == NULL) {
-        return 0;
+    return ngx_http_quota_redis_key_slot(p, argvlen[i]) + 1;
+}
+
+
+/* cluster: a REPLY or ONE-WAY op keeps its command for MOVED and ASK */
+static void
+ngx_http_quota_redis_keep_copy(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op, ngx_str_t *cmd)
+{
+    if (w->slots == NULL) {
+        return;
     }
 
-    return (ngx_uint_t) ngx_crc32_short(open + 1, close - open - 1) + 1;
+    op->cmd.data = ngx_alloc(cmd->len, w->log);
+
+    if (op->cmd.data) {
+        ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
+        op->cmd.len = cmd->len;
+    }
 }
 
 

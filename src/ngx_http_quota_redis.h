@@ -9,6 +9,9 @@
  *   ngx_http_quota_redis_ssl.c   TLS with nginx's OpenSSL
  *   ngx_http_quota_redis_sentinel.c
  *                                the master's address from Redis Sentinel
+ *   ngx_http_quota_redis_cluster.c
+ *                                Redis Cluster: slot map, routing by the
+ *                                hash tag, MOVED and ASK
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
  *   ngx_http_quota_redis_live.c  quota_live's SUBSCRIBE connection
  */
@@ -37,6 +40,10 @@
 
 #define NGX_HTTP_QUOTA_READ_SIZE          16384
 
+#define NGX_HTTP_QUOTA_CLUSTER_SLOTS      16384
+#define NGX_HTTP_QUOTA_CLUSTER_MAX_NODES  64      /* masters */
+#define NGX_HTTP_QUOTA_NO_NODE            0xff
+
 
 typedef enum {
     NGX_HTTP_QUOTA_REDIS_DOWN = 0,        /* waiting for the reconnect timer */
@@ -58,6 +65,14 @@ typedef enum {
 typedef struct ngx_http_quota_redis_conn_s  ngx_http_quota_redis_conn_t;
 
 
+/* a cluster master, learned from CLUSTER SLOTS or a redirection */
+typedef struct {
+    ngx_addr_t                   addr;
+    ngx_sockaddr_t               sa;
+    u_char                       text[NGX_SOCKADDR_STRLEN];
+} ngx_http_quota_redis_node_t;
+
+
 /* a command in a connection's FIFO, or on the free list */
 struct ngx_http_quota_op_s {
     ngx_http_quota_reply_pt      handler;     /* NULL once detached */
@@ -65,8 +80,10 @@ struct ngx_http_quota_op_s {
     ngx_http_quota_op_t         *next;
     ngx_http_quota_redis_conn_t *conn;
     uint64_t                     sent_us;     /* for the latency histogram */
-    ngx_str_t                    cmd;         /* RELIABLE: its RESP copy */
+    ngx_str_t                    cmd;         /* RELIABLE, cluster: RESP */
+    ngx_uint_t                   route;       /* cluster: slot + 1, 0: none */
     ngx_http_quota_op_kind_e     kind;
+    unsigned                     redirected:1;    /* MOVED/ASK followed */
 };
 
 
@@ -75,6 +92,7 @@ typedef struct ngx_http_quota_redis_cmd_s  ngx_http_quota_redis_cmd_t;
 
 struct ngx_http_quota_redis_cmd_s {
     ngx_http_quota_redis_cmd_t  *next;
+    ngx_uint_t                   route;       /* cluster: slot + 1, 0: none */
     size_t                       len;
     u_char                       data[1];
 };
@@ -88,6 +106,7 @@ struct ngx_http_quota_redis_conn_s {
     unsigned                     sentinel:1;  /* talks to a sentinel */
     unsigned                     subscribed:1;    /* replies without ops */
     unsigned                     live:1;      /* quota_live's subscriber */
+    unsigned                     control:1;   /* cluster: CLUSTER SLOTS */
 
     ngx_peer_connection_t        peer;        /* peer.connection: the socket */
     redisReader                 *reader;
@@ -144,6 +163,16 @@ struct ngx_http_quota_worker_s {
 
     /* quota_live: SUBSCRIBEd to the events channel */
     ngx_http_quota_redis_conn_t *live;
+    /* quota_redis_cluster: the CLUSTER SLOTS connection, the masters
+       (append only; node n owns conns[n * pool ...]) and the slot map */
+    ngx_http_quota_redis_conn_t *control;
+    ngx_uint_t                   seed_index;
+    ngx_http_quota_redis_node_t *nodes;
+    ngx_uint_t                   nnodes;
+    ngx_uint_t                   next_node;   /* round robin, no key */
+    u_char                      *slots;       /* slot -> node */
+    u_char                      *new_slots;   /* CLUSTER SLOTS parsed here */
+    unsigned                     asking_map:1;
 
     ngx_msec_t                   dead_after;  /* the dead-peer threshold */
     unsigned                     ever_ready:1;
@@ -160,7 +189,9 @@ void ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, redisReply *reply);
 void ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc);
 ngx_int_t ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *cmd,
-    size_t len);
+    size_t len, ngx_uint_t route);
+ngx_uint_t ngx_http_quota_redis_route(ngx_http_quota_worker_t *w, int argc,
+    const char **argv, const size_t *argvlen, ngx_uint_t *affinity);
 
 /* ngx_http_quota_redis_conn.c */
 void ngx_http_quota_redis_conn_init(ngx_http_quota_redis_conn_t *rc,
@@ -188,6 +219,25 @@ void ngx_http_quota_redis_sentinel_push(ngx_http_quota_redis_conn_t *rc,
 void ngx_http_quota_redis_sentinel_lost(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_sentinel_refresh(ngx_http_quota_worker_t *w);
 ngx_int_t ngx_http_quota_redis_failover_sign(redisReply *reply);
+ngx_int_t ngx_http_quota_redis_parse_addr(ngx_sockaddr_t *sa,
+    socklen_t *socklen, u_char *ip, size_t iplen, ngx_int_t port);
+
+/* ngx_http_quota_redis_cluster.c */
+ngx_int_t ngx_http_quota_redis_cluster_init(ngx_http_quota_worker_t *w);
+ngx_int_t ngx_http_quota_redis_cluster_handshake(
+    ngx_http_quota_redis_conn_t *rc);
+ngx_int_t ngx_http_quota_redis_cluster_slots(ngx_http_quota_redis_conn_t *rc,
+    redisReply *reply);
+void ngx_http_quota_redis_cluster_lost(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_cluster_refresh(ngx_http_quota_worker_t *w);
+ngx_uint_t ngx_http_quota_redis_cluster_ready(ngx_http_quota_worker_t *w);
+ngx_http_quota_redis_conn_t *ngx_http_quota_redis_cluster_pick(
+    ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity,
+    ngx_uint_t route);
+ngx_int_t ngx_http_quota_redis_cluster_redirect(
+    ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
+    redisReply *reply);
+ngx_uint_t ngx_http_quota_redis_key_slot(u_char *key, size_t len);
 
 /* ngx_http_quota_redis_live.c */
 ngx_int_t ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w);

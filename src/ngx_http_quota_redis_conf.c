@@ -4,6 +4,7 @@
  *             [connect_timeout=T] [pool=N];
  * quota_redis_sentinel ADDRESS... master=NAME [sentinel_password=S]
  *             [and the parameters of quota_redis];
+ * quota_redis_cluster ADDRESS... [the parameters of quota_redis but db=];
  * and the file arguments of quota_redis_ssl_*.
  */
 
@@ -21,6 +22,17 @@ static char *ngx_http_quota_redis_check(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
 static char *ngx_http_quota_redis_sentinel_param(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
+static char *ngx_http_quota_redis_other_mode(ngx_http_quota_main_conf_t *qmcf,
+    ngx_uint_t mode);
+static char *ngx_http_quota_redis_cluster_param(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
+
+
+enum {
+    NGX_HTTP_QUOTA_MODE_SINGLE = 0,
+    NGX_HTTP_QUOTA_MODE_SENTINEL,
+    NGX_HTTP_QUOTA_MODE_CLUSTER
+};
 
 
 char *
@@ -28,15 +40,13 @@ ngx_http_quota_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_quota_main_conf_t *qmcf = conf;
 
+    char        *rv;
     ngx_str_t   *value;
     ngx_uint_t   i;
 
-    if (qmcf->redis_sentinels) {
-        return "cannot be used with \"quota_redis_sentinel\"";
-    }
-
-    if (qmcf->redis_configured) {
-        return "is duplicate";
+    rv = ngx_http_quota_redis_other_mode(qmcf, NGX_HTTP_QUOTA_MODE_SINGLE);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
     value = cf->args->elts;
@@ -63,15 +73,13 @@ ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_quota_main_conf_t *qmcf = conf;
 
+    char        *rv;
     ngx_str_t   *value;
     ngx_uint_t   i;
 
-    if (qmcf->redis_sentinels) {
-        return "is duplicate";
-    }
-
-    if (qmcf->redis_configured) {
-        return "cannot be used with \"quota_redis\"";
+    rv = ngx_http_quota_redis_other_mode(qmcf, NGX_HTTP_QUOTA_MODE_SENTINEL);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
     qmcf->redis_sentinels = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
@@ -102,6 +110,132 @@ ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     return ngx_http_quota_redis_check(cf, qmcf);
+}
+
+
+/* exactly one of quota_redis, quota_redis_sentinel, quota_redis_cluster */
+static char *
+ngx_http_quota_redis_other_mode(ngx_http_quota_main_conf_t *qmcf,
+    ngx_uint_t mode)
+{
+    ngx_uint_t  set;
+
+    if (!qmcf->redis_configured) {
+        return NGX_CONF_OK;
+    }
+
+    set = qmcf->redis_sentinels ? NGX_HTTP_QUOTA_MODE_SENTINEL
+          : qmcf->redis_cluster ? NGX_HTTP_QUOTA_MODE_CLUSTER
+          : NGX_HTTP_QUOTA_MODE_SINGLE;
+
+    if (set == mode) {
+        return "is duplicate";
+    }
+
+    switch (set) {
+
+    case NGX_HTTP_QUOTA_MODE_SENTINEL:
+        return "cannot be used with \"quota_redis_sentinel\"";
+
+    case NGX_HTTP_QUOTA_MODE_CLUSTER:
+        return "cannot be used with \"quota_redis_cluster\"";
+
+    default:
+        return "cannot be used with \"quota_redis\"";
+    }
+}
+
+
+char *
+ngx_http_quota_redis_cluster_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_quota_main_conf_t *qmcf = conf;
+
+    char        *rv;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    rv = ngx_http_quota_redis_other_mode(qmcf, NGX_HTTP_QUOTA_MODE_CLUSTER);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    qmcf->redis_cluster = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
+    if (qmcf->redis_cluster == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (ngx_http_quota_redis_cluster_param(cf, qmcf, &value[i])
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (qmcf->redis_cluster->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no node address in \"quota_redis_cluster\"");
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_quota_redis_check(cf, qmcf);
+}
+
+
+/* a seed address (resolved now) or a parameter of quota_redis but db=:
+   a cluster has database 0 only */
+static char *
+ngx_http_quota_redis_cluster_param(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value)
+{
+    ngx_url_t    u;
+    ngx_addr_t  *a;
+
+    if (ngx_strlchr(value->data, value->data + value->len, '=') != NULL) {
+        if (ngx_strncmp(value->data, "db=", 3) == 0
+            || ngx_http_quota_redis_param(cf, qmcf, value) != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", value);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0
+        || u.family == AF_UNIX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s in \"quota_redis_cluster %V\"",
+                           u.err ? u.err
+                           : u.family == AF_UNIX ? "a unix socket"
+                           : "host not found", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    a = ngx_array_push(qmcf->redis_cluster);
+    if (a == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *a = u.addrs[0];
+
+    if (qmcf->redis_host.len == 0) {
+        /* the default TLS name: the nodes share one certificate name */
+        qmcf->redis_host = u.host;
+    }
+
+    return NGX_CONF_OK;
 }
 
 

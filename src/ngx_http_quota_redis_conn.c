@@ -242,6 +242,7 @@ ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc)
 
     if ((rc->sentinel ? ngx_http_quota_redis_sentinel_handshake(rc)
          : rc->live ? ngx_http_quota_redis_live_handshake(rc)
+         : rc->control ? ngx_http_quota_redis_cluster_handshake(rc)
          : ngx_http_quota_redis_handshake(rc))
         != NGX_OK)
     {
@@ -383,6 +384,10 @@ ngx_http_quota_redis_handshake_reply(ngx_http_quota_redis_conn_t *rc,
 
     if (ngx_strcmp(step, "SENTINEL") == 0) {
         return ngx_http_quota_redis_sentinel_reply(rc, reply);
+    }
+
+    if (ngx_strcmp(step, "CLUSTER SLOTS") == 0) {
+        return ngx_http_quota_redis_cluster_slots(rc, reply);
     }
 
     if (ngx_strcmp(step, "ROLE") == 0) {
@@ -779,6 +784,12 @@ ngx_http_quota_redis_reply(ngx_http_quota_redis_conn_t *rc, redisReply *reply)
         return ngx_http_quota_redis_handshake_reply(rc, op, reply);
     }
 
+    if (rc->worker->slots && reply->type == REDIS_REPLY_ERROR
+        && ngx_http_quota_redis_cluster_redirect(rc, op, reply) == NGX_OK)
+    {
+        return NGX_OK;      /* MOVED or ASK: op went to the node named */
+    }
+
     if (rc->worker->qmcf->redis_sentinels
         && ngx_http_quota_redis_failover_sign(reply))
     {
@@ -940,8 +951,13 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
         return;
     }
 
-    if (rc->sentinel) {
-        ngx_http_quota_redis_sentinel_lost(rc);
+    if (rc->sentinel || rc->control) {
+        if (rc->sentinel) {
+            ngx_http_quota_redis_sentinel_lost(rc);
+
+        } else {
+            ngx_http_quota_redis_cluster_lost(rc);
+        }
 
         if (reconnect) {
             ngx_http_quota_redis_schedule(rc);
@@ -953,8 +969,9 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
     if (reconnect) {
         ngx_http_quota_redis_schedule(rc);
 
-        /* a lost master may be a failover */
+        /* a lost master may be a failover, or a changed cluster */
         ngx_http_quota_redis_sentinel_refresh(rc->worker);
+        ngx_http_quota_redis_cluster_refresh(rc->worker);
     }
 
     /* reliable commands lost with it may go out on another connection */

@@ -24,8 +24,6 @@
 static ngx_int_t ngx_http_quota_redis_sentinel_master(
     ngx_http_quota_worker_t *w, u_char *ip, size_t iplen, u_char *port,
     size_t portlen);
-static ngx_int_t ngx_http_quota_redis_sentinel_addr(ngx_sockaddr_t *sa,
-    socklen_t *socklen, u_char *ip, size_t iplen, ngx_int_t port);
 static void ngx_http_quota_redis_sentinel_switch(ngx_http_quota_worker_t *w,
     redisReply *msg);
 
@@ -212,7 +210,7 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
     n = ngx_atoi(port, portlen);
 
     if (n < 1 || n > 65535
-        || ngx_http_quota_redis_sentinel_addr(&sa, &socklen, ip, iplen, n)
+        || ngx_http_quota_redis_parse_addr(&sa, &socklen, ip, iplen, n)
            != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
@@ -267,8 +265,9 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
 }
 
 
-static ngx_int_t
-ngx_http_quota_redis_sentinel_addr(ngx_sockaddr_t *sa, socklen_t *socklen,
+/* an IP and a port as Redis names them (also used by the cluster) */
+ngx_int_t
+ngx_http_quota_redis_parse_addr(ngx_sockaddr_t *sa, socklen_t *socklen,
     u_char *ip, size_t iplen, ngx_int_t port)
 {
     in_addr_t  inaddr;

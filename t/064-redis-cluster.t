@@ -1,0 +1,222 @@
+# quota_redis_cluster (SPEC 10): a real three-master Redis Cluster on
+# loopback.  nginx lists a seed that is down and one live node; tenants
+# spread over all three masters are charged exactly, each on the master of
+# its slot (CRC16 of the hash tag), 402 at the limit; the usage endpoint
+# works; a tenant's slot migrated while nginx runs is followed through ASK
+# (during the migration) and MOVED (after it) with nothing charged twice;
+# two Redis modes at once and db= fail nginx -t.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+my $slack = $valgrind ? 3 : 1;
+
+# Redis' keyHashSlot: CRC16 (XMODEM) of the hash tag, mod 16384
+sub crc16 {
+    my ($s) = @_;
+    my $crc = 0;
+    for my $b (unpack 'C*', $s) {
+        $crc ^= $b << 8;
+        for (1 .. 8) {
+            $crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
+            $crc &= 0xffff;
+        }
+    }
+    return $crc;
+}
+sub slot { crc16($_[0]) % 16384 }
+
+is(slot('123456789'), 0x31c3 % 16384, 'CRC16 XMODEM check value');
+
+sub wait_until {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $v = eval { $cond->() };
+        return $v if $v;
+        sleep 0.1;
+    }
+    return undef;
+}
+
+# three empty cluster nodes, joined by redis-cli --cluster create
+my @nodes = map {
+    start_redis(args => ['--cluster-enabled', 'yes',
+                         '--cluster-config-file', 'nodes.conf',
+                         '--cluster-port', free_port(),
+                         '--cluster-node-timeout', '5000'])
+} 1 .. 3;
+
+my $out = `redis-cli --cluster create @{[ map { "127.0.0.1:$_->{port}" } @nodes ]} --cluster-replicas 0 --cluster-yes 2>&1`;
+is($?, 0, 'redis-cli --cluster create') or diag($out);
+ok(wait_until(20, sub {
+       3 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @nodes }),
+   'the cluster is up');
+
+my %id = map { $_->{port} => scalar $_->cmd('CLUSTER', 'MYID') } @nodes;
+
+# the master of each slot, as the cluster says
+my @owner;
+for my $r (@{ $nodes[0]->cmd('CLUSTER', 'SLOTS') }) {
+    my ($from, $to, $m) = @$r;
+    $owner[$_] = $m->[1] for $from .. $to;
+}
+my %by_port = map { $_->{port} => $_ } @nodes;
+
+# two tenants on each master, and one more to migrate
+my (%on, @tenants);
+for my $i (0 .. 999) {
+    my $t = "t$i";
+    my $p = $owner[slot($t)];
+    next if ($on{$p} //= 0) >= 2;
+    $on{$p}++;
+    push @tenants, $t;
+    last if @tenants == 6;
+}
+is(scalar(keys %on), 3, 'the tenants cover all three masters');
+
+my $mover = 'mover';
+my $mslot = slot($mover);
+my $src = $by_port{ $owner[$mslot] };
+my ($dst) = grep { $_->{port} != $src->{port} } @nodes;
+
+my $server = <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api_requests=1;
+
+    location /api/ {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location = /usage {
+        quota_usage;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+_EOC_
+
+sub post {
+    my ($port, $tenant) = @_;
+    return http_request($port, 'POST', '/api/x', { 'X-API-Key' => $tenant },
+                        '', 10);
+}
+
+my $dead = free_port();
+my (%codes, $usage, @ask, @moved);
+
+my $log = nginx_run(
+    no_root_location => 1,
+    http_config => "    quota_redis_cluster 127.0.0.1:$dead"
+                   . " 127.0.0.1:$nodes[1]{port} timeout=2s;\n"
+                   . "    quota_metric api_requests;\n"
+                   . "    quota_plan free { limit api_requests 5; }\n"
+                   . "    quota_default_plan free;\n",
+    config => $server,
+    code => sub {
+        my ($port) = @_;
+
+        for my $t (@tenants) {
+            push @{ $codes{$t} }, post($port, $t)->{status} for 1 .. 6;
+        }
+
+        $usage = http_request($port, 'GET', '/usage',
+                              { 'X-API-Key' => $tenants[0] }, undef, 10);
+
+        # one charge before the migration, on the source
+        push @ask, post($port, $mover);
+
+        # CLUSTER SETSLOT IMPORTING / MIGRATING, then MIGRATE every key:
+        # the source answers ASK for the slot's (now absent) keys
+        $dst->cmd('CLUSTER', 'SETSLOT', $mslot, 'IMPORTING', $id{ $src->{port} });
+        $src->cmd('CLUSTER', 'SETSLOT', $mslot, 'MIGRATING', $id{ $dst->{port} });
+        my $keys = $src->cmd('CLUSTER', 'GETKEYSINSLOT', $mslot, 100);
+        $src->cmd('MIGRATE', '127.0.0.1', $dst->{port}, '', 0, 5000,
+                  'KEYS', @$keys) if @$keys;
+
+        push @ask, post($port, $mover) for 1 .. 2;
+
+        # the slot now belongs to the destination: the source answers MOVED
+        $_->cmd('CLUSTER', 'SETSLOT', $mslot, 'NODE', $id{ $dst->{port} })
+            for $dst, $src, grep { $_ != $src && $_ != $dst } @nodes;
+
+        push @moved, post($port, $mover) for 1 .. 2;
+    },
+);
+
+for my $t (@tenants) {
+    my $p = $owner[slot($t)];
+    is_deeply($codes{$t}, [200, 200, 200, 200, 200, 402],
+              "$t (slot " . slot($t) . ", master $p): five admitted, the sixth 402");
+    is($by_port{$p}->cmd('HGET', "quota:{$t}:usage:$start", 'api_requests'), 5,
+       "$t: counted on its own master");
+    # another node answers MOVED: it holds no such key
+    is(scalar(grep { eval { $_->cmd('EXISTS', "quota:{$t}:usage:$start") } }
+                   @nodes), 1,
+       "$t: on no other node");
+}
+
+is($usage->{status}, 200, 'the usage endpoint answers');
+like($usage->{body}, qr/api_requests/, 'the usage endpoint names the metric')
+    or diag($usage->{body});
+like($usage->{body}, qr/\b5\b/, 'the usage endpoint reports the 5 used')
+    or diag($usage->{body});
+
+is_deeply([map { $_->{status} } @ask], [200, 200, 200],
+          'the migrating slot: charged before and during the migration (ASK)');
+is_deeply([map { $_->{status} } @moved], [200, 200],
+          'the moved slot: charged on the new owner (MOVED)');
+like($log, qr/"ASK $mslot 127\.0\.0\.1:$dst->{port}" from/, 'ASK was followed');
+like($log, qr/"MOVED $mslot 127\.0\.0\.1:$dst->{port}" from/, 'MOVED was followed');
+is($dst->cmd('HGET', "quota:{$mover}:usage:$start", 'api_requests'), 5,
+   'the new owner holds every admitted charge of the moved tenant: none twice');
+my $left = eval { $src->cmd('EXISTS', "quota:{$mover}:usage:$start") };
+like($left // $@, qr/^(0|MOVED .*)$/, 'and the old owner none');
+like($log, qr/no slot map from 127\.0\.0\.1:$dead, asking 127\.0\.0\.1:$nodes[1]{port} next/,
+     'the seed that is down was tried, then the next one');
+unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');
+
+stop_redis($_) for @nodes;
+
+# configuration errors
+for my $c (
+    [ "    quota_redis 127.0.0.1:1;\n    quota_redis_cluster 127.0.0.1:2;",
+      qr/"quota_redis_cluster" directive cannot be used with "quota_redis" in \S+:\d+/,
+      'quota_redis and quota_redis_cluster' ],
+    [ "    quota_redis_cluster 127.0.0.1:2;\n    quota_redis_sentinel 127.0.0.1:3 master=x;",
+      qr/"quota_redis_sentinel" directive cannot be used with "quota_redis_cluster" in \S+:\d+/,
+      'quota_redis_cluster and quota_redis_sentinel' ],
+    [ "    quota_redis_cluster 127.0.0.1:2;\n    quota_redis_cluster 127.0.0.1:3;",
+      qr/"quota_redis_cluster" directive is duplicate in \S+:\d+/,
+      'quota_redis_cluster twice' ],
+    [ "    quota_redis_cluster 127.0.0.1:2 db=1;",
+      qr/invalid parameter "db=1" in \S+:\d+/,
+      'db= in a cluster' ],
+    [ "    quota_redis_cluster 127.0.0.1:2;",
+      qr/"quota_live" in \S+:\d+ needs "quota_redis" with an address: "quota_redis_cluster" is not supported/,
+      'quota_live with a cluster', "    location = /ws/live { quota_live; }\n" ],
+) {
+    my ($conf, $re, $name, $extra) = @$c;
+    my $ok = eval {
+        nginx_run(no_root_location => 1,
+                  http_config => "$conf\n    quota_metric api_requests;\n",
+                  config => $server . ($extra // ''), code => sub { });
+        1;
+    };
+    ok(!$ok, "nginx -t: $name fails");
+    like($@ // '', $re, "nginx -t: $name: file:line and why");
+}
+
+done_testing();
