@@ -174,10 +174,14 @@ like($usage->{body}, qr/api_requests/, 'the usage endpoint names the metric')
 like($usage->{body}, qr/\b5\b/, 'the usage endpoint reports the 5 used')
     or diag($usage->{body});
 
-is_deeply([map { $_->{status} } @ask], [200, 200, 200],
+is_deeply([map { $_->{headers}{'x-status'} // '' } @ask],
+          [('ALLOWED') x 3],
           'the migrating slot: charged before and during the migration (ASK)');
-is_deeply([map { $_->{status} } @moved], [200, 200],
+is_deeply([map { $_->{headers}{'x-status'} // '' } @moved],
+          [('ALLOWED') x 2],
           'the moved slot: charged on the new owner (MOVED)');
+unlike($log, qr/"(?:MOVED|ASK) (?!$mslot )\d+/,
+       'every other command went to the master of its slot at once');
 like($log, qr/"ASK $mslot 127\.0\.0\.1:$dst->{port}" from/, 'ASK was followed');
 like($log, qr/"MOVED $mslot 127\.0\.0\.1:$dst->{port}" from/, 'MOVED was followed');
 is($dst->cmd('HGET', "quota:{$mover}:usage:$start", 'api_requests'), 5,
