@@ -14,6 +14,7 @@ use Test::More;
 use QuotaTest;
 use QuotaTime;
 use Time::HiRes qw(time sleep);
+use File::Temp ();
 
 my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
@@ -193,6 +194,61 @@ like($log, qr/no slot map from 127\.0\.0\.1:$dead, asking 127\.0\.0\.1:$nodes[1]
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');
 
 stop_redis($_) for @nodes;
+
+# TLS (quota_redis_ssl): a cluster whose nodes and bus speak TLS only to
+# the module; CLUSTER SLOTS over TLS names the TLS ports
+SKIP: {
+    skip 'openssl not found', 4 if system('openssl version >/dev/null 2>&1');
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    my $o = `openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=redis.test -addext subjectAltName=IP:127.0.0.1 -keyout $dir/s.key -out $dir/s.pem 2>&1`;
+    die "openssl: $o" if $?;
+    my @tnodes = map {
+        my $tp = free_port();
+        my $h = start_redis(args => ['--cluster-enabled', 'yes',
+                                     '--cluster-config-file', 'nodes.conf',
+                                     '--cluster-port', free_port(),
+                                     '--tls-port', $tp, '--tls-cluster', 'yes',
+                                     '--tls-cert-file', "$dir/s.pem",
+                                     '--tls-key-file', "$dir/s.key",
+                                     '--tls-ca-cert-file', "$dir/s.pem",
+                                     '--tls-auth-clients', 'no']);
+        $h->{tport} = $tp;
+        $h;
+    } 1 .. 3;
+    my $c = `redis-cli --tls --cacert $dir/s.pem --cluster create @{[ map { "127.0.0.1:$_->{tport}" } @tnodes ]} --cluster-replicas 0 --cluster-yes 2>&1`;
+    is($?, 0, 'tls: redis-cli --cluster create') or diag($c);
+    wait_until(20, sub {
+        3 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @tnodes });
+    # asked over plain TCP, CLUSTER SLOTS names the plain ports
+    my %tby = map { ($_->{tport} => $_, $_->{port} => $_) } @tnodes;
+    my @town;
+    for my $r (@{ $tnodes[0]->cmd('CLUSTER', 'SLOTS') }) {
+        $town[$_] = $r->[2][1] for $r->[0] .. $r->[1];
+    }
+    my %seen;
+    my @tt = grep { !$seen{ $town[slot($_)] // '' }++ } map { "s$_" } 0 .. 200;
+    my @st;
+    nginx_run(
+        no_root_location => 1,
+        http_config => "    quota_redis_cluster 127.0.0.1:$tnodes[0]{tport}"
+                       . " timeout=3s connect_timeout=3s;\n"
+                       . "    quota_redis_ssl on;\n"
+                       . "    quota_redis_ssl_verify on;\n"
+                       . "    quota_redis_ssl_trusted_certificate $dir/s.pem;\n"
+                       . "    quota_metric api_requests;\n",
+        config => $server,
+        code => sub {
+            my ($port) = @_;
+            push @st, post($port, $_)->{headers}{'x-status'} // '' for @tt;
+        },
+    );
+    is(scalar(@tt), 3, 'tls: one tenant per master');
+    is_deeply(\@st, [('ALLOWED') x 3], 'tls: charged over TLS on every master');
+    is(scalar(grep { ($tby{ $town[slot($_)] }->cmd('HGET', "quota:{$_}:usage:$start",
+                                                   'api_requests') // 0) == 1 } @tt),
+       3, 'tls: each on the master of its slot');
+    stop_redis($_) for @tnodes;
+}
 
 # configuration errors
 for my $c (
