@@ -137,8 +137,10 @@ _EOC_
             chomp $master;
             # the master's children, from /proc (no procps needed)
             my @workers = grep {
-                open my $st, '<', "/proc/$_/stat" or next;
-                my ($ppid) = (<$st> =~ /^\d+ \(.*?\) \S (\d+)/);
+                my $ppid;
+                if (open my $st, '<', "/proc/$_/stat") {
+                    ($ppid) = (<$st> =~ /^\d+ \(.*?\) \S (\d+)/);
+                }
                 defined $ppid && $ppid == $master;
             } map { m{/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
             kill 'KILL', @workers;
