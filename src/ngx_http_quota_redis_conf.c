@@ -27,6 +27,13 @@ static char *ngx_http_quota_redis_other_mode(ngx_http_quota_main_conf_t *qmcf,
 static char *ngx_http_quota_redis_cluster_param(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
 
+typedef char *(*ngx_http_quota_redis_param_pt)(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_str_t *value);
+
+static char *ngx_http_quota_redis_addresses(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_uint_t mode, ngx_array_t **list,
+    ngx_http_quota_redis_param_pt param, const char *what);
+
 
 enum {
     NGX_HTTP_QUOTA_MODE_SINGLE = 0,
@@ -73,34 +80,15 @@ ngx_http_quota_redis_sentinel_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_quota_main_conf_t *qmcf = conf;
 
-    char        *rv;
-    ngx_str_t   *value;
-    ngx_uint_t   i;
+    char  *rv;
 
-    rv = ngx_http_quota_redis_other_mode(qmcf, NGX_HTTP_QUOTA_MODE_SENTINEL);
+    rv = ngx_http_quota_redis_addresses(cf, qmcf,
+                                        NGX_HTTP_QUOTA_MODE_SENTINEL,
+                                        &qmcf->redis_sentinels,
+                                        ngx_http_quota_redis_sentinel_param,
+                                        "sentinel");
     if (rv != NGX_CONF_OK) {
         return rv;
-    }
-
-    qmcf->redis_sentinels = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
-    if (qmcf->redis_sentinels == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    value = cf->args->elts;
-
-    for (i = 1; i < cf->args->nelts; i++) {
-        if (ngx_http_quota_redis_sentinel_param(cf, qmcf, &value[i])
-            != NGX_CONF_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-    }
-
-    if (qmcf->redis_sentinels->nelts == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no sentinel address in \"quota_redis_sentinel\"");
-        return NGX_CONF_ERROR;
     }
 
     if (qmcf->redis_master_name.len == 0) {
@@ -152,37 +140,60 @@ ngx_http_quota_redis_cluster_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_quota_main_conf_t *qmcf = conf;
 
-    char        *rv;
-    ngx_str_t   *value;
-    ngx_uint_t   i;
+    char  *rv;
 
-    rv = ngx_http_quota_redis_other_mode(qmcf, NGX_HTTP_QUOTA_MODE_CLUSTER);
+    rv = ngx_http_quota_redis_addresses(cf, qmcf,
+                                        NGX_HTTP_QUOTA_MODE_CLUSTER,
+                                        &qmcf->redis_cluster,
+                                        ngx_http_quota_redis_cluster_param,
+                                        "node");
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
-    qmcf->redis_cluster = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
-    if (qmcf->redis_cluster == NULL) {
+    return ngx_http_quota_redis_check(cf, qmcf);
+}
+
+
+/*
+ * The address list of quota_redis_sentinel or quota_redis_cluster: the
+ * mode is exclusive, every argument goes through the mode's parameter
+ * parser, and at least one address is named.
+ */
+static char *
+ngx_http_quota_redis_addresses(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf, ngx_uint_t mode, ngx_array_t **list,
+    ngx_http_quota_redis_param_pt param, const char *what)
+{
+    char        *rv;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    rv = ngx_http_quota_redis_other_mode(qmcf, mode);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    *list = ngx_array_create(cf->pool, 3, sizeof(ngx_addr_t));
+    if (*list == NULL) {
         return NGX_CONF_ERROR;
     }
 
     value = cf->args->elts;
 
     for (i = 1; i < cf->args->nelts; i++) {
-        if (ngx_http_quota_redis_cluster_param(cf, qmcf, &value[i])
-            != NGX_CONF_OK)
-        {
+        if (param(cf, qmcf, &value[i]) != NGX_CONF_OK) {
             return NGX_CONF_ERROR;
         }
     }
 
-    if (qmcf->redis_cluster->nelts == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no node address in \"quota_redis_cluster\"");
+    if ((*list)->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "no %s address in \"%V\"",
+                           what, &value[0]);
         return NGX_CONF_ERROR;
     }
 
-    return ngx_http_quota_redis_check(cf, qmcf);
+    return NGX_CONF_OK;
 }
 
 
