@@ -20,6 +20,7 @@
 
 
 #include "ngx_http_quota_module.h"
+#include "ngx_http_quota_zone.h"
 
 
 static ngx_int_t ngx_http_quota_preconfiguration(ngx_conf_t *cf);
@@ -337,6 +338,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_zone_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -532,6 +540,10 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (ngx_http_quota_redis_ssl_init(cf, qmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_quota_zone_check(cf, qmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 

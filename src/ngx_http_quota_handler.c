@@ -23,6 +23,7 @@
 
 
 #include "ngx_http_quota_module.h"
+#include "ngx_http_quota_zone.h"
 
 
 static ngx_int_t ngx_http_quota_evaluate(ngx_http_request_t *r,
@@ -56,6 +57,11 @@ ngx_http_quota_handler(ngx_http_request_t *r)
 
         case NGX_HTTP_QUOTA_CTX_DECIDED:
             ctx->state = NGX_HTTP_QUOTA_CTX_FINISHED;
+
+            /* quota_zone: the tenant's snapshot from every reply */
+            ngx_http_quota_zone_learn(r, ctx);
+            ngx_http_quota_zone_release(ctx);
+
             return ngx_http_quota_act(r, ctx, ctx->conf);
 
         case NGX_HTTP_QUOTA_CTX_WAITING:
@@ -493,6 +499,8 @@ ngx_http_quota_cleanup(void *data)
         ctx->slot_taken = 0;
         ngx_http_quota_script_release(ctx);
     }
+
+    ngx_http_quota_zone_release(ctx);
 }
 
 

@@ -12,6 +12,7 @@
 
 
 #include "ngx_http_quota_module.h"
+#include "ngx_http_quota_zone.h"
 
 
 #define NGX_HTTP_QUOTA_STATS_SIZE  (64 * 1024)
@@ -27,9 +28,15 @@ static const char  *ngx_http_quota_error_kinds[NGX_HTTP_QUOTA_ERR_COUNT] = {
     "connect", "disconnect", "timeout", "reply", "unavailable"
 };
 
+static const char  *ngx_http_quota_local_kinds[NGX_HTTP_QUOTA_LOCAL_COUNT] = {
+    "lease", "reject_cache", "fallback"
+};
+
 
 static u_char *ngx_http_quota_metrics_text(u_char *p,
     ngx_http_quota_stats_t *st);
+static u_char *ngx_http_quota_metrics_ledger(u_char *p,
+    ngx_http_quota_stats_t *st, ngx_http_quota_main_conf_t *qmcf);
 static ngx_int_t ngx_http_quota_stats_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 
@@ -159,7 +166,8 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
 
     len = 4096 + 1024 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_LATENCY_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
-          + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN);
+          + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN)
+          + 1024 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -167,6 +175,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
     }
 
     b->last = ngx_http_quota_metrics_text(b->last, st);
+    b->last = ngx_http_quota_metrics_ledger(b->last, st, qmcf);
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
@@ -270,6 +279,40 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "# TYPE quota_live_dropped_total counter\n"
                        "quota_live_dropped_total %uA\n",
                     st->live_clients, st->live_frames, st->live_dropped);
+
+    return p;
+}
+
+
+/* the node ledger (SPEC 9): quota_zone, leases, local decisions */
+static u_char *
+ngx_http_quota_metrics_ledger(u_char *p, ngx_http_quota_stats_t *st,
+    ngx_http_quota_main_conf_t *qmcf)
+{
+    ngx_uint_t  i;
+
+    p = ngx_sprintf(p, "# HELP quota_zone_tenants Tenants quota_zone "
+                       "holds.\n"
+                       "# TYPE quota_zone_tenants gauge\n"
+                       "quota_zone_tenants %ui\n"
+                       "# HELP quota_zone_evictions_total Idle tenants "
+                       "evicted from a full quota_zone.\n"
+                       "# TYPE quota_zone_evictions_total counter\n"
+                       "quota_zone_evictions_total %uA\n"
+                       "# HELP quota_leases_total Leases granted by redis "
+                       "(quota_lease).\n"
+                       "# TYPE quota_leases_total counter\n"
+                       "quota_leases_total %uA\n"
+                       "# HELP quota_local_decisions_total Requests decided "
+                       "from quota_zone, with no redis trip.\n"
+                       "# TYPE quota_local_decisions_total counter\n",
+                    ngx_http_quota_zone_tenants(qmcf), st->zone_evictions,
+                    st->leases);
+
+    for (i = 0; i < NGX_HTTP_QUOTA_LOCAL_COUNT; i++) {
+        p = ngx_sprintf(p, "quota_local_decisions_total{kind=\"%s\"} %uA\n",
+                        ngx_http_quota_local_kinds[i], st->local[i]);
+    }
 
     return p;
 }

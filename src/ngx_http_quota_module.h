@@ -14,6 +14,9 @@
  *   ngx_http_quota_handler.c     the precontent-phase handler: decision
  *                                order, suspend/resume, failure mode, log
  *                                phase (reconcile, decision counters)
+ *   ngx_http_quota_zone.c        quota_zone: the node ledger's shared
+ *                                zone (one node per tenant, snapshot, LRU
+ *                                eviction); API in ngx_http_quota_zone.h
  *   ngx_http_quota_redis.c       per-worker Redis pool, ops, send calls
  *   ngx_http_quota_redis_conn.c  one Redis connection on nginx's events
  *                                (hiredis only encodes and parses)
@@ -203,6 +206,12 @@ typedef struct {
 
 #define NGX_HTTP_QUOTA_LATENCY_BUCKETS   12
 
+/* quota_local_decisions_total{kind=...}: answered from the zone */
+#define NGX_HTTP_QUOTA_LOCAL_LEASE       0
+#define NGX_HTTP_QUOTA_LOCAL_REJECT      1
+#define NGX_HTTP_QUOTA_LOCAL_FALLBACK    2
+#define NGX_HTTP_QUOTA_LOCAL_COUNT       3
+
 
 /* in the shared zone: every worker adds to the same counters */
 typedef struct {
@@ -218,6 +227,9 @@ typedef struct {
     ngx_atomic_t                 live_clients;    /* gauge */
     ngx_atomic_t                 live_frames;     /* frames queued */
     ngx_atomic_t                 live_dropped;    /* events not delivered */
+    ngx_atomic_t                 local[NGX_HTTP_QUOTA_LOCAL_COUNT];
+    ngx_atomic_t                 leases;          /* granted */
+    ngx_atomic_t                 zone_evictions;
 } ngx_http_quota_stats_t;
 
 #define ngx_http_quota_count(qmcf, field)                                    \
@@ -247,6 +259,10 @@ typedef struct {
 
 
 typedef struct ngx_http_quota_worker_s  ngx_http_quota_worker_t;
+
+/* the node ledger's zone (ngx_http_quota_zone.h) */
+typedef struct ngx_http_quota_zone_s       ngx_http_quota_zone_t;
+typedef struct ngx_http_quota_zone_node_s  ngx_http_quota_zone_node_t;
 
 
 /* a file named by a directive, loaded after the configuration is read */
@@ -342,6 +358,12 @@ typedef struct {
 
     ngx_http_quota_worker_t     *worker;      /* per-process Redis state */
     ngx_http_quota_stats_t      *stats;       /* shared, see _metrics.c */
+
+    /* quota_zone, and the first directive that needs it (_zone.c) */
+    ngx_http_quota_zone_t       *zone;
+    ngx_str_t                    zone_need;
+    ngx_str_t                    zone_need_file;
+    ngx_uint_t                   zone_need_line;
 } ngx_http_quota_main_conf_t;
 
 
@@ -450,6 +472,7 @@ typedef struct {
     size_t                      *argvlen;
 
     ngx_http_quota_op_t         *op;          /* pending Redis operation */
+    ngx_http_quota_zone_node_t  *zone_node;   /* held across the trip */
     ngx_event_t                  timeout;     /* quota_redis timeout= */
     ngx_event_t                  wake;        /* posted when the reply is in */
 
