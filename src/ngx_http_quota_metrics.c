@@ -18,8 +18,8 @@
 #define NGX_HTTP_QUOTA_STATS_SIZE  (64 * 1024)
 
 
-/* upper bounds of the latency histogram, microseconds */
-static ngx_uint_t  ngx_http_quota_latency_le[NGX_HTTP_QUOTA_LATENCY_BUCKETS] = {
+/* upper bounds of the latency histograms, microseconds */
+ngx_uint_t  ngx_http_quota_latency_le[NGX_HTTP_QUOTA_LATENCY_BUCKETS] = {
     100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
     1000000
 };
@@ -132,6 +132,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
     size_t                       len;
     ngx_int_t                    rc;
     ngx_buf_t                   *b;
+    ngx_uint_t                   servers;
     ngx_chain_t                  out;
     ngx_table_elt_t             *h;
     ngx_http_quota_stats_t      *st;
@@ -167,7 +168,8 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
     len = 4096 + 1024 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_LATENCY_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN)
-          + 1024 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN);
+          + 1024 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN)
+          + ngx_http_quota_redis_stats_size(qmcf, &servers);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -176,6 +178,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
 
     b->last = ngx_http_quota_metrics_text(b->last, st);
     b->last = ngx_http_quota_metrics_ledger(b->last, st, qmcf);
+    b->last = ngx_http_quota_redis_stats_text(b->last, qmcf, servers);
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
@@ -259,8 +262,9 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "and not answered yet.\n"
                        "# TYPE quota_redis_inflight gauge\n"
                        "quota_redis_inflight %uA\n"
-                       "# HELP quota_redis_failovers_total Times the "
-                       "sentinels named a new master.\n"
+                       "# HELP quota_redis_failovers_total Failovers "
+                       "seen: a new master named by the sentinels, a "
+                       "cluster slot map with a slot on a new owner.\n"
                        "# TYPE quota_redis_failovers_total counter\n"
                        "quota_redis_failovers_total %uA\n",
                     st->reconnects, st->noscript, st->inflight,

@@ -29,6 +29,9 @@
  *                                quota_redis_ssl_* parsers
  *   ngx_http_quota_redis_live.c  quota_live's subscription: one connection
  *                                per worker SUBSCRIBEd to the events channel
+ *   ngx_http_quota_redis_stats.c per-server Redis counters (bounded label
+ *                                set in a shared zone), failovers counted
+ *                                once across workers
  *   ngx_http_quota_redis.h       what the Redis files share
  *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
  *                                and reconcile commands
@@ -213,6 +216,12 @@ typedef struct {
 #define NGX_HTTP_QUOTA_LOCAL_COUNT       3
 
 
+typedef struct ngx_http_quota_redis_stats_s  ngx_http_quota_redis_stats_t;
+
+/* upper bounds of the latency histograms' buckets, microseconds */
+extern ngx_uint_t  ngx_http_quota_latency_le[NGX_HTTP_QUOTA_LATENCY_BUCKETS];
+
+
 /* in the shared zone: every worker adds to the same counters */
 typedef struct {
     ngx_atomic_t                 decisions[NGX_HTTP_QUOTA_STATUS_COUNT];
@@ -358,6 +367,7 @@ typedef struct {
 
     ngx_http_quota_worker_t     *worker;      /* per-process Redis state */
     ngx_http_quota_stats_t      *stats;       /* shared, see _metrics.c */
+    ngx_http_quota_redis_stats_t *redis_stats;    /* shared, _redis_stats.c */
 
     /* quota_zone, and the first directive that needs it (_zone.c) */
     ngx_http_quota_zone_t       *zone;
@@ -766,6 +776,12 @@ ngx_int_t ngx_http_quota_stats_zone(ngx_conf_t *cf,
 uint64_t ngx_http_quota_now_us(void);
 void ngx_http_quota_stats_latency(ngx_http_quota_stats_t *stats, uint64_t us);
 ngx_int_t ngx_http_quota_metrics_handler(ngx_http_request_t *r);
+
+/* ngx_http_quota_redis_stats.c: the per-server families */
+size_t ngx_http_quota_redis_stats_size(ngx_http_quota_main_conf_t *qmcf,
+    ngx_uint_t *n);
+u_char *ngx_http_quota_redis_stats_text(u_char *p,
+    ngx_http_quota_main_conf_t *qmcf, ngx_uint_t n);
 
 /* ngx_http_quota_variables.c */
 ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);

@@ -42,8 +42,9 @@ static ngx_int_t ngx_http_quota_redis_reliable_on(
     ngx_http_quota_redis_conn_t *rc, u_char *cmd, size_t len,
     ngx_uint_t route);
 static void ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w);
-static void ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
-    ngx_http_quota_op_t *op, redisReply *reply);
+static void ngx_http_quota_redis_oneway_reply(
+    ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
+    redisReply *reply);
 static ngx_http_quota_op_t *ngx_http_quota_redis_hold(
     ngx_http_quota_worker_t *w, ngx_str_t *cmd);
 static void ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w);
@@ -353,6 +354,12 @@ ngx_http_quota_redis_detach(ngx_http_quota_op_t *op)
 void
 ngx_http_quota_redis_timed_out(ngx_http_quota_op_t *op)
 {
+    if (op->conn) {
+        /* sent (not held): its server's; the caller counted the total */
+        ngx_http_quota_redis_server_error(op->conn,
+                                          NGX_HTTP_QUOTA_ERR_TIMEOUT);
+    }
+
     ngx_http_quota_redis_detach(op);
 }
 
@@ -410,6 +417,7 @@ ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, redisReply *reply)
 {
     void                        *data;
+    uint64_t                     us;
     ngx_http_quota_worker_t     *w;
     ngx_http_quota_reply_pt      handler;
     ngx_http_quota_main_conf_t  *qmcf;
@@ -418,7 +426,7 @@ ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
     qmcf = w->qmcf;
 
     if (op->kind != NGX_HTTP_QUOTA_OP_REPLY) {
-        ngx_http_quota_redis_oneway_reply(w, op, reply);
+        ngx_http_quota_redis_oneway_reply(rc, op, reply);
         return;
     }
 
@@ -426,9 +434,15 @@ ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
         (void) ngx_atomic_fetch_add(&qmcf->stats->inflight, -1);
 
         if (reply != NULL) {
-            ngx_http_quota_stats_latency(qmcf->stats,
-                                         ngx_http_quota_now_us() - op->sent_us);
+            us = ngx_http_quota_now_us() - op->sent_us;
+            ngx_http_quota_stats_latency(qmcf->stats, us);
+            ngx_http_quota_redis_stats_latency(rc, us);
         }
+    }
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        /* the caller counts the total (it also counts malformed replies) */
+        ngx_http_quota_redis_server_error(rc, NGX_HTTP_QUOTA_ERR_REPLY);
     }
 
     handler = op->handler;
@@ -444,9 +458,13 @@ ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
 
 
 static void
-ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
+ngx_http_quota_redis_oneway_reply(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, redisReply *reply)
 {
+    ngx_http_quota_worker_t  *w;
+
+    w = rc->worker;
+
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
                       "quota: redis refused a %s command: %*s",
@@ -454,7 +472,7 @@ ngx_http_quota_redis_oneway_reply(ngx_http_quota_worker_t *w,
                       ? "reliable" : "one-way",
                       (size_t) reply->len, reply->str);
 
-        ngx_http_quota_count(w->qmcf, errors[NGX_HTTP_QUOTA_ERR_REPLY]);
+        ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_REPLY);
     }
 
     if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && reply == NULL) {

@@ -14,6 +14,7 @@
  *                                hash tag, MOVED and ASK
  *   ngx_http_quota_redis_conf.c  quota_redis and quota_redis_ssl_* parsers
  *   ngx_http_quota_redis_live.c  quota_live's SUBSCRIBE connection
+ *   ngx_http_quota_redis_stats.c per-server counters, failovers
  */
 
 #ifndef _NGX_HTTP_QUOTA_REDIS_H_INCLUDED_
@@ -43,6 +44,9 @@
 #define NGX_HTTP_QUOTA_CLUSTER_SLOTS      16384
 #define NGX_HTTP_QUOTA_CLUSTER_MAX_NODES  64      /* masters */
 #define NGX_HTTP_QUOTA_NO_NODE            0xff
+
+/* servers with their own metric labels; the rest are server="other" */
+#define NGX_HTTP_QUOTA_REDIS_SERVERS      64
 
 
 typedef enum {
@@ -101,6 +105,7 @@ struct ngx_http_quota_redis_cmd_s {
 struct ngx_http_quota_redis_conn_s {
     ngx_http_quota_worker_t     *worker;
     ngx_uint_t                   index;
+    ngx_uint_t                   server;      /* its metric label, _stats.c */
     ngx_http_quota_redis_state_e state;
     ngx_addr_t                  *addr;        /* NULL: master not known yet */
     unsigned                     sentinel:1;  /* talks to a sentinel */
@@ -179,6 +184,21 @@ struct ngx_http_quota_worker_s {
     unsigned                     exiting:1;
 };
 
+
+/* ngx_http_quota_redis_stats.c */
+ngx_int_t ngx_http_quota_redis_stats_zone(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+ngx_uint_t ngx_http_quota_redis_stats_server(
+    ngx_http_quota_main_conf_t *qmcf, ngx_addr_t *addr);
+void ngx_http_quota_redis_error(ngx_http_quota_redis_conn_t *rc,
+    ngx_uint_t kind);
+void ngx_http_quota_redis_server_error(ngx_http_quota_redis_conn_t *rc,
+    ngx_uint_t kind);
+void ngx_http_quota_redis_stats_reconnect(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_stats_latency(ngx_http_quota_redis_conn_t *rc,
+    uint64_t us);
+void ngx_http_quota_redis_stats_master(ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w);
 
 /* ngx_http_quota_redis.c */
 ngx_http_quota_op_t *ngx_http_quota_redis_op_alloc(

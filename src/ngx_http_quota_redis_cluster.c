@@ -151,6 +151,9 @@ ngx_http_quota_redis_cluster_slots(ngx_http_quota_redis_conn_t *rc,
 
     ngx_memcpy(w->slots, w->new_slots, NGX_HTTP_QUOTA_CLUSTER_SLOTS);
 
+    /* a slot with another owner than any worker saw: a failover, once */
+    ngx_http_quota_redis_stats_slots(w);
+
     covered = 0;
     for (i = 0; i < NGX_HTTP_QUOTA_CLUSTER_SLOTS; i++) {
         covered += (w->slots[i] != NGX_HTTP_QUOTA_NO_NODE);

@@ -317,7 +317,9 @@ ngx_http_quota_redis_check(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 
     qmcf->redis_configured = 1;
 
-    if (ngx_http_quota_stats_zone(cf, qmcf) != NGX_OK) {
+    if (ngx_http_quota_stats_zone(cf, qmcf) != NGX_OK
+        || ngx_http_quota_redis_stats_zone(cf, qmcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

@@ -60,6 +60,7 @@ ngx_http_quota_redis_conn_init(ngx_http_quota_redis_conn_t *rc,
 {
     rc->worker = w;
     rc->index = index;
+    rc->server = NGX_HTTP_QUOTA_REDIS_SERVERS;
     rc->backoff = NGX_HTTP_QUOTA_BACKOFF_MIN;
 
     rc->connect_timer.handler = ngx_http_quota_redis_connect_timeout;
@@ -94,6 +95,9 @@ ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
         return;     /* the sentinel has not named the master yet */
     }
 
+    /* the address may be new (a failover, a cluster node): its label */
+    rc->server = ngx_http_quota_redis_stats_server(qmcf, rc->addr);
+
     rc->reader = redisReaderCreate();
     if (rc->reader == NULL) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
@@ -118,7 +122,7 @@ ngx_http_quota_redis_connect(ngx_http_quota_redis_conn_t *rc)
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, w->log, 0,
                       "quota: redis connect failed: %V", &rc->addr->name);
-        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+        ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
         ngx_http_quota_redis_close(rc, 1);
         return;
     }
@@ -214,8 +218,7 @@ ngx_http_quota_redis_connected(ngx_http_quota_redis_conn_t *rc)
         rc->state = NGX_HTTP_QUOTA_REDIS_TLS;
 
         if (ngx_http_quota_redis_ssl_start(rc) != NGX_OK) {
-            ngx_http_quota_count(rc->worker->qmcf,
-                                 errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+            ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
             ngx_http_quota_redis_close(rc, 1);
         }
 
@@ -378,7 +381,7 @@ ngx_http_quota_redis_handshake_reply(ngx_http_quota_redis_conn_t *rc,
         ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                       "quota: redis %s failed: %*s", step,
                       (size_t) reply->len, reply->str);
-        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+        ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
         return NGX_ERROR;
     }
 
@@ -404,7 +407,7 @@ ngx_http_quota_redis_handshake_reply(ngx_http_quota_redis_conn_t *rc,
         ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                       "quota: redis SCRIPT LOAD answered an unexpected "
                       "reply");
-        ngx_http_quota_count(qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+        ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
         return NGX_ERROR;
     }
 
@@ -622,8 +625,7 @@ ngx_http_quota_redis_write_handler(ngx_event_t *ev)
 
     if (rc->state == NGX_HTTP_QUOTA_REDIS_CONNECTING) {
         if (ngx_http_quota_redis_test_connect(c) != NGX_OK) {
-            ngx_http_quota_count(rc->worker->qmcf,
-                                 errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+            ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
             ngx_http_quota_redis_close(rc, 1);
             return;
         }
@@ -635,8 +637,7 @@ ngx_http_quota_redis_write_handler(ngx_event_t *ev)
     if (ngx_http_quota_redis_flush(rc) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, rc->worker->log, ngx_socket_errno,
                       "quota: redis connection lost while writing");
-        ngx_http_quota_count(rc->worker->qmcf,
-                             errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
+        ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_DISCONNECT);
         ngx_http_quota_redis_close(rc, 1);
     }
 }
@@ -670,8 +671,7 @@ ngx_http_quota_redis_read_handler(ngx_event_t *ev)
             ngx_log_error(NGX_LOG_ERR, rc->worker->log, 0,
                           "quota: redis connection lost: %s",
                           n == 0 ? "closed by the server" : "read error");
-            ngx_http_quota_count(rc->worker->qmcf,
-                                 errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
+            ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_DISCONNECT);
             ngx_http_quota_redis_close(rc, 1);
             return;
         }
@@ -747,7 +747,7 @@ ngx_http_quota_redis_replies(ngx_http_quota_redis_conn_t *rc)
 
 failed:
 
-    ngx_http_quota_count(rc->worker->qmcf, errors[NGX_HTTP_QUOTA_ERR_REPLY]);
+    ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_REPLY);
     ngx_http_quota_redis_close(rc, 1);
 
     return NGX_ERROR;
@@ -827,8 +827,7 @@ ngx_http_quota_redis_connect_timeout(ngx_event_t *ev)
                   "ready after %Mms", rc->index,
                   rc->worker->qmcf->redis_connect_timeout);
 
-    ngx_http_quota_count(rc->worker->qmcf,
-                         errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+    ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
 
     ngx_http_quota_redis_close(rc, 1);
 }
@@ -866,7 +865,7 @@ ngx_http_quota_redis_dead_handler(ngx_event_t *ev)
                   "for %Mms with %ui command(s) waiting, reconnecting",
                   rc->index, silent, rc->pending);
 
-    ngx_http_quota_count(w->qmcf, errors[NGX_HTTP_QUOTA_ERR_DISCONNECT]);
+    ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_DISCONNECT);
 
     ngx_http_quota_redis_close(rc, 1);
 }
@@ -1037,7 +1036,7 @@ ngx_http_quota_redis_reconnect_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_http_quota_count(rc->worker->qmcf, reconnects);
+    ngx_http_quota_redis_stats_reconnect(rc);
 
     ngx_http_quota_redis_connect(rc);
 }

@@ -239,10 +239,6 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
         return NGX_OK;
     }
 
-    if (w->master.socklen) {
-        ngx_http_quota_count(w->qmcf, failovers);
-    }
-
     ngx_memcpy(&w->master_sa, &sa, socklen);
     w->master.socklen = socklen;
     w->master.name.len = ngx_sock_ntop(w->master.sockaddr, socklen,
@@ -251,6 +247,9 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
     ngx_log_error(NGX_LOG_NOTICE, w->log, 0,
                   "quota: redis sentinel: master \"%V\" is %V",
                   &w->qmcf->redis_master_name, &w->master.name);
+
+    /* a failover if any worker knew another master: counted once */
+    ngx_http_quota_redis_stats_master(w);
 
     for (i = 0; i < w->nconns; i++) {
         rc = &w->conns[i];

@@ -293,7 +293,7 @@ failed:
     /* a session of a failed check is not one to resume */
     ngx_http_quota_redis_ssl_forget(rc);
 
-    ngx_http_quota_count(rc->worker->qmcf, errors[NGX_HTTP_QUOTA_ERR_CONNECT]);
+    ngx_http_quota_redis_error(rc, NGX_HTTP_QUOTA_ERR_CONNECT);
     ngx_http_quota_redis_close(rc, 1);
 }
 

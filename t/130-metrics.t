@@ -1,5 +1,7 @@
 # quota_metrics: Prometheus text, summed over all workers through shared
-# memory: decisions by status, the Redis latency histogram, errors.
+# memory: decisions by status, the Redis latency histogram, errors; the
+# per-server families (server="IP:PORT", a bounded label set with an
+# "other" entry); every exposition parsed by a strict text-format parser.
 
 use strict;
 use warnings;
@@ -7,6 +9,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaProm;
 
 redis_flush();
 
@@ -70,6 +73,16 @@ _EOC_
     like($text, qr/^# TYPE quota_decisions_total counter$/m, 'TYPE lines');
     like($text, qr/^# TYPE quota_redis_latency_seconds histogram$/m, 'histogram TYPE');
     is(metric($text, 'quota_redis_errors_total{kind="timeout"}'), 0, 'no errors');
+
+    my $m = eval { QuotaProm::parse($text) };
+    ok($m, 'the exposition is valid Prometheus text') or diag($@);
+    my $srv = "127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}";
+    is(QuotaProm::value($m, 'quota_redis_server_latency_seconds_count', server => $srv), 100,
+       "per server: the 100 round trips on server=\"$srv\", across 2 workers");
+    is(scalar(@{ QuotaProm::series($m, 'quota_redis_server_reconnects_total') }), 1,
+       'per server: one server, the configured one');
+    is(QuotaProm::value($m, 'quota_redis_server_errors_total', server => $srv, kind => 'connect'), 0,
+       'per server: no connect error');
 }
 
 # 2. a Redis outage shows up in the error counters
@@ -89,6 +102,55 @@ _EOC_
     ok(metric($text, 'quota_redis_errors_total{kind="connect"}') >= 1, 'outage: connect errors counted');
     ok(metric($text, 'quota_redis_errors_total{kind="unavailable"}') >= 1, 'outage: requests without a connection counted');
     is(metric($text, 'quota_decisions_total{status="FAIL_OPEN"}'), 1, 'outage: FAIL_OPEN decision');
+
+    my $m = eval { QuotaProm::parse($text) };
+    ok($m, 'outage: valid Prometheus text') or diag($@);
+    my $sum = 0;
+    $sum += $_->[1] for grep { $_->[0]{kind} eq 'connect' }
+                        @{ QuotaProm::series($m, 'quota_redis_server_errors_total') };
+    ok(QuotaProm::value($m, 'quota_redis_server_errors_total', server => "127.0.0.1:$dead",
+                        kind => 'connect') >= 1,
+       'outage: connect errors on server="127.0.0.1:DEAD"');
+    # read in one pass of the counters: a retry may land between two reads
+    ok(abs($sum - metric($text, 'quota_redis_errors_total{kind="connect"}')) <= 1,
+       'outage: the per-server connect errors add up to the total');
+}
+
+# 5. the label set is bounded: 64 servers, then server="other" (here 66
+#    sentinels named in the configuration, none up)
+{
+    my ($text, $m);
+    my @dead = map { free_port() } 1 .. 66;
+    nginx_run(no_root_location => 1, http_config => "    quota_redis_sentinel "
+              . join(' ', map { "127.0.0.1:$_" } @dead) . " master=x;\n"
+              . "    quota_metric a;\n", config => server(), code => sub {
+        my ($port) = @_;
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+    $m = eval { QuotaProm::parse($text) };
+    ok($m, 'bounded: valid Prometheus text') or diag($@);
+    my @servers = map { $_->[0]{server} }
+                  @{ QuotaProm::series($m, 'quota_redis_server_reconnects_total') };
+    is(scalar(@servers), 65, 'bounded: 64 servers and "other"');
+    is_deeply([ @servers[0 .. 63] ], [ map { "127.0.0.1:$_" } @dead[0 .. 63] ],
+              'bounded: the first 64 in configuration order');
+    is($servers[64], 'other', 'bounded: the rest are server="other"');
+    is(scalar(@{ QuotaProm::series($m, 'quota_redis_server_latency_seconds_bucket') }),
+       65 * 13, 'bounded: a histogram per label');
+}
+
+# 6. the parser itself rejects what Prometheus would
+for my $bad (
+    [ "a 1", 'no final newline' ],
+    [ "# TYPE a counter\na{x=\"1\"} 1\nb 1\na{x=\"2\"} 1\n", 'a family in two groups' ],
+    [ "a{x=\"1\"} 1\na{x=\"1\"} 2\n", 'a series twice' ],
+    [ "a{x=\"\\q\"} 1\n", 'a bad escape' ],
+    [ "a one\n", 'not a number' ],
+    [ "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+      'decreasing buckets' ],
+    [ "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n", '+Inf is not _count' ],
+) {
+    ok(!eval { QuotaProm::parse($bad->[0]); 1 }, "parser rejects: $bad->[1]");
 }
 
 # 4. review D13: a client that goes away while its charge is in flight is
