@@ -2,7 +2,9 @@
 # TLS with nginx's OpenSSL (quota_redis_ssl*), against a private
 # redis-server with --tls-port and certificates made here with openssl: a
 # CA, a server certificate for redis.test and 127.0.0.1, a client
-# certificate, and a second CA that signed nothing of this.
+# certificate, and a second CA that signed nothing of this.  The metrics
+# put TLS round trips, a failed verification and a refused AUTH on the
+# server's own label (parsed as Prometheus text).
 
 use strict;
 use warnings;
@@ -10,6 +12,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaProm;
 use QuotaTime;
 use File::Temp ();
 use Time::HiRes qw(time sleep);
@@ -68,7 +71,22 @@ sub server_config {
         quota off;
         return 200 "ok\n";
     }
+
+    location = /metrics {
+        quota_metrics;
+    }
 _EOC_
+}
+
+# the per-server value of a family in an exposition, which must be valid
+sub server_metric {
+    my ($text, $name, %labels) = @_;
+    my $m = eval { QuotaProm::parse($text) };
+    if (!$m) {
+        diag("invalid exposition: $@");
+        return 'invalid';
+    }
+    return QuotaProm::value($m, $name, %labels) // 'absent';
 }
 
 sub post {
@@ -80,7 +98,7 @@ sub post {
 # one request through nginx with this Redis configuration
 sub charge {
     my ($redis, $tenant, $fails) = @_;
-    my $res;
+    my ($res, $metrics);
     my $log = nginx_run(
         no_root_location => 1,
         http_config => "$redis\n    quota_metric api_requests;\n",
@@ -93,9 +111,10 @@ sub charge {
             do {
                 $res = post($port, $tenant);
             } while ($res->{status} != 200 && time < $deadline && sleep 0.1);
+            $metrics = http_get($port, '/metrics')->{body};
         },
     );
-    return ($res, $log);
+    return ($res, $log, $metrics);
 }
 
 sub used {
@@ -113,8 +132,11 @@ my $addr = "127.0.0.1:$tport timeout=3s connect_timeout=3s";
 
 # 1. TLS, no verification (the default, like proxy_ssl_verify)
 {
-    my ($r, $log) = charge("    quota_redis $addr;\n    quota_redis_ssl on;", 'tls1');
+    my ($r, $log, $m) = charge("    quota_redis $addr;\n    quota_redis_ssl on;", 'tls1');
     is($r->{headers}{'x-status'}, 'ALLOWED', 'tls: charged over TLS');
+    ok(server_metric($m, 'quota_redis_server_latency_seconds_count',
+                     server => "127.0.0.1:$tport") >= 1,
+       'tls: the round trip on server="127.0.0.1:TLSPORT"');
     is(used($rs, 'tls1'), 1, 'tls: the charge is in Redis');
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'tls: no alert');
 }
@@ -167,10 +189,16 @@ my $addr = "127.0.0.1:$tport timeout=3s connect_timeout=3s";
 # 3. a wrong CA or a wrong name fails the connection: quota_failure_mode,
 #    logged with the reason
 {
-    my ($r, $log) = charge("    quota_redis $addr;\n    quota_redis_ssl on;\n"
+    my ($r, $log, $m) = charge("    quota_redis $addr;\n    quota_redis_ssl on;\n"
                            . "    quota_redis_ssl_verify on;\n"
                            . "    quota_redis_ssl_trusted_certificate $dir/otherca.pem;\n"
                            . "    quota_redis_ssl_name redis.test;", 'tls4', 1);
+    ok(server_metric($m, 'quota_redis_server_errors_total',
+                     server => "127.0.0.1:$tport", kind => 'connect') >= 1,
+       'wrong CA: a connect error on server="127.0.0.1:TLSPORT"');
+    is(server_metric($m, 'quota_redis_server_latency_seconds_count',
+                     server => "127.0.0.1:$tport"), 0,
+       'wrong CA: no round trip on it');
     is($r->{status}, 503, 'wrong CA: failure mode closed answers 503');
     is($r->{headers}{'x-status'}, 'FAIL_CLOSED', 'wrong CA: FAIL_CLOSED');
     like($log, qr/quota: redis SSL certificate verify error: \(\d+:/, 'wrong CA: logged');
@@ -213,8 +241,12 @@ stop_redis($rs);
     my ($r, $log) = charge("    quota_redis $a user=gateway password=s3cret;", 'acl1');
     is($r->{headers}{'x-status'}, 'ALLOWED', 'acl: charged as user gateway');
 
-    ($r, $log) = charge("    quota_redis $a user=gateway password=wrong;", 'acl2', 1);
+    my $m;
+    ($r, $log, $m) = charge("    quota_redis $a user=gateway password=wrong;", 'acl2', 1);
     is($r->{status}, 503, 'acl: wrong password follows the failure mode');
+    ok(server_metric($m, 'quota_redis_server_errors_total',
+                     server => "127.0.0.1:$rs->{port}", kind => 'connect') >= 1,
+       'acl: the refused AUTH is a connect error on its server');
     like($log, qr/quota: redis AUTH failed: WRONGPASS/, 'acl: wrong password logged');
     $rs->cmd('AUTH', 'gateway', 's3cret');
     is($rs->cmd('HGET', "quota:{acl1}:usage:$start", 'api_requests'), 1,

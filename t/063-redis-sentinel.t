@@ -2,6 +2,10 @@
 # listed is down), charging follows a SENTINEL FAILOVER to the new master
 # (+switch-master), and the new master's count equals the admitted requests;
 # two Redis modes at once or a sentinel without master= fail nginx -t.
+# Metrics (two workers): quota_redis_failovers_total counts the failover
+# once, not once per worker; the per-server families put the round trips
+# on server="OLD" before it and server="NEW" after it, and list the
+# sentinels.
 
 use strict;
 use warnings;
@@ -9,6 +13,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaProm;
 use QuotaTime;
 use POSIX ();
 use File::Path ();
@@ -116,7 +121,7 @@ ok(wait_until(20, sub {
 
 my $dead = free_port();
 my $key = "quota:{fo}:usage:$start";
-my (@before, @during, @after, $failovers, $moved);
+my (@before, @during, @after, $failovers, $moved, $m0, $m1);
 
 my $log = nginx_run(
     no_root_location => 1,
@@ -124,11 +129,13 @@ my $log = nginx_run(
                    . " master=billing timeout=1s;\n"
                    . "    quota_metric api_requests;\n",
     config => $server,
+    workers => 2,
     code => sub {
         my ($port) = @_;
         wait_until(10 * $slack, sub {
             (post($port, 'warm-up')->{headers}{'x-status'} // '') eq 'ALLOWED' });
         push @before, post($port, 'fo') for 1 .. 20;
+        $m0 = http_get($port, '/metrics')->{body};
 
         $m->cmd('WAIT', 1, 2000);
         is(QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing'), 'OK',
@@ -156,6 +163,9 @@ my $log = nginx_run(
             sleep 0.05;
         }
         push @after, post($port, 'fo') for 1 .. 20;
+        # both workers had time to hear +switch-master and count it
+        sleep 1;
+        $m1 = http_get($port, '/metrics')->{body};
     },
 );
 
@@ -175,6 +185,28 @@ my $admitted = grep { ($_->{headers}{'x-status'} // '') eq 'ALLOWED' }
 is($r->cmd('HGET', $key, 'api_requests'), $admitted,
    "the new master's count equals the admitted requests ($admitted): nothing charged twice");
 ok(($failovers // 0) >= 1, 'quota_redis_failovers_total counts the move');
+
+# the metrics, parsed strictly (a worker may not have served a request yet
+# at $m0: the warm-up loop checks only one)
+my $p0 = eval { QuotaProm::parse($m0) };
+ok($p0, 'metrics before: valid Prometheus text') or diag($@);
+my $p1 = eval { QuotaProm::parse($m1) };
+ok($p1, 'metrics after: valid Prometheus text') or diag($@);
+my ($old, $new) = ("127.0.0.1:$m->{port}", "127.0.0.1:$r->{port}");
+is(QuotaProm::value($p1, 'quota_redis_failovers_total'), 1,
+   'quota_redis_failovers_total: 1 failover, 2 workers, counted once');
+my $lat = sub { QuotaProm::value($_[0], 'quota_redis_server_latency_seconds_count',
+                                 server => $_[1]) // 0 };
+ok($lat->($p0, $old) >= 20, "before: the charges' round trips on server=\"$old\"");
+is($lat->($p0, $new), 0, "before: none on server=\"$new\"");
+ok($lat->($p1, $new) >= 20, "after: the charges' round trips on server=\"$new\"");
+for my $s ("127.0.0.1:$dead", "127.0.0.1:$s1", "127.0.0.1:$s2") {
+    ok(defined QuotaProm::value($p1, 'quota_redis_server_reconnects_total', server => $s),
+       "the sentinel server=\"$s\" is listed");
+}
+ok(QuotaProm::value($p1, 'quota_redis_server_errors_total', server => "127.0.0.1:$dead",
+                    kind => 'connect') >= 1,
+   'the sentinel that is down: its connect errors on its own label');
 like($log, qr/quota: redis sentinel: master "billing" is 127\.0\.0\.1:$r->{port}/,
      'the new master logged');
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');

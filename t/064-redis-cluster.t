@@ -4,7 +4,9 @@
 # its slot (CRC16 of the hash tag), 402 at the limit; the usage endpoint
 # works; a tenant's slot migrated while nginx runs is followed through ASK
 # (during the migration) and MOVED (after it) with nothing charged twice;
-# two Redis modes at once and db= fail nginx -t.
+# two Redis modes at once and db= fail nginx -t.  Metrics: each master's
+# round trips on its own server label, the seed that is down has its connect
+# errors, and the migrated slot is one quota_redis_failovers_total.
 
 use strict;
 use warnings;
@@ -12,6 +14,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaProm;
 use QuotaTime;
 use Time::HiRes qw(time sleep);
 use File::Temp ();
@@ -107,6 +110,10 @@ my $server = <<'_EOC_';
         quota off;
         return 200 "ok\n";
     }
+
+    location = /metrics {
+        quota_metrics;
+    }
 _EOC_
 
 sub post {
@@ -116,7 +123,7 @@ sub post {
 }
 
 my $dead = free_port();
-my (%codes, $usage, @ask, @moved);
+my (%codes, $usage, @ask, @moved, $m0, $m1);
 
 my $log = nginx_run(
     no_root_location => 1,
@@ -135,6 +142,7 @@ my $log = nginx_run(
 
         $usage = http_request($port, 'GET', '/usage',
                               { 'X-API-Key' => $tenants[0] }, undef, 10);
+        $m0 = http_get($port, '/metrics')->{body};
 
         # one charge before the migration, on the source
         push @ask, post($port, $mover);
@@ -154,6 +162,11 @@ my $log = nginx_run(
             for $dst, $src, grep { $_ != $src && $_ != $dst } @nodes;
 
         push @moved, post($port, $mover) for 1 .. 2;
+        # MOVED asks for the map again: wait for its answer
+        wait_until(5 * $slack, sub {
+            http_get($port, '/metrics')->{body}
+                =~ /^quota_redis_failovers_total [1-9]/m });
+        $m1 = http_get($port, '/metrics')->{body};
     },
 );
 
@@ -192,6 +205,24 @@ like($left // $@, qr/^(0|MOVED .*)$/, 'and the old owner none');
 like($log, qr/no slot map from 127\.0\.0\.1:$dead, asking 127\.0\.0\.1:$nodes[1]{port} next/,
      'the seed that is down was tried, then the next one');
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');
+
+my $p0 = eval { QuotaProm::parse($m0) };
+ok($p0, 'metrics: valid Prometheus text') or diag($@);
+my $p1 = eval { QuotaProm::parse($m1) };
+ok($p1, 'metrics after the migration: valid Prometheus text') or diag($@);
+for my $n (@nodes) {
+    my $s = "127.0.0.1:$n->{port}";
+    # 2 tenants x 6 charges on each master (the usage call adds one)
+    ok((QuotaProm::value($p0, 'quota_redis_server_latency_seconds_count', server => $s) // 0) >= 12,
+       "metrics: the charges of the master's tenants on server=\"$s\"");
+}
+ok(QuotaProm::value($p0, 'quota_redis_server_errors_total', server => "127.0.0.1:$dead",
+                    kind => 'connect') >= 1,
+   'metrics: the seed that is down has its connect errors');
+is(QuotaProm::value($p0, 'quota_redis_failovers_total'), 0,
+   'metrics: no failover before the migration');
+is(QuotaProm::value($p1, 'quota_redis_failovers_total'), 1,
+   'metrics: the migrated slot (a new owner in the map) is one failover');
 
 stop_redis($_) for @nodes;
 
