@@ -300,6 +300,12 @@ ngx_http_quota_redis_sentinel_param(ngx_conf_t *cf,
 
     *a = u.addrs[0];
 
+    if (qmcf->redis_host.len == 0 && u.family != AF_UNIX) {
+        /* the default TLS name, for the sentinels and the master they
+           name: they share one certificate name (else quota_redis_ssl_name) */
+        qmcf->redis_host = u.host;
+    }
+
     return NGX_CONF_OK;
 }
 

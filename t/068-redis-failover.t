@@ -1,0 +1,343 @@
+# Failovers with real servers (the slow Redis tests, apart from 063/064):
+#
+# 1. Sentinel with TLS everywhere: a master and a replica that speak TLS
+#    (replication over TLS), a sentinel that speaks TLS to them and to the
+#    module; the module verifies every certificate.  SENTINEL FAILOVER
+#    during traffic: charging resumes over TLS on the promoted replica, its
+#    count equals the admitted requests, nothing charged twice; the metrics
+#    put the round trips on the TLS ports' labels and count one failover
+#    for two workers.
+# 2. Redis Cluster with replicas: 3 masters + 3 replicas on loopback;
+#    CLUSTER FAILOVER on the replica of one tenant's master while requests
+#    flow (two workers): charging resumes on the promoted node, every
+#    tenant's count equals its admitted requests (none charged twice,
+#    none lost), and quota_redis_failovers_total is 1.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use QuotaProm;
+use POSIX ();
+use File::Path ();
+use File::Temp ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+my $slack = $valgrind ? 3 : 1;
+
+sub wait_until {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $v = eval { $cond->() };
+        return $v if $v;
+        sleep 0.1;
+    }
+    return undef;
+}
+
+sub post {
+    my ($port, $tenant) = @_;
+    my $t0 = time;
+    my $r = http_request($port, 'POST', '/api/x', { 'X-API-Key' => $tenant }, '', 10);
+    $r->{elapsed} = time - $t0;
+    return $r;
+}
+
+sub status { $_[0]{headers}{'x-status'} // '' }
+
+my $server = <<'_EOC_';
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api_requests=1;
+
+    location /api/ {
+        add_header X-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+
+    location = /metrics {
+        quota_metrics;
+    }
+_EOC_
+
+my @sentinels;
+
+END {
+    local $?;
+    for my $s (@sentinels) {
+        kill 'KILL', $s->{pid};
+        waitpid $s->{pid}, 0;
+        File::Path::rmtree($s->{dir});
+    }
+}
+
+# redis-server --sentinel; extra config lines (TLS) appended
+sub start_sentinel {
+    my ($mport, $extra) = @_;
+    my $port = free_port();
+    my $dir = "$FindBin::Bin/servroot_sentinel-$port";
+    File::Path::rmtree($dir);
+    File::Path::mkpath($dir);
+    open my $fh, '>', "$dir/sentinel.conf" or die $!;
+    print $fh "port $port\nbind 127.0.0.1\ndaemonize no\ndir $dir\n"
+              . "logfile $dir/sentinel.log\n" . ($extra // '')
+              . "sentinel monitor billing 127.0.0.1 $mport 1\n"
+              . "sentinel down-after-milliseconds billing 3000\n"
+              . "sentinel failover-timeout billing 10000\n";
+    close $fh;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        POSIX::setpgid(0, 0);
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/stdout";
+        open STDERR, '>&', \*STDOUT;
+        exec 'redis-server', "$dir/sentinel.conf", '--sentinel'
+            or POSIX::_exit(127);
+    }
+    push @sentinels, { pid => $pid, dir => $dir, port => $port };
+    wait_until(5, sub { QuotaTest::redis_at($port, 'PING') eq 'PONG' })
+        or die "sentinel on $port did not start";
+    return $port;
+}
+
+SKIP: {
+    skip 'openssl not found', 14 if system('openssl version >/dev/null 2>&1');
+
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    my $o = `openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=redis.test -addext subjectAltName=IP:127.0.0.1 -keyout $dir/s.key -out $dir/s.pem 2>&1`;
+    die "openssl: $o" if $?;
+    my @tls = ('--tls-cert-file', "$dir/s.pem", '--tls-key-file', "$dir/s.key",
+               '--tls-ca-cert-file', "$dir/s.pem", '--tls-auth-clients', 'no',
+               '--tls-replication', 'yes');
+
+    # the plain ports are the test's own way in; nginx uses the TLS ports
+    my ($mt, $rt, $st) = (free_port(), free_port(), free_port());
+    my $m = start_redis(args => ['--tls-port', $mt, @tls]);
+    my $r = start_redis(args => ['--tls-port', $rt, @tls,
+                                 '--replicaof', '127.0.0.1', $mt]);
+    ok(wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+       'sentinel+tls: the replica follows the master over TLS');
+
+    my $s1 = start_sentinel($mt, "tls-port $st\ntls-cert-file $dir/s.pem\n"
+                                 . "tls-key-file $dir/s.key\ntls-ca-cert-file $dir/s.pem\n"
+                                 . "tls-auth-clients no\ntls-replication yes\n");
+    ok(wait_until(20, sub {
+           my $x = QuotaTest::redis_at($s1, 'SENTINEL', 'replicas', 'billing');
+           ref $x && @$x && "@{ $x->[0] }" =~ /\b$rt\b/;
+       }), 'sentinel+tls: the sentinel knows the replica at its TLS port');
+
+    my $dead = free_port();
+    my $key = "quota:{tls}:usage:$start";
+    my (@before, @during, @after, $moved, $metrics);
+
+    my $log = nginx_run(
+        no_root_location => 1,
+        workers => 2,
+        http_config => "    quota_redis_sentinel 127.0.0.1:$dead 127.0.0.1:$st"
+                       . " master=billing timeout=2s connect_timeout=3s;\n"
+                       . "    quota_redis_ssl on;\n"
+                       . "    quota_redis_ssl_verify on;\n"
+                       . "    quota_redis_ssl_trusted_certificate $dir/s.pem;\n"
+                       . "    quota_metric api_requests;\n",
+        config => $server,
+        code => sub {
+            my ($port) = @_;
+            wait_until(10 * $slack, sub { status(post($port, 'warm-up')) eq 'ALLOWED' });
+            push @before, post($port, 'tls') for 1 .. 20;
+
+            $m->cmd('WAIT', 1, 2000);
+            QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing');
+            $moved = wait_until(20, sub {
+                QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
+                                    'billing')->[1] == $rt;
+            });
+            wait_until(20, sub {
+                http_get($port, '/metrics')->{body}
+                    =~ /^quota_redis_failovers_total [1-9]/m });
+
+            my $deadline = time + 10 * $slack;
+            while (time < $deadline) {
+                my $x = post($port, 'tls');
+                push @during, $x;
+                last if status($x) eq 'ALLOWED';
+                sleep 0.05;
+            }
+            push @after, post($port, 'tls') for 1 .. 20;
+            sleep 1;
+            $metrics = http_get($port, '/metrics')->{body};
+        },
+    );
+
+    ok($moved, 'sentinel+tls: the sentinel moved the master to the replica');
+    is(scalar(grep { status($_) eq 'ALLOWED' } @before), 20,
+       'sentinel+tls: before, charged over TLS on the first master');
+    is(status($during[-1]), 'ALLOWED', 'sentinel+tls: charging resumes');
+    is(scalar(grep { status($_) !~ /^(ALLOWED|FAIL_OPEN)$/ } @during), 0,
+       'sentinel+tls: during, every request admitted or failing open');
+    is(scalar(grep { status($_) eq 'ALLOWED' } @after), 20,
+       'sentinel+tls: after, charged over TLS on the new master');
+    my $admitted = grep { status($_) eq 'ALLOWED' } @before, @during, @after;
+    is($r->cmd('HGET', $key, 'api_requests'), $admitted,
+       "sentinel+tls: the new master's count equals the admitted requests ($admitted)");
+    like($log, qr/quota: redis sentinel: master "billing" is 127\.0\.0\.1:$rt/,
+         'sentinel+tls: the TLS port of the new master was named');
+    unlike($log, qr/verify error|does not match/, 'sentinel+tls: every certificate verified');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'sentinel+tls: no alert, no crash');
+
+    my $p = eval { QuotaProm::parse($metrics) };
+    ok($p, 'sentinel+tls: valid Prometheus text') or diag($@);
+    is(QuotaProm::value($p, 'quota_redis_failovers_total'), 1,
+       'sentinel+tls: one failover, two workers');
+    ok((QuotaProm::value($p, 'quota_redis_server_latency_seconds_count',
+                         server => "127.0.0.1:$mt") // 0) >= 20,
+       'sentinel+tls: round trips on the old master\'s TLS port');
+    ok((QuotaProm::value($p, 'quota_redis_server_latency_seconds_count',
+                         server => "127.0.0.1:$rt") // 0) >= 20,
+       'sentinel+tls: round trips on the new master\'s TLS port');
+
+    stop_redis($r);
+    stop_redis($m);
+}
+
+# 2. a cluster with replicas; CLUSTER FAILOVER during traffic
+{
+    # Redis' keyHashSlot: CRC16 (XMODEM) of the hash tag, mod 16384
+    my $slot = sub {
+        my $crc = 0;
+        for my $b (unpack 'C*', $_[0]) {
+            $crc ^= $b << 8;
+            for (1 .. 8) {
+                $crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
+                $crc &= 0xffff;
+            }
+        }
+        return $crc % 16384;
+    };
+
+    my @nodes = map {
+        start_redis(args => ['--cluster-enabled', 'yes',
+                             '--cluster-config-file', 'nodes.conf',
+                             '--cluster-port', free_port(),
+                             '--cluster-node-timeout', '5000'])
+    } 1 .. 6;
+    my $out = `redis-cli --cluster create @{[ map { "127.0.0.1:$_->{port}" } @nodes ]} --cluster-replicas 1 --cluster-yes 2>&1`;
+    is($?, 0, 'cluster: redis-cli --cluster create, 3 masters + 3 replicas') or diag($out);
+    ok(wait_until(30, sub {
+           6 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @nodes }),
+       'cluster: up');
+
+    my %by_port = map { $_->{port} => $_ } @nodes;
+    my (@owner, %replica_of);
+    # the replicas join a moment after the create
+    wait_until(30, sub {
+        (@owner, %replica_of) = ();
+        for my $r (@{ $nodes[0]->cmd('CLUSTER', 'SLOTS') }) {
+            my ($from, $to, $mm, @reps) = @$r;
+            $owner[$_] = $mm->[1] for $from .. $to;
+            $replica_of{ $mm->[1] } = $reps[0][1] if @reps;
+        }
+        keys %replica_of == 3;
+    });
+    is(scalar(keys %replica_of), 3, 'cluster: each master has a replica');
+
+    # one tenant per master; the first one's master fails over
+    my (%seen, @tenants);
+    for my $i (0 .. 999) {
+        my $t = "c$i";
+        next if $seen{ $owner[$slot->($t)] }++;
+        push @tenants, $t;
+        last if @tenants == 3;
+    }
+    my $victim = $tenants[0];
+    my $old = $owner[$slot->($victim)];
+    my $new = $replica_of{$old};
+    ok(wait_until(20, sub {
+           $by_port{$new}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+       'cluster: the replica follows its master');
+
+    my (%res, $promoted, $metrics);
+    my $log = nginx_run(
+        no_root_location => 1,
+        workers => 2,
+        http_config => "    quota_redis_cluster 127.0.0.1:$nodes[0]{port}"
+                       . " timeout=2s connect_timeout=3s;\n"
+                       . "    quota_metric api_requests;\n",
+        config => $server,
+        code => sub {
+            my ($port) = @_;
+            wait_until(10 * $slack, sub {
+                3 == grep { status(post($port, "warm-$_")) eq 'ALLOWED' } @tenants });
+
+            my $t0 = time;
+            my $failed_over = 0;
+            my $after = 0;
+            # traffic on every tenant; the failover after 1 s; then until
+            # the victim was charged 20 times in a row after the promotion
+            # (or 40 s)
+            while (time - $t0 < 40 * $slack) {
+                for my $t (@tenants) {
+                    push @{ $res{$t} }, post($port, $t);
+                }
+                if (!$failed_over && time - $t0 > 1) {
+                    $by_port{$new}->cmd('CLUSTER', 'FAILOVER');
+                    $failed_over = 1;
+                }
+                if ($failed_over && !$promoted) {
+                    $promoted = eval {
+                        $by_port{$new}->cmd('ROLE')->[0] eq 'master' } ? time : undef;
+                }
+                # 20 in a row charged after the promotion
+                $after = status($res{$victim}[-1]) eq 'ALLOWED' ? $after + 1 : 0;
+                last if $promoted && $after >= 20;
+            }
+            sleep 1;
+            $metrics = http_get($port, '/metrics')->{body};
+        },
+    );
+
+    ok($promoted, 'cluster: CLUSTER FAILOVER promoted the replica');
+    for my $t (@tenants) {
+        my @s = map { status($_) } @{ $res{$t} };
+        my $admitted = grep { $_ eq 'ALLOWED' } @s;
+        is(scalar(grep { !/^(ALLOWED|FAIL_OPEN)$/ } @s), 0,
+           "cluster: $t, every request admitted or failing open");
+        my $at = $t eq $victim ? $new : $owner[$slot->($t)];
+        is($by_port{$at}->cmd('HGET', "quota:{$t}:usage:$start", 'api_requests') // 0,
+           $admitted, "cluster: $t counted exactly on its master $at ($admitted admitted)");
+    }
+    my @v = map { status($_) } @{ $res{$victim} };
+    Test::More::note("cluster: the victim's requests: "
+                     . join(' ', map { my $x = $_; "$x=" . grep { $_ eq $x } @v }
+                                 qw(ALLOWED FAIL_OPEN)));
+    is_deeply([ @v[-20 .. -1] ], [ ('ALLOWED') x 20 ],
+              'cluster: charging resumed on the promoted node');
+    ok(scalar(grep { $_ eq 'FAIL_OPEN' } @v) <= 4 * $slack,
+       'cluster: at most a request or two per worker met the failover');
+    like($log, qr/quota: redis cluster master 127\.0\.0\.1:$new/,
+         'cluster: the promoted node learned as a master');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'cluster: no alert, no crash');
+
+    my $p = eval { QuotaProm::parse($metrics) };
+    ok($p, 'cluster: valid Prometheus text') or diag($@);
+    is(QuotaProm::value($p, 'quota_redis_failovers_total'), 1,
+       'cluster: one failover (a slot map with new owners), two workers');
+    ok((QuotaProm::value($p, 'quota_redis_server_latency_seconds_count',
+                         server => "127.0.0.1:$new") // 0) >= 20,
+       'cluster: round trips on the promoted node\'s label');
+
+    stop_redis($_) for @nodes;
+}
+
+done_testing();
