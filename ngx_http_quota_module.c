@@ -331,6 +331,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       offsetof(ngx_http_quota_loc_conf_t, alerts_item),
       NULL },
 
+    { ngx_string("quota_live_body"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_body_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, live_body),
+      NULL },
+
     { ngx_string("quota_rejection_body"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
       ngx_http_quota_rejection_body_directive,

@@ -28,6 +28,10 @@
  * idle, so a reload or quit (ngx_close_idle_connections) reaches our read
  * handler with c->close set: the client gets 1001 and the old worker exits.
  *
+ * With quota_live_body a client gets every event rendered by its template
+ * with the tenant's usage report (ngx_http_quota_live_body.c); clients
+ * without one get the message as Redis delivered it, at once.
+ *
  * Backpressure: frames waiting for a client that stops reading are bounded
  * by NGX_HTTP_QUOTA_LIVE_MAX_QUEUED; the event that would pass it closes the
  * client with 1008 (SSE: the connection is dropped) and is counted in
@@ -65,6 +69,8 @@ typedef struct ngx_http_quota_live_client_s  ngx_http_quota_live_client_t;
 typedef struct {
     ngx_str_node_t                 sn;        /* first: the tree's node */
     ngx_queue_t                    clients;
+    ngx_uint_t                     templated; /* clients with a template */
+    ngx_http_quota_live_fetch_t   *fetch;     /* their events' report */
 } ngx_http_quota_live_tenant_t;
 
 
@@ -74,6 +80,7 @@ struct ngx_http_quota_live_client_s {
     ngx_queue_t                    queue;     /* in tenant->clients */
     ngx_http_quota_live_proto_e    proto;
     ngx_str_t                      tenant_id;
+    ngx_http_quota_body_tpl_t     *tpl;       /* quota_live_body, or NULL */
 
     wslay_event_context_ptr        ws;
 
@@ -707,6 +714,7 @@ ngx_http_quota_live_start(ngx_http_quota_live_client_t *lc)
 
     qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
     lc->ping_every = qlcf->live_ping;
+    lc->tpl = qlcf->live_body;
 
     c->read->handler = ngx_http_quota_live_read;
     c->write->handler = ngx_http_quota_live_write;
@@ -785,12 +793,18 @@ ngx_http_quota_live_join(ngx_http_quota_live_client_t *lc)
         t->sn.str.data = (u_char *) (t + 1);
         ngx_memcpy(t->sn.str.data, lc->tenant_id.data, lc->tenant_id.len);
         ngx_queue_init(&t->clients);
+        t->templated = 0;
+        t->fetch = NULL;
 
         ngx_rbtree_insert(&ngx_http_quota_live_tree, &t->sn.node);
     }
 
     ngx_queue_insert_tail(&t->clients, &lc->queue);
     lc->tenant = t;
+
+    if (lc->tpl) {
+        t->templated++;
+    }
 
     /* never the tenant: in hash mode even its hash stays out of logs */
     ngx_log_error(NGX_LOG_INFO, lc->request->connection->log, 0,
@@ -819,6 +833,7 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
     ngx_str_t                      tenant, type;
     yajl_val                       root, v;
     ngx_queue_t                   *q, *next;
+    ngx_http_request_t            *templated;
     ngx_http_quota_live_tenant_t  *t;
     ngx_http_quota_live_client_t  *lc;
 
@@ -862,6 +877,8 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
         goto done;
     }
 
+    templated = NULL;
+
     for (q = ngx_queue_head(&t->clients);
          q != ngx_queue_sentinel(&t->clients);
          q = next)
@@ -871,6 +888,12 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
         lc = ngx_queue_data(q, ngx_http_quota_live_client_t, queue);
 
         if (lc->closing) {
+            continue;
+        }
+
+        if (lc->tpl) {
+            /* its frame waits for the tenant's usage report */
+            templated = lc->request;
             continue;
         }
 
@@ -884,9 +907,68 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
         }
     }
 
+    if (templated) {
+        (void) ngx_http_quota_live_body_event(&t->fetch, t, &t->sn.str,
+                                              templated, root);
+    }
+
 done:
 
     yajl_tree_free(root);
+}
+
+
+/*
+ * quota_live_body: one event, with the tenant's report in view, rendered
+ * for each templated client of the tenant and queued.  A rendering that
+ * is not valid JSON was logged with the template's file:line: that client
+ * gets no frame.
+ */
+void
+ngx_http_quota_live_fanout(void *tenant, ngx_http_quota_view_t *view,
+    ngx_pool_t *pool)
+{
+    ngx_http_quota_live_tenant_t *t = tenant;
+
+    u_char                        *type;
+    size_t                         tlen;
+    ngx_str_t                      body;
+    ngx_queue_t                   *q;
+    ngx_http_quota_live_client_t  *lc;
+
+    if (view->event->type == NGX_HTTP_QUOTA_EVENT_ALERT) {
+        type = (u_char *) "alert";
+        tlen = sizeof("alert") - 1;
+
+    } else {
+        type = (u_char *) "usage_update";
+        tlen = sizeof("usage_update") - 1;
+    }
+
+    for (q = ngx_queue_head(&t->clients);
+         q != ngx_queue_sentinel(&t->clients);
+         q = ngx_queue_next(q))
+    {
+        lc = ngx_queue_data(q, ngx_http_quota_live_client_t, queue);
+
+        if (lc->tpl == NULL || lc->closing) {
+            continue;
+        }
+
+        if (ngx_http_quota_live_body_render(lc->request, lc->tpl, view, pool,
+                                            &body)
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        if (ngx_http_quota_live_send(lc, type, tlen, body.data, body.len)
+            == NGX_OK
+            && !lc->request->connection->write->posted)
+        {
+            ngx_post_event(lc->request->connection->write, &ngx_posted_events);
+        }
+    }
 }
 
 
@@ -1277,6 +1359,12 @@ ngx_http_quota_live_cleanup(void *data)
 
     if (lc->tenant) {
         ngx_queue_remove(&lc->queue);
+
+        /* the last templated client: a report in flight is abandoned */
+        if (lc->tpl && --lc->tenant->templated == 0 && lc->tenant->fetch) {
+            ngx_http_quota_live_body_free(lc->tenant->fetch);
+            lc->tenant->fetch = NULL;
+        }
 
         if (ngx_queue_empty(&lc->tenant->clients)) {
             ngx_rbtree_delete(&ngx_http_quota_live_tree,

@@ -46,6 +46,9 @@
  *                                handlers and their JSON
  *   ngx_http_quota_live.c        quota_live: WebSocket (wslay) and SSE
  *                                clients, fan-out of events by tenant
+ *   ngx_http_quota_live_body.c   quota_live_body: a tenant's events wait
+ *                                for one usage report (coalesced), then
+ *                                are rendered per templated client
  *   ngx_http_quota_metrics.c     shared-memory counters, quota_metrics
  *   ngx_http_quota_variables.c   $quota_* variables
  *   ngx_http_quota_template_body.c
@@ -288,6 +291,7 @@ typedef struct {
     ngx_str_t                    file;
     ngx_uint_t                   line;
     unsigned                     daily:1;     /* names $quota_daily_* */
+    unsigned                     frame:1;     /* quota_live_body's */
 } ngx_http_quota_body_tpl_t;
 
 
@@ -406,6 +410,7 @@ typedef struct {
     /* SPEC 13: the API's own JSON (NULL: the default body) */
     ngx_http_quota_body_tpl_t   *usage_body;
     ngx_http_quota_body_tpl_t   *alerts_item;
+    ngx_http_quota_body_tpl_t   *live_body;
     ngx_http_quota_body_tpl_t   *rejection[NGX_HTTP_QUOTA_ERRORS];
 
     /* header names built from header_prefix at merge time */
@@ -582,6 +587,28 @@ typedef struct {
 } ngx_http_quota_alert_t;
 
 
+/* the kinds of events quota_live_body renders */
+typedef enum {
+    NGX_HTTP_QUOTA_EVENT_USAGE = 0,           /* "usage_update" */
+    NGX_HTTP_QUOTA_EVENT_ALERT                /* "alert" */
+} ngx_http_quota_event_e;
+
+#define NGX_HTTP_QUOTA_EVENT_WORD        40   /* alert_type, timestamp */
+
+/* one event of the events channel, as quota_live_body's variables see it
+   (copied out of the message: it waits for the usage report) */
+typedef struct {
+    ngx_http_quota_event_e       type;
+    ngx_int_t                    metric;      /* index, -1: none */
+    int64_t                      used;
+    int64_t                      limit;       /* -1: none */
+    size_t                       alert_type_len;
+    size_t                       timestamp_len;
+    u_char                       alert_type[NGX_HTTP_QUOTA_EVENT_WORD];
+    u_char                       timestamp[NGX_HTTP_QUOTA_EVENT_WORD];
+} ngx_http_quota_event_t;
+
+
 /*
  * What a template's variables read while it is rendered: the decoded
  * reply, and the usage report or the alert being written.  Outside a
@@ -590,8 +617,9 @@ typedef struct {
 typedef struct {
     ngx_http_request_t          *request;
     ngx_http_quota_ctx_t        *ctx;
-    ngx_http_quota_report_t     *report;      /* quota_usage only */
+    ngx_http_quota_report_t     *report;      /* quota_usage, quota_live */
     ngx_http_quota_alert_t      *alert;       /* quota_alerts_item only */
+    ngx_http_quota_event_t      *event;       /* quota_live_body only */
 } ngx_http_quota_view_t;
 
 
@@ -725,6 +753,9 @@ ngx_int_t ngx_http_quota_usage_report(ngx_http_request_t *r,
     ngx_str_t *tenant, ngx_http_quota_report_done_pt done);
 ngx_int_t ngx_http_quota_endpoint_refuse(ngx_http_request_t *r,
     ngx_int_t status);
+ngx_int_t ngx_http_quota_report_decode(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, redisReply *reply,
+    ngx_http_quota_report_t *rep);
 
 /* ngx_http_quota_live.c */
 char *ngx_http_quota_live_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -733,6 +764,18 @@ ngx_int_t ngx_http_quota_live_handler(ngx_http_request_t *r);
 void ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf,
     u_char *msg, size_t len);
 void ngx_http_quota_live_exit_worker(void);
+void ngx_http_quota_live_fanout(void *tenant, ngx_http_quota_view_t *view,
+    ngx_pool_t *pool);
+
+/* ngx_http_quota_live_body.c */
+typedef struct ngx_http_quota_live_fetch_s  ngx_http_quota_live_fetch_t;
+
+ngx_int_t ngx_http_quota_live_body_event(ngx_http_quota_live_fetch_t **fetch,
+    void *tenant, ngx_str_t *tenant_id, ngx_http_request_t *r, void *event);
+void ngx_http_quota_live_body_free(ngx_http_quota_live_fetch_t *fetch);
+ngx_int_t ngx_http_quota_live_body_render(ngx_http_request_t *r,
+    ngx_http_quota_body_tpl_t *tpl, ngx_http_quota_view_t *view,
+    ngx_pool_t *pool, ngx_str_t *body);
 
 /* ngx_http_quota_numbers.c: the first metric's numbers, for the headers
    and the variables */

@@ -1,7 +1,7 @@
 
 /*
  * The API's own JSON (SPEC section 13): quota_usage_body,
- * quota_alerts_item and quota_rejection_body.
+ * quota_alerts_item, quota_live_body and quota_rejection_body.
  *
  * A template is a complex value.  It is rendered after the report, the
  * alert or the decision is in, with ngx_http_quota_current_view pointing
@@ -61,7 +61,8 @@ static ngx_str_t  ngx_http_quota_families[] = {
 static ngx_http_quota_view_t  *ngx_http_quota_current_view;
 
 
-/* quota_usage_body, quota_alerts_item: the field comes in cmd->offset */
+/* quota_usage_body, quota_alerts_item, quota_live_body: the field comes
+   in cmd->offset */
 char *
 ngx_http_quota_body_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
@@ -81,7 +82,15 @@ ngx_http_quota_body_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     *field = ngx_http_quota_body_compile(cf, &value[1]);
 
-    return *field ? NGX_CONF_OK : NGX_CONF_ERROR;
+    if (*field == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* a live frame that does not render is dropped, not answered */
+    (*field)->frame = (cmd->offset
+                       == offsetof(ngx_http_quota_loc_conf_t, live_body));
+
+    return NGX_CONF_OK;
 }
 
 
@@ -402,8 +411,9 @@ ngx_http_quota_json_valid(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "quota: the body template in %V:%ui rendered invalid "
-                  "JSON for this request (%s): answering 500",
-                  &tpl->file, tpl->line, err ? (char *) err : "?");
+                  "JSON for this request (%s): %s",
+                  &tpl->file, tpl->line, err ? (char *) err : "?",
+                  tpl->frame ? "frame not sent" : "answering 500");
 
     if (err) {
         yajl_free_error(h, err);

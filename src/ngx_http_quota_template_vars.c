@@ -11,6 +11,8 @@
  *   _spending_cap, _projected_overage, _period_start, _period_end
  *   $quota_alert_id, _type, _metric, _message, _used, _limit,
  *   _triggered_at  (quota_alerts_item)
+ *   $quota_event_type, _metric, _alert_type, _used, _limit, _timestamp
+ *                  (quota_live_body: the event being rendered)
  *   $quota_json_NAME   $quota_NAME as a JSON string literal (yajl), or
  *                      null when it has no value
  *
@@ -40,7 +42,13 @@ typedef enum {
     NGX_HTTP_QUOTA_TV_ALERT_MESSAGE,
     NGX_HTTP_QUOTA_TV_ALERT_USED,
     NGX_HTTP_QUOTA_TV_ALERT_LIMIT,
-    NGX_HTTP_QUOTA_TV_ALERT_AT
+    NGX_HTTP_QUOTA_TV_ALERT_AT,
+    NGX_HTTP_QUOTA_TV_EVENT_TYPE,
+    NGX_HTTP_QUOTA_TV_EVENT_METRIC,
+    NGX_HTTP_QUOTA_TV_EVENT_ALERT_TYPE,
+    NGX_HTTP_QUOTA_TV_EVENT_USED,
+    NGX_HTTP_QUOTA_TV_EVENT_LIMIT,
+    NGX_HTTP_QUOTA_TV_EVENT_TIMESTAMP
 } ngx_http_quota_tv_e;
 
 
@@ -66,6 +74,8 @@ static ngx_int_t ngx_http_quota_tv_period(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, ngx_http_quota_view_t *view,
     uintptr_t data);
 static ngx_int_t ngx_http_quota_tv_alert(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_quota_tv_event(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_quota_tv_metric(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -150,6 +160,19 @@ static ngx_http_variable_t  ngx_http_quota_template_vars[] = {
                       NGX_HTTP_QUOTA_TV_ALERT_LIMIT),
     NGX_HTTP_QUOTA_TV("quota_alert_triggered_at", ngx_http_quota_tv_alert,
                       NGX_HTTP_QUOTA_TV_ALERT_AT),
+
+    NGX_HTTP_QUOTA_TV("quota_event_type", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_TYPE),
+    NGX_HTTP_QUOTA_TV("quota_event_metric", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_METRIC),
+    NGX_HTTP_QUOTA_TV("quota_event_alert_type", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_ALERT_TYPE),
+    NGX_HTTP_QUOTA_TV("quota_event_used", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_USED),
+    NGX_HTTP_QUOTA_TV("quota_event_limit", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_LIMIT),
+    NGX_HTTP_QUOTA_TV("quota_event_timestamp", ngx_http_quota_tv_event,
+                      NGX_HTTP_QUOTA_TV_EVENT_TIMESTAMP),
 
     NGX_HTTP_QUOTA_TV_PREFIX("quota_used_", ngx_http_quota_tv_metric),
     NGX_HTTP_QUOTA_TV_PREFIX("quota_limit_", ngx_http_quota_tv_metric),
@@ -318,6 +341,62 @@ ngx_http_quota_tv_alert(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     }
 
     return ngx_http_quota_tv_set(v, s->data, s->len);
+}
+
+
+/* the event quota_live_body is rendering; empty elsewhere */
+static ngx_int_t
+ngx_http_quota_tv_event(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    ngx_http_quota_event_t      *e;
+    ngx_http_quota_view_t       *view, tmp;
+    ngx_http_quota_metric_t     *metrics;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    view = ngx_http_quota_view(r, &tmp);
+
+    if (view == NULL || view->event == NULL) {
+        return ngx_http_quota_tv_none(v);
+    }
+
+    e = view->event;
+
+    switch (data) {
+
+    case NGX_HTTP_QUOTA_TV_EVENT_TYPE:
+        return e->type == NGX_HTTP_QUOTA_EVENT_ALERT
+               ? ngx_http_quota_tv_lit(v, "alert")
+               : ngx_http_quota_tv_lit(v, "usage_update");
+
+    case NGX_HTTP_QUOTA_TV_EVENT_METRIC:
+        if (e->metric < 0) {
+            return ngx_http_quota_tv_none(v);
+        }
+
+        qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+        metrics = qmcf->metrics.elts;
+
+        return ngx_http_quota_tv_set(v, metrics[e->metric].name.data,
+                                     metrics[e->metric].name.len);
+
+    case NGX_HTTP_QUOTA_TV_EVENT_ALERT_TYPE:
+        return e->alert_type_len
+               ? ngx_http_quota_tv_set(v, e->alert_type, e->alert_type_len)
+               : ngx_http_quota_tv_none(v);
+
+    case NGX_HTTP_QUOTA_TV_EVENT_USED:
+        return ngx_http_quota_tv_int(r, v, e->used);
+
+    case NGX_HTTP_QUOTA_TV_EVENT_LIMIT:
+        return e->limit >= 0 ? ngx_http_quota_tv_int(r, v, e->limit)
+                             : ngx_http_quota_tv_lit(v, "null");
+
+    default: /* NGX_HTTP_QUOTA_TV_EVENT_TIMESTAMP */
+        return e->timestamp_len
+               ? ngx_http_quota_tv_set(v, e->timestamp, e->timestamp_len)
+               : ngx_http_quota_tv_none(v);
+    }
 }
 
 

@@ -74,9 +74,6 @@ static ngx_int_t ngx_http_quota_usage_build(ngx_http_request_t *r,
 static ngx_int_t ngx_http_quota_usage_render(ngx_http_request_t *r,
     ngx_http_quota_endpoint_ctx_t *ectx, ngx_http_quota_body_tpl_t *tpl,
     ngx_http_quota_report_t *rep);
-static ngx_int_t ngx_http_quota_report_decode(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, redisReply *reply,
-    ngx_http_quota_report_t *rep);
 static yajl_gen_status ngx_http_quota_usage_gen_account(ngx_http_request_t *r,
     yajl_gen g, ngx_http_quota_ctx_t *ctx, ngx_http_quota_report_t *rep);
 static yajl_gen_status ngx_http_quota_usage_gen_metrics(ngx_http_request_t *r,
@@ -549,8 +546,8 @@ ngx_http_quota_usage_render(ngx_http_request_t *r,
 }
 
 
-/* the report tail, every element type-checked */
-static ngx_int_t
+/* the report tail, every element type-checked (quota_live_body too) */
+ngx_int_t
 ngx_http_quota_report_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply, ngx_http_quota_report_t *rep)
 {
