@@ -33,9 +33,14 @@
  *                                set in a shared zone), failovers counted
  *                                once across workers
  *   ngx_http_quota_redis.h       what the Redis files share
- *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release
- *                                and reconcile commands
- *   ngx_http_quota_lua.c         the Redis Lua scripts (charge, reconcile)
+ *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release,
+ *                                void and reconcile commands; the embedded
+ *                                scripts
+ *   lua/NAME.lua                 the Redis scripts (charge, reconcile, void),
+ *                                embedded at build time (config.make)
+ *   lua/protocol.def             their C<->Lua protocol, defined once: the
+ *                                generated ngx_http_quota_protocol.h (C)
+ *                                and each script's Lua prelude (lua/gen.sh)
  *   ngx_http_quota_reply.c       strict decoding of the script's reply
  *   ngx_http_quota_numbers.c     what a decoded reply says: a metric's
  *                                period, the first metric's numbers
@@ -76,6 +81,7 @@
 #include <hiredis/hiredis.h>
 
 #include "ngx_http_quota_pure.h"
+#include "ngx_http_quota_protocol.h"    /* generated: src/lua/protocol.def */
 
 
 /* the one version string: debian/changelog, README.md and CHANGELOG.md
@@ -84,10 +90,6 @@
 
 #define NGX_HTTP_QUOTA_PERIOD_MONTH      0
 #define NGX_HTTP_QUOTA_PERIOD_DAY        1
-
-#define NGX_HTTP_QUOTA_EVENTS_OFF        0
-#define NGX_HTTP_QUOTA_EVENTS_ALERTS     1
-#define NGX_HTTP_QUOTA_EVENTS_ON         2
 
 #define NGX_HTTP_QUOTA_FAIL_OPEN         0
 #define NGX_HTTP_QUOTA_FAIL_CLOSED       1
@@ -501,17 +503,16 @@ typedef struct {
 } ngx_http_quota_ctx_t;
 
 
-/* charge script answers (the first element of its reply) */
-#define NGX_HTTP_QUOTA_CODE_CHARGED      1
-#define NGX_HTTP_QUOTA_CODE_QUOTA        2
-#define NGX_HTTP_QUOTA_CODE_CAP          3
-#define NGX_HTTP_QUOTA_CODE_SUSPENDED    4
-#define NGX_HTTP_QUOTA_CODE_UNKNOWN      5
-#define NGX_HTTP_QUOTA_CODE_RATE         6
-#define NGX_HTTP_QUOTA_CODE_CONCURRENCY  7
-#define NGX_HTTP_QUOTA_CODE_VOIDED       8    /* nothing written */
-#define NGX_HTTP_QUOTA_CODE_RANGE        9    /* past 2^53 - 1: BAD_COST */
-#define NGX_HTTP_QUOTA_CODE_CORRUPT      10   /* + "KEY FIELD" */
+/*
+ * The scripts' argument and reply positions, modes, codes (the charge
+ * script's answers, NGX_HTTP_QUOTA_CODE_*) and events levels
+ * (NGX_HTTP_QUOTA_EVENTS_*) are generated from src/lua/protocol.def.
+ * Positions are 1-based, as in Lua: ARGV[pos] of a script with one key
+ * is argv[NGX_HTTP_QUOTA_ARGV_AT(pos)] of EVAL/EVALSHA, script, numkeys,
+ * KEYS[1]; reply element pos is ngx_http_quota_el(reply, pos).
+ */
+#define NGX_HTTP_QUOTA_ARGV_AT(pos)      ((pos) + 3)
+#define ngx_http_quota_el(reply, pos)    ((reply)->element[(pos) - 1])
 
 
 /* the module's error answers, in the order of ngx_http_quota_errors[] */
@@ -703,11 +704,6 @@ void ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta);
-
-/* ngx_http_quota_lua.c */
-extern const ngx_str_t  ngx_http_quota_charge_lua;
-extern const ngx_str_t  ngx_http_quota_reconcile_lua;
-extern const ngx_str_t  ngx_http_quota_void_lua;
 
 /* ngx_http_quota_reply.c */
 ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);

@@ -43,8 +43,8 @@ static ngx_int_t
 ngx_http_quota_reply_failed(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply)
 {
-    ngx_uint_t    k;
-    redisReply  **e;
+    size_t       k, n;
+    redisReply  *what;
 
     if (reply == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -72,18 +72,23 @@ ngx_http_quota_reply_failed(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     k = ctx->ncharges;
 
+    /* the k metrics' pairs, then "KEY FIELD" */
+    n = NGX_HTTP_QUOTA_REPLY_METRICS + k * NGX_HTTP_QUOTA_REPLY_METRIC_ELTS;
+
     if (reply->type == REDIS_REPLY_ARRAY && !ctx->report
-        && reply->elements == 8 + 2 * k
-        && reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[0]->integer == NGX_HTTP_QUOTA_CODE_CORRUPT
-        && reply->element[7 + 2 * k]->type == REDIS_REPLY_STRING)
+        && reply->elements == n
+        && ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE)->type
+           == REDIS_REPLY_INTEGER
+        && ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE)->integer
+           == NGX_HTTP_QUOTA_CODE_CORRUPT
+        && ngx_http_quota_el(reply, n)->type == REDIS_REPLY_STRING)
     {
-        e = reply->element;
+        what = ngx_http_quota_el(reply, n);
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "quota: redis holds a value that is not a number: "
                       "key and field \"%*s\"; nothing charged",
-                      (size_t) e[7 + 2 * k]->len, e[7 + 2 * k]->str);
+                      (size_t) what->len, what->str);
 
         ctx->unknown = 0;
         ctx->data_error = 1;
@@ -98,8 +103,9 @@ ngx_int_t
 ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply)
 {
+    size_t        n;
     int64_t       code, index, plan;
-    ngx_uint_t    i, k;
+    ngx_uint_t    i, k, at;
     redisReply  **e;
 
     if (ngx_http_quota_reply_failed(r, ctx, reply) != NGX_OK) {
@@ -108,27 +114,28 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     k = ctx->ncharges;
 
-    /* { code, index, plan, start, end, retry_ms, slot, (used, limit) x k } */
+    /* the REPLY_* of src/lua/protocol.def, every one an integer */
+    n = NGX_HTTP_QUOTA_REPLY_METRICS - 1
+        + k * NGX_HTTP_QUOTA_REPLY_METRIC_ELTS;
 
     /* a report (quota_usage) has more after these; its builder checks it */
     if (reply->type != REDIS_REPLY_ARRAY
-        || (ctx->report ? reply->elements < 7 + 2 * k
-                        : reply->elements != 7 + 2 * k))
+        || (ctx->report ? reply->elements < n : reply->elements != n))
     {
         goto malformed;
     }
 
     e = reply->element;
 
-    for (i = 0; i < 7 + 2 * k; i++) {
+    for (i = 0; i < n; i++) {
         if (e[i]->type != REDIS_REPLY_INTEGER) {
             goto malformed;
         }
     }
 
-    code = e[0]->integer;
-    index = e[1]->integer;
-    plan = e[2]->integer;
+    code = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE)->integer;
+    index = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_INDEX)->integer;
+    plan = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_PLAN)->integer;
 
     if (code < NGX_HTTP_QUOTA_CODE_CHARGED
         || code > NGX_HTTP_QUOTA_CODE_RANGE
@@ -136,8 +143,9 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
             && (index < 1 || (ngx_uint_t) index > k))
         || (code == NGX_HTTP_QUOTA_CODE_RANGE
             && (index < 0 || (ngx_uint_t) index > k))
-        || e[5]->integer < 0
-        || e[3]->integer > e[4]->integer)
+        || ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_RETRY)->integer < 0
+        || ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_START)->integer
+           > ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_END)->integer)
     {
         goto malformed;
     }
@@ -156,14 +164,25 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ctx->code = (ngx_uint_t) code;
     ctx->reject_index = index > 0 ? (ngx_uint_t) index - 1 : 0;
     ctx->plan = plan > 0 ? (ngx_uint_t) plan : 0;
-    ctx->billing.start = e[3]->integer;
-    ctx->billing.end = e[4]->integer;
-    ctx->retry_after = (ngx_msec_t) e[5]->integer;
-    ctx->slot_taken = (e[6]->integer == 1);
+    ctx->billing.start =
+                 ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_START)->integer;
+    ctx->billing.end =
+                   ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_END)->integer;
+    ctx->retry_after = (ngx_msec_t)
+                 ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_RETRY)->integer;
+    ctx->slot_taken =
+            (ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_SLOT)->integer == 1);
 
     for (i = 0; i < k; i++) {
-        ctx->used[i] = e[7 + 2 * i]->integer;
-        ctx->limit[i] = e[8 + 2 * i]->integer;
+        at = NGX_HTTP_QUOTA_REPLY_METRICS
+             + i * NGX_HTTP_QUOTA_REPLY_METRIC_ELTS;
+
+        ctx->used[i] = ngx_http_quota_el(reply, at
+                                         + NGX_HTTP_QUOTA_REPLY_USED_OFF)
+                       ->integer;
+        ctx->limit[i] = ngx_http_quota_el(reply, at
+                                          + NGX_HTTP_QUOTA_REPLY_LIMIT_OFF)
+                        ->integer;
     }
 
     /* an unknown tenant has no period, no usage: nothing to report */

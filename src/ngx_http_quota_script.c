@@ -1,8 +1,10 @@
 
 /*
- * Running the scripts of ngx_http_quota_lua.c: the arguments of the charge
- * script (one EVALSHA per metered request), its NOSCRIPT fallback, the
- * release of an in-flight slot, and quota_reconcile.
+ * Running the scripts of src/lua/: the arguments of the charge script (one
+ * EVALSHA per metered request), its NOSCRIPT fallback, the void of a charge
+ * whose outcome is unknown, the release of an in-flight slot, and
+ * quota_reconcile.  Every argument goes to the position protocol.def names
+ * (NGX_HTTP_QUOTA_ARG_* etc.).
  *
  * Plans are configuration and accounts are data: the account names its
  * plan, and the limits of every configured plan for the rule's metrics
@@ -16,17 +18,36 @@
 #include <ngx_sha1.h>
 #include <openssl/rand.h>
 
+/* generated from the src/lua scripts by src/lua/gen.sh (config.make) */
+#include "ngx_http_quota_scripts.h"
 
-#define NGX_HTTP_QUOTA_HEAD_ARGS   16    /* ARGV 1-16 of the charge script */
+
+/* argc of EVAL/EVALSHA, script, numkeys, KEYS[1] and nargs ARGV */
+#define NGX_HTTP_QUOTA_ARGC(nargs)  (NGX_HTTP_QUOTA_ARGV_AT(nargs) + 1)
+#define NGX_HTTP_QUOTA_VOID_ARGC  NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_VOID_NARGS)
+#define NGX_HTTP_QUOTA_RC_ARGC    NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_RC_NARGS)
+
+/* the index in argv of the reconcile script's ARGV[NGX_HTTP_QUOTA_RC_name] */
+#define NGX_HTTP_QUOTA_RC(name)                                               \
+    NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_RC_##name)
 
 
-/* the charge script's argv, built in order */
+/* the charge script's argv, each argument put at its ARGV position */
 typedef struct {
     const char                 **argv;
     size_t                      *argvlen;
-    ngx_uint_t                   argc;
+    ngx_uint_t                   argc;        /* past the last one put */
     u_char                      *p;           /* the request's buffer */
 } ngx_http_quota_args_t;
+
+
+/* the scripts' text: their SHA1 is computed from it, never written down */
+static const ngx_str_t  ngx_http_quota_charge_lua =
+    ngx_string(ngx_http_quota_charge_text);
+static const ngx_str_t  ngx_http_quota_reconcile_lua =
+    ngx_string(ngx_http_quota_reconcile_text);
+static const ngx_str_t  ngx_http_quota_void_lua =
+    ngx_string(ngx_http_quota_void_text);
 
 
 static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
@@ -43,9 +64,11 @@ static ngx_int_t ngx_http_quota_script_head(ngx_http_request_t *r,
 static void ngx_http_quota_script_metrics(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_args_t *a);
 static void ngx_http_quota_args_str(ngx_http_quota_args_t *a,
-    const u_char *data, size_t len);
-static void ngx_http_quota_args_num(ngx_http_quota_args_t *a, int64_t n);
-static void ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_str_t *s);
+    ngx_uint_t pos, const u_char *data, size_t len);
+static void ngx_http_quota_args_num(ngx_http_quota_args_t *a, ngx_uint_t pos,
+    int64_t n);
+static void ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_uint_t pos,
+    ngx_str_t *s);
 
 
 /* the charge id prefix of this worker, and its sequence */
@@ -304,37 +327,46 @@ ngx_http_quota_script_init_worker(ngx_log_t *log)
 }
 
 
+/* ARGV[pos] */
 static void
-ngx_http_quota_args_str(ngx_http_quota_args_t *a, const u_char *data,
-    size_t len)
+ngx_http_quota_args_str(ngx_http_quota_args_t *a, ngx_uint_t pos,
+    const u_char *data, size_t len)
 {
-    a->argv[a->argc] = (const char *) data;
-    a->argvlen[a->argc] = len;
-    a->argc++;
+    ngx_uint_t  i;
+
+    i = NGX_HTTP_QUOTA_ARGV_AT(pos);
+
+    a->argv[i] = (const char *) data;
+    a->argvlen[i] = len;
+
+    if (a->argc <= i) {
+        a->argc = i + 1;
+    }
 }
 
 
 static void
-ngx_http_quota_args_num(ngx_http_quota_args_t *a, int64_t n)
+ngx_http_quota_args_num(ngx_http_quota_args_t *a, ngx_uint_t pos, int64_t n)
 {
     u_char  *start;
 
     start = a->p;
     a->p = ngx_sprintf(a->p, "%L", n);
-    ngx_http_quota_args_str(a, start, a->p - start);
+    ngx_http_quota_args_str(a, pos, start, a->p - start);
 }
 
 
 /* a copy in the request's buffer: the clock's is rebuilt every second, and
    the NOSCRIPT fallback resends these arguments one round trip later */
 static void
-ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_str_t *s)
+ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_uint_t pos,
+    ngx_str_t *s)
 {
     u_char  *start;
 
     start = a->p;
     a->p = ngx_cpymem(a->p, s->data, s->len);
-    ngx_http_quota_args_str(a, start, s->len);
+    ngx_http_quota_args_str(a, pos, start, s->len);
 }
 
 
@@ -343,7 +375,7 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
     size_t                        size;
     int64_t                       now_ms;
-    ngx_uint_t                    i, n;
+    ngx_uint_t                    i, n, pos;
     ngx_time_t                   *tp;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_args_t         a;
@@ -365,13 +397,16 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     }
 
     /* EVALSHA, sha, numkeys, KEYS[1], the head of ARGV, metrics, plans */
-    n = 4 + NGX_HTTP_QUOTA_HEAD_ARGS + 3 * ctx->ncharges + table->nargs;
+    n = NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_ARG_METRICS - 1
+                            + NGX_HTTP_QUOTA_METRIC_ARGS * ctx->ncharges
+                            + table->nargs);
 
-    a.argv = ngx_palloc(r->pool, n * sizeof(char *));
+    /* zeroed: a position the head leaves empty is found below */
+    a.argv = ngx_pcalloc(r->pool, n * sizeof(char *));
     a.argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
 
     /* every number, id and date of the request in one buffer */
-    size = (8 + ctx->ncharges) * NGX_INT64_LEN + QUOTA_DATE_LEN
+    size = (9 + ctx->ncharges) * NGX_INT64_LEN + QUOTA_DATE_LEN
            + QUOTA_ISO8601_LEN + ctx->tenant.len + qmcf->events_channel.len
            + 8 + sizeof(ngx_http_quota_id_prefix) + NGX_INT64_LEN
            + clock->cur_start.len + clock->next_start.len
@@ -392,14 +427,24 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 
     ngx_http_quota_script_metrics(r, ctx, &a);
 
+    pos = NGX_HTTP_QUOTA_ARG_METRICS
+          + NGX_HTTP_QUOTA_METRIC_ARGS * ctx->ncharges;
+
     for (i = 0; i < table->nargs; i++) {
-        ngx_http_quota_args_str(&a, table->args[i].data, table->args[i].len);
+        ngx_http_quota_args_str(&a, pos + i, table->args[i].data,
+                                table->args[i].len);
     }
 
-    if (a.argc != n) {
+    for (i = 0; i < n; i++) {
+        if (a.argv[i] == NULL) {
+            break;
+        }
+    }
+
+    if (a.argc != n || i != n) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "quota: %ui script arguments built, %ui expected",
-                      a.argc, n);
+                      "quota: %ui script arguments built, %ui expected, "
+                      "argument %ui missing", a.argc, n, i);
         return NGX_ERROR;
     }
 
@@ -422,41 +467,55 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 }
 
 
-/* EVALSHA, sha, numkeys, KEYS[1] and ARGV 1-16 */
+/* EVALSHA, sha, numkeys, KEYS[1] and the ARG_* before ARG_METRICS */
 static ngx_int_t
 ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_args_t *a, ngx_http_quota_clock_t *clock, int64_t now_ms)
 {
     u_char                      *start;
     size_t                       len;
+    ngx_uint_t                   mode;
     ngx_http_quota_loc_conf_t   *qlcf;
     ngx_http_quota_main_conf_t  *qmcf;
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
 
-    ngx_http_quota_args_str(a, (u_char *) "EVALSHA", 7);
-    ngx_http_quota_args_str(a, qmcf->script_sha1, 40);
-    ngx_http_quota_args_str(a, (u_char *) "1", 1);
+    a->argv[0] = "EVALSHA";
+    a->argvlen[0] = 7;
+    a->argv[1] = (const char *) qmcf->script_sha1;
+    a->argvlen[1] = 40;
+    a->argv[2] = "1";
+    a->argvlen[2] = 1;
 
-    /* KEYS[1]; "P{T}:account" starts with ARGV[1], "P{T}:" */
+    /* KEYS[1]; "P{T}:account" starts with ARG_BASE, "P{T}:" */
     start = ngx_http_quota_key(r->pool, &qmcf->prefix, &ctx->tenant,
                                "account", 7, NULL, 0, &len);
     if (start == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_http_quota_args_str(a, start, len);
-    ngx_http_quota_args_str(a, start, len - 7);
+    a->argv[3] = (const char *) start;
+    a->argvlen[3] = len;
 
-    ngx_http_quota_args_str(a, (u_char *) (ctx->report
-                                           ? (ctx->report == 2 ? "3" : "2")
-                                           : (ctx->bypass ? "1" : "0")), 1);
-    ngx_http_quota_args_num(a, now_ms);
-    ngx_http_quota_args_str(a, (u_char *) (qlcf->require_account ? "1" : "0"),
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_BASE, start, len - 7);
+
+    if (ctx->report) {
+        mode = (ctx->report == 2) ? NGX_HTTP_QUOTA_MODE_REPORT_DAILY
+                                  : NGX_HTTP_QUOTA_MODE_REPORT;
+
+    } else {
+        mode = ctx->bypass ? NGX_HTTP_QUOTA_MODE_PEEK
+                           : NGX_HTTP_QUOTA_MODE_CHARGE;
+    }
+
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_MODE, mode);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NOW_MS, now_ms);
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_REQUIRE_ACCOUNT,
+                            (u_char *) (qlcf->require_account ? "1" : "0"),
                             1);
 
-    /* ARGV[5]: the charge id, which is also the in-flight slot's */
+    /* the charge id, which is also the in-flight slot's */
     if (!ctx->bypass && !ctx->report) {
         ctx->charge_id.data = a->p;
         a->p = ngx_sprintf(a->p, "%*s%xL",
@@ -479,28 +538,35 @@ ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         }
     }
 
-    ngx_http_quota_args_str(a, ctx->charge_id.data ? ctx->charge_id.data
-                                                   : (u_char *) "",
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_CHARGE_ID,
+                            ctx->charge_id.data ? ctx->charge_id.data
+                                                : (u_char *) "",
                             ctx->charge_id.len);
 
-    ngx_http_quota_args_copy(a, &clock->cur_start);                   /* 6 */
-    ngx_http_quota_args_copy(a, &clock->next_start);
-    ngx_http_quota_args_copy(a, &clock->ym_cur);                      /* 8 */
-    ngx_http_quota_args_copy(a, &clock->ym_next);
-    ngx_http_quota_args_copy(a, &clock->today);                       /* 10 */
-    ngx_http_quota_args_num(a, qmcf->default_plan + 1);
-    ngx_http_quota_args_num(a, qlcf->warning_threshold);              /* 12 */
-    ngx_http_quota_args_num(a, qmcf->events);
-    ngx_http_quota_args_copy(a, &clock->calendar);                    /* 14 */
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CUR_START,
+                             &clock->cur_start);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_NEXT_START,
+                             &clock->next_start);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_CUR, &clock->ym_cur);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_NEXT, &clock->ym_next);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_TODAY, &clock->today);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_DEFAULT_PLAN,
+                            qmcf->default_plan + 1);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_THRESHOLD,
+                            qlcf->warning_threshold);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_EVENTS, qmcf->events);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CALENDAR,
+                             &clock->calendar);
 
-    /* 15: what only an alert or an event needs */
+    /* what only an alert or an event needs */
     start = a->p;
     a->p = ngx_sprintf(a->p, "%V\n%V\n%V\n%V", &ctx->tenant,
                        &qmcf->events_channel, &clock->now_iso,
                        &clock->tomorrow);
-    ngx_http_quota_args_str(a, start, a->p - start);
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_NOTIFY, start,
+                            a->p - start);
 
-    ngx_http_quota_args_num(a, ctx->ncharges);                        /* 16 */
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NCHARGES, ctx->ncharges);
 
     return NGX_OK;
 }
@@ -511,7 +577,7 @@ static void
 ngx_http_quota_script_metrics(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_args_t *a)
 {
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, pos;
     ngx_http_quota_metric_t     *m;
     ngx_http_quota_main_conf_t  *qmcf;
 
@@ -521,9 +587,14 @@ ngx_http_quota_script_metrics(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         m = (ngx_http_quota_metric_t *) qmcf->metrics.elts
             + ctx->rule->charges[i].metric;
 
-        ngx_http_quota_args_str(a, m->name.data, m->name.len);
-        ngx_http_quota_args_num(a, ctx->costs[i]);
-        ngx_http_quota_args_str(a, (u_char *)
+        pos = NGX_HTTP_QUOTA_ARG_METRICS + i * NGX_HTTP_QUOTA_METRIC_ARGS;
+
+        ngx_http_quota_args_str(a, pos + NGX_HTTP_QUOTA_METRIC_NAME_OFF,
+                                m->name.data, m->name.len);
+        ngx_http_quota_args_num(a, pos + NGX_HTTP_QUOTA_METRIC_COST_OFF,
+                                ctx->costs[i]);
+        ngx_http_quota_args_str(a, pos + NGX_HTTP_QUOTA_METRIC_PERIOD_OFF,
+                                (u_char *)
                                 (m->period == NGX_HTTP_QUOTA_PERIOD_DAY
                                  ? "d" : "m"), 1);
     }
@@ -596,7 +667,7 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
 
 
 /*
- * The charge's outcome is unknown: send its void (ngx_http_quota_lua.c),
+ * The charge's outcome is unknown: send its void (src/lua/void.lua),
  * right behind the charge on its connection when op is still pending, else
  * on any connection, now or after a reconnect.  Runs from the request's
  * pool cleanup too: nothing here is allocated from the request pool.
@@ -605,17 +676,21 @@ void
 ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
 {
     u_char                      *key;
-    size_t                       argvlen[6];
-    const char                  *argv[6];
+    size_t                       blen;
+    size_t                       argvlen[NGX_HTTP_QUOTA_VOID_ARGC];
+    const char                  *base;
+    const char                  *argv[NGX_HTTP_QUOTA_VOID_ARGC];
     ngx_http_request_t          *r;
     ngx_http_quota_main_conf_t  *qmcf;
 
     r = ctx->request;
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
-    /* "P{T}:c:ID": ARGV[1] of the charge is "P{T}:" */
-    key = ngx_alloc(ctx->argvlen[4] + 2 + ctx->charge_id.len,
-                    r->connection->log);
+    /* "P{T}:c:ID": the charge's ARG_BASE is "P{T}:" */
+    base = ctx->argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_BASE)];
+    blen = ctx->argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_BASE)];
+
+    key = ngx_alloc(blen + 2 + ctx->charge_id.len, r->connection->log);
     if (key == NULL) {
         if (op) {
             ngx_http_quota_redis_cancel(op, 0, NULL, NULL);
@@ -624,8 +699,7 @@ ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
         return;
     }
 
-    ngx_memcpy(ngx_cpymem(ngx_cpymem(key, ctx->argv[4], ctx->argvlen[4]),
-                          "c:", 2),
+    ngx_memcpy(ngx_cpymem(ngx_cpymem(key, base, blen), "c:", 2),
                ctx->charge_id.data, ctx->charge_id.len);
 
     argv[0] = "EVAL";
@@ -635,11 +709,13 @@ ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
     argv[2] = "1";
     argvlen[2] = 1;
     argv[3] = (const char *) key;
-    argvlen[3] = ctx->argvlen[4] + 2 + ctx->charge_id.len;
-    argv[4] = ctx->argv[4];
-    argvlen[4] = ctx->argvlen[4];
-    argv[5] = (const char *) ctx->charge_id.data;
-    argvlen[5] = ctx->charge_id.len;
+    argvlen[3] = blen + 2 + ctx->charge_id.len;
+    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_BASE)] = base;
+    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_BASE)] = blen;
+    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_ID)] =
+                                           (const char *) ctx->charge_id.data;
+    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_ID)] =
+                                                        ctx->charge_id.len;
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "quota: voiding charge %V of tenant \"%V\"",
@@ -649,9 +725,12 @@ ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
     ctx->slot_taken = 0;
 
     if (op) {
-        ngx_http_quota_redis_cancel(op, 6, argv, argvlen);
+        ngx_http_quota_redis_cancel(op, NGX_HTTP_QUOTA_VOID_ARGC, argv,
+                                    argvlen);
 
-    } else if (ngx_http_quota_redis_send_reliable(qmcf, 6, argv, argvlen)
+    } else if (ngx_http_quota_redis_send_reliable(qmcf,
+                                                  NGX_HTTP_QUOTA_VOID_ARGC,
+                                                  argv, argvlen)
                != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -696,10 +775,11 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta)
 {
     u_char                      *p, *end;
-    size_t                       argvlen[20];
+    size_t                       argvlen[NGX_HTTP_QUOTA_RC_ARGC];
     time_t                       now;
-    ngx_uint_t                   day;
-    const char                  *argv[20];
+    ngx_uint_t                   day, ckey, dkey, field, dfield, marks;
+    ngx_uint_t                   suffix;
+    const char                  *argv[NGX_HTTP_QUOTA_RC_ARGC];
     ngx_str_t                   *name;
     quota_period_t               period, today;
     ngx_http_quota_metric_t     *metrics;
@@ -730,15 +810,18 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
 
     end = p;
 
-    /* 5: "METRIC:YYYY-MM-DD", 12: ":YYYY-MM-DD" or "" */
-    argv[8] = (const char *) end;
+    /* "METRIC:YYYY-MM-DD", and the mark suffix ":YYYY-MM-DD" or "" */
+    dfield = NGX_HTTP_QUOTA_RC(DAILY_FIELD);
+    suffix = NGX_HTTP_QUOTA_RC(MARK_SUFFIX);
+
+    argv[dfield] = (const char *) end;
     end = ngx_cpymem(end, name->data, name->len);
-    argv[15] = (const char *) end;
+    argv[suffix] = (const char *) end;
     *end++ = ':';
     quota_format_date(today.start, (char *) end);
     end += QUOTA_DATE_LEN;
-    argvlen[8] = end - (u_char *) argv[8];
-    argvlen[15] = day ? (size_t) (1 + QUOTA_DATE_LEN) : 0;
+    argvlen[dfield] = end - (u_char *) argv[dfield];
+    argvlen[suffix] = day ? (size_t) (1 + QUOTA_DATE_LEN) : 0;
 
     argv[0] = "EVAL";
     argvlen[0] = 4;
@@ -751,34 +834,41 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
                                                 NULL, 0, &argvlen[3]);
     quota_format_date(ctx->billing.start ? ctx->billing.start : period.start,
                       (char *) start);
-    argv[5] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                &ctx->tenant, "daily:", 6,
-                                                start, QUOTA_DATE_LEN,
-                                                &argvlen[5]);
-    argv[14] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                 &ctx->tenant, "alerted:", 8,
-                                                 start, QUOTA_DATE_LEN,
-                                                 &argvlen[14]);
+
+    dkey = NGX_HTTP_QUOTA_RC(DAILY_KEY);
+    argv[dkey] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                   &ctx->tenant, "daily:", 6,
+                                                   start, QUOTA_DATE_LEN,
+                                                   &argvlen[dkey]);
+    marks = NGX_HTTP_QUOTA_RC(MARKS_KEY);
+    argv[marks] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                    &ctx->tenant, "alerted:",
+                                                    8, start, QUOTA_DATE_LEN,
+                                                    &argvlen[marks]);
 
     /* a period=day metric counts in its daily field (see the script) */
+    ckey = NGX_HTTP_QUOTA_RC(COUNTER_KEY);
+    field = NGX_HTTP_QUOTA_RC(FIELD);
+
     if (day) {
-        argv[4] = argv[5];
-        argvlen[4] = argvlen[5];
-        argv[6] = argv[8];
-        argvlen[6] = argvlen[8];
+        argv[ckey] = argv[dkey];
+        argvlen[ckey] = argvlen[dkey];
+        argv[field] = argv[dfield];
+        argvlen[field] = argvlen[dfield];
 
     } else {
         quota_format_date(period.start, (char *) start);
-        argv[4] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                    &ctx->tenant, "usage:", 6,
-                                                    start, QUOTA_DATE_LEN,
-                                                    &argvlen[4]);
-        argv[6] = (const char *) name->data;
-        argvlen[6] = name->len;
+        argv[ckey] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                       &ctx->tenant, "usage:",
+                                                       6, start,
+                                                       QUOTA_DATE_LEN,
+                                                       &argvlen[ckey]);
+        argv[field] = (const char *) name->data;
+        argvlen[field] = name->len;
     }
 
-    if (argv[3] == NULL || argv[4] == NULL || argv[5] == NULL
-        || argv[14] == NULL
+    if (argv[3] == NULL || argv[ckey] == NULL || argv[dkey] == NULL
+        || argv[marks] == NULL
         || ngx_http_quota_reconcile_alert(r, ctx, name, period.end, &end,
                                           argv, argvlen)
            != NGX_OK)
@@ -792,44 +882,49 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
      * EVAL, not EVALSHA: nobody waits for this reply, so there would be no
      * one to answer a NOSCRIPT; reconciles are rare next to charges.
      */
-    return ngx_http_quota_redis_send_oneway(qmcf, 20, argv, argvlen);
+    return ngx_http_quota_redis_send_oneway(qmcf, NGX_HTTP_QUOTA_RC_ARGC, argv,
+                                             argvlen);
 }
 
 
-/* what an alert fired by a reconcile needs: ARGV 13-16 */
+/* what an alert fired by a reconcile needs */
 static ngx_int_t
 ngx_http_quota_reconcile_alert(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_str_t *name, time_t reset, u_char **p,
     const char **argv, size_t *argvlen)
 {
+    ngx_uint_t                   i;
     ngx_http_quota_main_conf_t  *qmcf;
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
 
-    argv[16] = (const char *) name->data;
-    argvlen[16] = name->len;
-    argv[17] = qmcf->events == NGX_HTTP_QUOTA_EVENTS_OFF ? "0" : "1";
-    argvlen[17] = 1;
+    argv[NGX_HTTP_QUOTA_RC(METRIC)] = (const char *) name->data;
+    argvlen[NGX_HTTP_QUOTA_RC(METRIC)] = name->len;
+    argv[NGX_HTTP_QUOTA_RC(EVENTS)] =
+                       qmcf->events == NGX_HTTP_QUOTA_EVENTS_OFF ? "0" : "1";
+    argvlen[NGX_HTTP_QUOTA_RC(EVENTS)] = 1;
 
     /* "TENANT\nCHANNEL\nNOW\nRESET" */
-    argv[18] = (const char *) *p;
+    argv[NGX_HTTP_QUOTA_RC(NOTIFY)] = (const char *) *p;
     *p = ngx_sprintf(*p, "%V\n%V\n", &ctx->tenant, &qmcf->events_channel);
     quota_format_iso8601(ngx_time(), (char *) *p);
     *p += QUOTA_ISO8601_LEN;
     *(*p)++ = '\n';
     quota_format_iso8601(reset, (char *) *p);
     *p += QUOTA_ISO8601_LEN;
-    argvlen[18] = *p - (u_char *) argv[18];
+    argvlen[NGX_HTTP_QUOTA_RC(NOTIFY)] =
+                                *p - (u_char *) argv[NGX_HTTP_QUOTA_RC(NOTIFY)];
 
-    argv[19] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                 &ctx->tenant, "alerts", 6,
-                                                 NULL, 0, &argvlen[19]);
+    i = NGX_HTTP_QUOTA_RC(ALERTS_KEY);
+    argv[i] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                &ctx->tenant, "alerts", 6,
+                                                NULL, 0, &argvlen[i]);
 
-    return argv[19] ? NGX_OK : NGX_ERROR;
+    return argv[i] ? NGX_OK : NGX_ERROR;
 }
 
 
-/* DELTA, LIMIT, PRICE, the two TTLs and the threshold: ARGV 4, 6-10 */
+/* DELTA, LIMIT, PRICE, the two TTLs and the threshold */
 static void
 ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t index, int64_t delta, u_char **p,
@@ -845,7 +940,11 @@ ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
     ngx_http_quota_main_conf_t    *qmcf;
     ngx_http_quota_plan_metric_t  *pm;
 
-    static const ngx_uint_t        at[6] = { 7, 9, 10, 11, 12, 13 };
+    static const ngx_uint_t        at[6] = {
+        NGX_HTTP_QUOTA_RC(DELTA), NGX_HTTP_QUOTA_RC(LIMIT),
+        NGX_HTTP_QUOTA_RC(PRICE), NGX_HTTP_QUOTA_RC(TTL),
+        NGX_HTTP_QUOTA_RC(DAILY_TTL), NGX_HTTP_QUOTA_RC(THRESHOLD)
+    };
 
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     qlcf = ctx->conf;    /* the location that charged (review D6) */
@@ -876,8 +975,8 @@ ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
 
     /* counters expire 62 days after their period, like the charge's */
     n[3] = (metrics[metric].period == NGX_HTTP_QUOTA_PERIOD_DAY
-            ? ctx->billing.end : period.end) - now + 5356800;
-    n[4] = ctx->billing.end - now + 5356800;
+            ? ctx->billing.end : period.end) - now + NGX_HTTP_QUOTA_KEEP;
+    n[4] = ctx->billing.end - now + NGX_HTTP_QUOTA_KEEP;
     n[5] = qlcf->warning_threshold;
 
     for (i = 0; i < 6; i++) {

@@ -551,34 +551,42 @@ ngx_int_t
 ngx_http_quota_report_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply, ngx_http_quota_report_t *rep)
 {
-    size_t                       base, i, k;
+    size_t                       base, end, i, k;
     redisReply                 **e;
     ngx_http_quota_main_conf_t  *qmcf;
 
     k = ctx->ncharges;
+
+    /* the REPORT_* tail of src/lua/protocol.def: e[base + OFF] */
     e = reply->element;
-    base = 7 + 2 * k;
+    base = NGX_HTTP_QUOTA_REPLY_METRICS - 1
+           + k * NGX_HTTP_QUOTA_REPLY_METRIC_ELTS;
+    end = base + NGX_HTTP_QUOTA_REPORT_UNITS_OFF + k;
 
     /* status (string), seats, overage, cap, cost, k overage units */
-    if (reply->elements < base + 5 + k
-        || e[base]->type != REDIS_REPLY_STRING)
+    if (reply->elements < end
+        || e[base + NGX_HTTP_QUOTA_REPORT_STATUS_OFF]->type
+           != REDIS_REPLY_STRING)
     {
         return NGX_ERROR;
     }
 
-    for (i = base + 1; i < base + 5 + k; i++) {
-        if (e[i]->type != REDIS_REPLY_INTEGER) {
+    for (i = base; i < end; i++) {
+        if (i != base + NGX_HTTP_QUOTA_REPORT_STATUS_OFF
+            && e[i]->type != REDIS_REPLY_INTEGER)
+        {
             return NGX_ERROR;
         }
     }
 
-    rep->status.data = (u_char *) e[base]->str;
-    rep->status.len = e[base]->len;
-    rep->seats = e[base + 1]->integer;
-    rep->overage = (e[base + 2]->integer == 1);
-    rep->cap = e[base + 3]->integer;
-    rep->cost = e[base + 4]->integer;
-    rep->units = &e[base + 5];
+    rep->status.data = (u_char *) e[base + NGX_HTTP_QUOTA_REPORT_STATUS_OFF]
+                                  ->str;
+    rep->status.len = e[base + NGX_HTTP_QUOTA_REPORT_STATUS_OFF]->len;
+    rep->seats = e[base + NGX_HTTP_QUOTA_REPORT_SEATS_OFF]->integer;
+    rep->overage = (e[base + NGX_HTTP_QUOTA_REPORT_OVERAGE_OFF]->integer == 1);
+    rep->cap = e[base + NGX_HTTP_QUOTA_REPORT_CAP_OFF]->integer;
+    rep->cost = e[base + NGX_HTTP_QUOTA_REPORT_COST_OFF]->integer;
+    rep->units = &e[base + NGX_HTTP_QUOTA_REPORT_UNITS_OFF];
     rep->daily = NULL;
     rep->ndaily = 0;
 
@@ -593,7 +601,7 @@ ngx_http_quota_report_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     /* ?daily=1: N, then N pairs "METRIC:YYYY-MM-DD", units */
-    base += 5 + k;
+    base = end;
 
     if (reply->elements <= base || e[base]->type != REDIS_REPLY_INTEGER
         || e[base]->integer < 0

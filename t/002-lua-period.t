@@ -37,6 +37,17 @@ my $at = index($bin, "local acct, base = KEYS[1]");
 ok($at >= 0, "the charge script is in $so") or BAIL_OUT('no charge script');
 my $script = substr($bin, $at, index($bin, "\0", $at) - $at);
 
+# the positions are names (src/lua/protocol.def): their values are those of
+# the prelude line the build put right before the script
+my $pre = rindex($bin, "local ARG_BASE", $at);
+my ($names, $values) = substr($bin, $pre, $at - $pre)
+    =~ /^local ([A-Z0-9_, ]+) = ([-0-9, ]+)\n+$/;
+ok($names, 'the protocol prelude precedes the charge script')
+    or BAIL_OUT('no prelude before the charge script');
+my @n = split /, /, $names;
+my @v = split /, /, $values;
+my %pos = map { $n[$_] => $v[$_] } 0 .. $#n;
+
 # the period code: from "local function clamped(" to the "end" that closes
 # "if anchor == 1 then"
 my $from = index($script, "local function clamped(");
@@ -48,11 +59,11 @@ ok($from >= 0 && $if > $from && $to > $if,
 my $period = substr($script, $from, $to + 5 - $from);
 
 # the arguments it reads: the test feeds them by the layout documented in
-# src/ngx_http_quota_lua.c, and checks that layout against nginx below
-my %argv = map { $_ => 1 } $period =~ /ARGV\[(\d+)\]/g;
+# src/lua/protocol.def, and checks that layout against nginx below
+my %argv = map { ($pos{$_} // -1) => 1 } $period =~ /ARGV\[(\w+)\]/g;
 is_deeply([sort { $a <=> $b } keys %argv], [6, 7, 8, 9, 14],
           'the period code reads ARGV 6, 7, 8, 9 and 14');
-(my $body = $period) =~ s/ARGV\[(\d+)\]/A[$1]/g;
+(my $body = $period) =~ s/ARGV\[(\w+)\]/A[$pos{$1}]/g;
 
 my $wrapper = <<"_LUA_";
 local A = {}

@@ -1,0 +1,39 @@
+-- The void of a charge whose outcome the gateway does not know (it timed
+-- out, the client went away, the connection dropped, the script failed):
+-- idempotent, sent until Redis answers it.  If the charge ran, its record
+-- says what it wrote and that is undone (costs, daily, overage units and
+-- cost, the GCRA step); in any case the record becomes a tombstone, so a
+-- charge that runs later (it was still queued in Redis) writes nothing,
+-- and the in-flight slot named by the charge id is removed.  Alerts the
+-- charge fired stay.
+--
+-- KEYS[1] P{T}:c:ID; ARGV: VOID_BASE "P{T}:", VOID_ID the charge id.
+-- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST", then per
+-- charged metric "NAME COST m|d OVERAGE_UNITS".
+local rec = redis.call('GET', KEYS[1])
+local base = ARGV[VOID_BASE]
+redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
+redis.call('ZREM', base .. 'inflight', ARGV[VOID_ID])
+if not rec or rec == 'v' then return 0 end
+local w = {}
+for x in string.gmatch(rec, '%S+') do w[#w + 1] = x end
+local usage_key = base .. 'usage:' .. w[1]
+local daily_key = base .. 'daily:' .. w[1]
+if w[3] ~= '0' then
+  local tat = tonumber(redis.pcall('GET', base .. 'rate'))
+  if tat then
+    redis.pcall('SET', base .. 'rate', tat - tonumber(w[3]), 'KEEPTTL')
+  end
+end
+if w[4] ~= '0' then
+  redis.pcall('HINCRBY', usage_key, 'overage_cost', '-' .. w[4])
+end
+for j = 5, #w - 3, 4 do
+  local name, cost = w[j], '-' .. w[j + 1]
+  if w[j + 2] ~= 'd' then redis.pcall('HINCRBY', usage_key, name, cost) end
+  redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], cost)
+  if w[j + 3] ~= '0' then
+    redis.pcall('HINCRBY', usage_key, name .. ':overage', '-' .. w[j + 3])
+  end
+end
+return 1
