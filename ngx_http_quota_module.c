@@ -429,17 +429,6 @@ ngx_http_quota_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (qmcf->live_line && (qmcf->redis_sentinels || qmcf->redis_cluster)) {
-        /* the subscription follows a fixed address only, for now */
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"quota_live\" in %V:%ui needs \"quota_redis\" "
-                      "with an address: \"%s\" is not supported for live "
-                      "events yet", &qmcf->live_file, qmcf->live_line,
-                      qmcf->redis_sentinels ? "quota_redis_sentinel"
-                                            : "quota_redis_cluster");
-        return NGX_ERROR;
-    }
-
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);

@@ -168,6 +168,7 @@ struct ngx_http_quota_worker_s {
 
     /* quota_live: SUBSCRIBEd to the events channel */
     ngx_http_quota_redis_conn_t *live;
+    ngx_uint_t                   live_seed;   /* cluster: its seed */
     /* quota_redis_cluster: the CLUSTER SLOTS connection, the masters
        (append only; node n owns conns[n * pool ...]) and the slot map */
     ngx_http_quota_redis_conn_t *control;
@@ -261,6 +262,7 @@ ngx_uint_t ngx_http_quota_redis_key_slot(u_char *key, size_t len);
 
 /* ngx_http_quota_redis_live.c */
 ngx_int_t ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_live_lost(ngx_http_quota_redis_conn_t *rc);
 ngx_int_t ngx_http_quota_redis_live_handshake(
     ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_live_push(ngx_http_quota_redis_conn_t *rc,

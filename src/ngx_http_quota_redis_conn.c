@@ -944,6 +944,7 @@ ngx_http_quota_redis_close(ngx_http_quota_redis_conn_t *rc,
     if (rc->live) {
         /* the next handshake SUBSCRIBEs again */
         if (reconnect) {
+            ngx_http_quota_redis_live_lost(rc);
             ngx_http_quota_redis_schedule(rc);
         }
 

@@ -11,6 +11,13 @@
  * and subscribes again; events published while it was down are lost (Redis
  * Pub/Sub keeps nothing), which the snapshot a reconnecting client gets
  * covers.  It never takes commands from the pool.
+ *
+ * Where it connects: the quota_redis server; with quota_redis_sentinel the
+ * master the sentinels name (it moves with the pool at a failover, and a
+ * lost subscription makes the worker ask the sentinels again: the master
+ * may have moved); with quota_redis_cluster a seed (the next one when it
+ * fails), since PUBLISH and SUBSCRIBE (not the sharded SPUBLISH) reach
+ * every node of a cluster.
  */
 
 
@@ -31,9 +38,15 @@ ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w)
 
     rc->live = 1;
 
-    /* nginx -t refuses quota_live with quota_redis_sentinel (README, "Live
-       usage"): the address is fixed */
-    rc->addr = &w->qmcf->redis_addr;
+    if (w->qmcf->redis_cluster) {
+        rc->addr = w->qmcf->redis_cluster->elts;
+
+    } else if (w->qmcf->redis_sentinels) {
+        rc->addr = NULL;    /* connects once the master is named */
+
+    } else {
+        rc->addr = &w->qmcf->redis_addr;
+    }
 
     w->live = rc;
 
@@ -82,6 +95,28 @@ ngx_http_quota_redis_live_handshake(ngx_http_quota_redis_conn_t *rc)
     rc->subscribed = 1;
 
     return ngx_http_quota_redis_handshake_cmd(rc, NULL, 2, argv, argvlen);
+}
+
+
+/* the subscription was lost: a cluster's next seed; the sentinels asked
+   again (the reconnect goes to the master they name) */
+void
+ngx_http_quota_redis_live_lost(ngx_http_quota_redis_conn_t *rc)
+{
+    ngx_addr_t               *seeds;
+    ngx_http_quota_worker_t  *w;
+
+    w = rc->worker;
+    rc->subscribed = 0;
+
+    if (w->qmcf->redis_cluster) {
+        seeds = w->qmcf->redis_cluster->elts;
+        w->live_seed = (w->live_seed + 1) % w->qmcf->redis_cluster->nelts;
+        rc->addr = &seeds[w->live_seed];
+        return;
+    }
+
+    ngx_http_quota_redis_sentinel_refresh(w);
 }
 
 

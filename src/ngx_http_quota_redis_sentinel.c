@@ -202,12 +202,13 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
     size_t iplen, u_char *port, size_t portlen)
 {
     ngx_int_t                     n;
-    ngx_uint_t                    i;
+    ngx_uint_t                    i, last;
     socklen_t                     socklen;
     ngx_sockaddr_t                sa;
     ngx_http_quota_redis_conn_t  *rc;
 
     n = ngx_atoi(port, portlen);
+    last = w->nconns + (w->live != NULL);
 
     if (n < 1 || n > 65535
         || ngx_http_quota_redis_parse_addr(&sa, &socklen, ip, iplen, n)
@@ -225,9 +226,9 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
                             w->master.socklen, 1)
            == NGX_OK)
     {
-        /* the same: data connections that wait for it go now */
-        for (i = 0; i < w->nconns; i++) {
-            rc = &w->conns[i];
+        /* the same: connections that wait for it go now */
+        for (i = 0; i < last; i++) {
+            rc = (i < w->nconns) ? &w->conns[i] : w->live;
 
             if (rc->state == NGX_HTTP_QUOTA_REDIS_DOWN
                 && !rc->reconnect_timer.timer_set)
@@ -251,8 +252,9 @@ ngx_http_quota_redis_sentinel_master(ngx_http_quota_worker_t *w, u_char *ip,
     /* a failover if any worker knew another master: counted once */
     ngx_http_quota_redis_stats_master(w);
 
-    for (i = 0; i < w->nconns; i++) {
-        rc = &w->conns[i];
+    /* the pool, and quota_live's subscription */
+    for (i = 0; i < last; i++) {
+        rc = (i < w->nconns) ? &w->conns[i] : w->live;
         rc->addr = &w->master;
 
         /* in flight: quota_failure_mode, never resent */

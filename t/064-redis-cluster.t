@@ -295,9 +295,6 @@ for my $c (
     [ "    quota_redis_cluster 127.0.0.1:2 db=1;",
       qr/invalid parameter "db=1" in \S+:\d+/,
       'db= in a cluster' ],
-    [ "    quota_redis_cluster 127.0.0.1:2;",
-      qr/"quota_live" in \S+:\d+ needs "quota_redis" with an address: "quota_redis_cluster" is not supported/,
-      'quota_live with a cluster', "    location = /ws/live { quota_live; }\n" ],
 ) {
     my ($conf, $re, $name, $extra) = @$c;
     my $ok = eval {

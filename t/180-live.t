@@ -122,22 +122,7 @@ sub json_field {
 
 # ---------------------------------------------------------------- tests ---
 
-# nginx -t: quota_live with quota_redis_sentinel is refused with file:line
-{
-    my $root = "$FindBin::Bin/servroot_live_t.$$";
-    my $h = QuotaTest::nginx_start(
-        servroot => $root, port => QuotaTest::free_port(),
-        expect_failure => 1, no_root_location => 1,
-        http_config => "quota_redis_sentinel 127.0.0.1:1 master=billing;\n"
-                       . "quota_metric a;\n",
-        config => "quota_tenant \$http_x_api_key;\n"
-                  . "location = /ws/live { quota_live; }\n");
-    ok($h->{exited} && $h->{status} != 0, 'sentinel: nginx refuses to start');
-    my $err = do { local (@ARGV, $/) = "$root/logs/error.log"; <> } // '';
-    like($err, qr/\[emerg\].*"quota_live" in \S+nginx\.conf:\d+ needs "quota_redis" with an address/,
-         'sentinel: the emerg names quota_live\'s file:line');
-    File::Path::rmtree($root);
-}
+# quota_live with quota_redis_sentinel and quota_redis_cluster: t/069
 
 # handshake, snapshot first, one usage_update per charge with exact
 # numbers, an alert at the threshold, ping/pong, close handshake
