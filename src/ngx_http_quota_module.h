@@ -368,6 +368,9 @@ typedef struct {
 
     /* quota_usage reports every metric: a rule that charges all of them 0 */
     ngx_http_quota_rule_t        report_rule;
+    /* quota_warning_threshold of http{}, for the forced charges of
+       quota_fallback (no location) */
+    ngx_uint_t                   force_threshold;
 
     ngx_http_quota_clock_t       clock;       /* per process, see above */
 
@@ -467,6 +470,15 @@ typedef struct {
     unsigned                     reconciled:1;
     unsigned                     report:2;        /* quota_usage: 1,
                                                      +daily: 2 */
+    unsigned                     lease_quiet:1;   /* a lease's grant sends
+                                                     no usage_update */
+
+    /* a lease (quota_lease): request units asked (0 or 1: exact) and its
+       ttl, set before the charge; units granted, from the reply (1: an
+       exact charge) */
+    ngx_uint_t                   lease_n;
+    ngx_msec_t                   lease_ttl;
+    ngx_uint_t                   lease_granted;
 
     /* the decoded reply of the charge script */
     ngx_uint_t                   code;
@@ -699,6 +711,10 @@ ngx_int_t ngx_http_quota_script_init(ngx_conf_t *cf,
 ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx);
+ngx_int_t ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units);
+ngx_int_t ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *tenant, int64_t *units);
 ngx_int_t ngx_http_quota_script_init_worker(ngx_log_t *log);
 void ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_op_t *op);

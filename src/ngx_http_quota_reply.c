@@ -104,7 +104,7 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     redisReply *reply)
 {
     size_t        n;
-    int64_t       code, index, plan;
+    int64_t       code, index, plan, granted;
     ngx_uint_t    i, k, at;
     redisReply  **e;
 
@@ -136,6 +136,7 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     code = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE)->integer;
     index = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_INDEX)->integer;
     plan = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_PLAN)->integer;
+    granted = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_GRANTED)->integer;
 
     if (code < NGX_HTTP_QUOTA_CODE_CHARGED
         || code > NGX_HTTP_QUOTA_CODE_RANGE
@@ -144,6 +145,9 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
         || (code == NGX_HTTP_QUOTA_CODE_RANGE
             && (index < 0 || (ngx_uint_t) index > k))
         || ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_RETRY)->integer < 0
+        || granted < 1
+        || (granted > 1 && (code != NGX_HTTP_QUOTA_CODE_CHARGED
+                            || (uint64_t) granted > ctx->lease_n))
         || ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_START)->integer
            > ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_END)->integer)
     {
@@ -172,6 +176,7 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
                  ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_RETRY)->integer;
     ctx->slot_taken =
             (ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_SLOT)->integer == 1);
+    ctx->lease_granted = (ngx_uint_t) granted;
 
     for (i = 0; i < k; i++) {
         at = NGX_HTTP_QUOTA_REPLY_METRICS

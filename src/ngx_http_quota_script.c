@@ -26,6 +26,8 @@
 #define NGX_HTTP_QUOTA_ARGC(nargs)  (NGX_HTTP_QUOTA_ARGV_AT(nargs) + 1)
 #define NGX_HTTP_QUOTA_VOID_ARGC  NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_VOID_NARGS)
 #define NGX_HTTP_QUOTA_RC_ARGC    NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_RC_NARGS)
+#define NGX_HTTP_QUOTA_SETTLE_ARGC                                            \
+    NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_SETTLE_NARGS)
 
 /* the index in argv of the reconcile script's ARGV[NGX_HTTP_QUOTA_RC_name] */
 #define NGX_HTTP_QUOTA_RC(name)                                               \
@@ -37,6 +39,7 @@ typedef struct {
     const char                 **argv;
     size_t                      *argvlen;
     ngx_uint_t                   argc;        /* past the last one put */
+    ngx_uint_t                   n;           /* expected */
     u_char                      *p;           /* the request's buffer */
 } ngx_http_quota_args_t;
 
@@ -48,6 +51,8 @@ static const ngx_str_t  ngx_http_quota_reconcile_lua =
     ngx_string(ngx_http_quota_reconcile_text);
 static const ngx_str_t  ngx_http_quota_void_lua =
     ngx_string(ngx_http_quota_void_text);
+static const ngx_str_t  ngx_http_quota_settle_lua =
+    ngx_string(ngx_http_quota_settle_text);
 
 
 static ngx_int_t ngx_http_quota_plan_table(ngx_conf_t *cf,
@@ -58,11 +63,17 @@ static ngx_int_t ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg,
 static ngx_http_quota_clock_t *ngx_http_quota_clock(
     ngx_http_quota_main_conf_t *qmcf, time_t sec);
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
+    ngx_pool_t *pool, ngx_http_quota_args_t *a, ngx_str_t *tenant,
+    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra);
+static ngx_int_t ngx_http_quota_script_built(ngx_http_quota_args_t *a,
+    ngx_log_t *log);
+static u_char *ngx_http_quota_charge_id(u_char *p);
 static ngx_int_t ngx_http_quota_script_head(ngx_http_request_t *r,
-    ngx_http_quota_ctx_t *ctx, ngx_http_quota_args_t *a,
-    ngx_http_quota_clock_t *clock, int64_t now_ms);
-static void ngx_http_quota_script_metrics(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_args_t *a);
+static void ngx_http_quota_script_metrics(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_args_t *a, ngx_http_quota_rule_t *rule, int64_t *costs,
+    ngx_uint_t k);
 static void ngx_http_quota_args_str(ngx_http_quota_args_t *a,
     ngx_uint_t pos, const u_char *data, size_t len);
 static void ngx_http_quota_args_num(ngx_http_quota_args_t *a, ngx_uint_t pos,
@@ -86,11 +97,12 @@ static void ngx_http_quota_reconcile_nums(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 {
-    u_char                  digest[20];
-    ngx_uint_t              i, j;
-    ngx_sha1_t              sha1;
-    ngx_array_t           **sets;
-    ngx_http_quota_rule_t  *rule;
+    u_char                       digest[20];
+    ngx_uint_t                   i, j;
+    ngx_sha1_t                   sha1;
+    ngx_array_t                **sets;
+    ngx_http_quota_rule_t       *rule;
+    ngx_http_quota_loc_conf_t   *qlcf;
 
     qmcf->script = ngx_http_quota_charge_lua;
 
@@ -112,6 +124,10 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
     {
         return NGX_ERROR;
     }
+
+    qlcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_quota_module);
+    qmcf->force_threshold = (qlcf->warning_threshold == NGX_CONF_UNSET_UINT)
+                            ? 80 : qlcf->warning_threshold;
 
     /* the events channel: "Pevents" */
     qmcf->events_channel.len = qmcf->prefix.len + 6;
@@ -373,13 +389,8 @@ ngx_http_quota_args_copy(ngx_http_quota_args_t *a, ngx_uint_t pos,
 ngx_int_t
 ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
-    size_t                        size;
-    int64_t                       now_ms;
-    ngx_uint_t                    i, n, pos;
-    ngx_time_t                   *tp;
     ngx_http_quota_op_t          *op;
     ngx_http_quota_args_t         a;
-    ngx_http_quota_clock_t       *clock;
     ngx_http_quota_main_conf_t   *qmcf;
     ngx_http_quota_plan_table_t  *table;
 
@@ -387,64 +398,20 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 
     table = ctx->rule ? &ctx->rule->table : &qmcf->no_rule_table;
 
-    /* the gateway's clock: see README, "Time" */
-    tp = ngx_timeofday();
-    now_ms = (int64_t) tp->sec * 1000 + tp->msec;
-
-    clock = ngx_http_quota_clock(qmcf, tp->sec);
-    if (clock == NULL) {
+    if (ngx_http_quota_script_args(qmcf, r->pool, &a, &ctx->tenant,
+                                   ctx->ncharges, table,
+                                   sizeof(ngx_http_quota_id_prefix)
+                                   + 7 * NGX_INT64_LEN)
+        != NGX_OK
+        || ngx_http_quota_script_head(r, ctx, &a) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    /* EVALSHA, sha, numkeys, KEYS[1], the head of ARGV, metrics, plans */
-    n = NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_ARG_METRICS - 1
-                            + NGX_HTTP_QUOTA_METRIC_ARGS * ctx->ncharges
-                            + table->nargs);
+    ngx_http_quota_script_metrics(qmcf, &a, ctx->rule, ctx->costs,
+                                  ctx->ncharges);
 
-    /* zeroed: a position the head leaves empty is found below */
-    a.argv = ngx_pcalloc(r->pool, n * sizeof(char *));
-    a.argvlen = ngx_palloc(r->pool, n * sizeof(size_t));
-
-    /* every number, id and date of the request in one buffer */
-    size = (9 + ctx->ncharges) * NGX_INT64_LEN + QUOTA_DATE_LEN
-           + QUOTA_ISO8601_LEN + ctx->tenant.len + qmcf->events_channel.len
-           + 8 + sizeof(ngx_http_quota_id_prefix) + NGX_INT64_LEN
-           + clock->cur_start.len + clock->next_start.len
-           + clock->ym_cur.len + clock->ym_next.len + clock->today.len
-           + clock->calendar.len;
-
-    a.p = ngx_pnalloc(r->pool, size);
-
-    if (a.argv == NULL || a.argvlen == NULL || a.p == NULL) {
-        return NGX_ERROR;
-    }
-
-    a.argc = 0;
-
-    if (ngx_http_quota_script_head(r, ctx, &a, clock, now_ms) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_quota_script_metrics(r, ctx, &a);
-
-    pos = NGX_HTTP_QUOTA_ARG_METRICS
-          + NGX_HTTP_QUOTA_METRIC_ARGS * ctx->ncharges;
-
-    for (i = 0; i < table->nargs; i++) {
-        ngx_http_quota_args_str(&a, pos + i, table->args[i].data,
-                                table->args[i].len);
-    }
-
-    for (i = 0; i < n; i++) {
-        if (a.argv[i] == NULL) {
-            break;
-        }
-    }
-
-    if (a.argc != n || i != n) {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "quota: %ui script arguments built, %ui expected, "
-                      "argument %ui missing", a.argc, n, i);
+    if (ngx_http_quota_script_built(&a, r->connection->log) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -467,14 +434,140 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 }
 
 
-/* EVALSHA, sha, numkeys, KEYS[1] and the ARG_* before ARG_METRICS */
+/*
+ * The argv of the charge script for "tenant", k charged metrics and the
+ * plan table: allocated, with what every mode sends (the clock, the
+ * default plan, KEYS[1], ARG_BASE, the alert/event line, k, the table).
+ * "extra": bytes of the buffer the caller needs for its own arguments.
+ */
+static ngx_int_t
+ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
+    ngx_pool_t *pool, ngx_http_quota_args_t *a, ngx_str_t *tenant,
+    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra)
+{
+    u_char                  *start;
+    size_t                   size, len;
+    int64_t                  now_ms;
+    ngx_uint_t               i, pos;
+    ngx_time_t              *tp;
+    ngx_http_quota_clock_t  *clock;
+
+    /* the gateway's clock: see README, "Time" */
+    tp = ngx_timeofday();
+    now_ms = (int64_t) tp->sec * 1000 + tp->msec;
+
+    clock = ngx_http_quota_clock(qmcf, tp->sec);
+    if (clock == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* EVAL(SHA), script, numkeys, KEYS[1], the head of ARGV, metrics,
+       plans */
+    pos = NGX_HTTP_QUOTA_ARG_METRICS + NGX_HTTP_QUOTA_METRIC_ARGS * k;
+    a->n = NGX_HTTP_QUOTA_ARGC(pos - 1 + table->nargs);
+
+    /* zeroed: a position left empty is found by _built() */
+    a->argv = ngx_pcalloc(pool, a->n * sizeof(char *));
+    a->argvlen = ngx_palloc(pool, a->n * sizeof(size_t));
+
+    /* every number, id and date of the request in one buffer */
+    size = (4 + k) * NGX_INT64_LEN + QUOTA_DATE_LEN + QUOTA_ISO8601_LEN
+           + tenant->len + qmcf->events_channel.len + 8
+           + clock->cur_start.len + clock->next_start.len
+           + clock->ym_cur.len + clock->ym_next.len + clock->today.len
+           + clock->calendar.len + extra;
+
+    a->p = ngx_pnalloc(pool, size);
+
+    if (a->argv == NULL || a->argvlen == NULL || a->p == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->argc = 0;
+
+    /* KEYS[1]; "P{T}:account" starts with ARG_BASE, "P{T}:" */
+    start = ngx_http_quota_key(pool, &qmcf->prefix, tenant, "account", 7,
+                               NULL, 0, &len);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->argv[2] = "1";
+    a->argvlen[2] = 1;
+    a->argv[3] = (const char *) start;
+    a->argvlen[3] = len;
+
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_BASE, start, len - 7);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NOW_MS, now_ms);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CUR_START,
+                             &clock->cur_start);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_NEXT_START,
+                             &clock->next_start);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_CUR, &clock->ym_cur);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_NEXT, &clock->ym_next);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_TODAY, &clock->today);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_DEFAULT_PLAN,
+                            qmcf->default_plan + 1);
+    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CALENDAR,
+                             &clock->calendar);
+
+    /* what only an alert or an event needs */
+    start = a->p;
+    a->p = ngx_sprintf(a->p, "%V\n%V\n%V\n%V", tenant, &qmcf->events_channel,
+                       &clock->now_iso, &clock->tomorrow);
+    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_NOTIFY, start,
+                            a->p - start);
+
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NCHARGES, k);
+
+    for (i = 0; i < table->nargs; i++) {
+        ngx_http_quota_args_str(a, pos + i, table->args[i].data,
+                                table->args[i].len);
+    }
+
+    return NGX_OK;
+}
+
+
+/* every position of the argv was put */
+static ngx_int_t
+ngx_http_quota_script_built(ngx_http_quota_args_t *a, ngx_log_t *log)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < a->n; i++) {
+        if (a->argv[i] == NULL) {
+            break;
+        }
+    }
+
+    if (a->argc != a->n || i != a->n) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0,
+                      "quota: %ui script arguments built, %ui expected, "
+                      "argument %ui missing", a->argc, a->n, i);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a new charge id: the worker's prefix and its sequence */
+static u_char *
+ngx_http_quota_charge_id(u_char *p)
+{
+    return ngx_sprintf(p, "%*s%xL", sizeof(ngx_http_quota_id_prefix),
+                       ngx_http_quota_id_prefix,
+                       (uint64_t) ngx_http_quota_id_seq++);
+}
+
+
+/* EVALSHA, sha and the arguments that depend on the request */
 static ngx_int_t
 ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_http_quota_args_t *a, ngx_http_quota_clock_t *clock, int64_t now_ms)
+    ngx_http_quota_args_t *a)
 {
-    u_char                      *start;
-    size_t                       len;
-    ngx_uint_t                   mode;
+    ngx_uint_t                   mode, events;
     ngx_http_quota_loc_conf_t   *qlcf;
     ngx_http_quota_main_conf_t  *qmcf;
 
@@ -485,20 +578,6 @@ ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     a->argvlen[0] = 7;
     a->argv[1] = (const char *) qmcf->script_sha1;
     a->argvlen[1] = 40;
-    a->argv[2] = "1";
-    a->argvlen[2] = 1;
-
-    /* KEYS[1]; "P{T}:account" starts with ARG_BASE, "P{T}:" */
-    start = ngx_http_quota_key(r->pool, &qmcf->prefix, &ctx->tenant,
-                               "account", 7, NULL, 0, &len);
-    if (start == NULL) {
-        return NGX_ERROR;
-    }
-
-    a->argv[3] = (const char *) start;
-    a->argvlen[3] = len;
-
-    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_BASE, start, len - 7);
 
     if (ctx->report) {
         mode = (ctx->report == 2) ? NGX_HTTP_QUOTA_MODE_REPORT_DAILY
@@ -510,7 +589,6 @@ ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_MODE, mode);
-    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NOW_MS, now_ms);
     ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_REQUIRE_ACCOUNT,
                             (u_char *) (qlcf->require_account ? "1" : "0"),
                             1);
@@ -518,10 +596,7 @@ ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     /* the charge id, which is also the in-flight slot's */
     if (!ctx->bypass && !ctx->report) {
         ctx->charge_id.data = a->p;
-        a->p = ngx_sprintf(a->p, "%*s%xL",
-                           sizeof(ngx_http_quota_id_prefix),
-                           ngx_http_quota_id_prefix,
-                           (uint64_t) ngx_http_quota_id_seq++);
+        a->p = ngx_http_quota_charge_id(a->p);
         ctx->charge_id.len = a->p - ctx->charge_id.data;
 
         if (qmcf->concurrency) {
@@ -543,56 +618,47 @@ ngx_http_quota_script_head(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
                                                 : (u_char *) "",
                             ctx->charge_id.len);
 
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CUR_START,
-                             &clock->cur_start);
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_NEXT_START,
-                             &clock->next_start);
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_CUR, &clock->ym_cur);
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_YM_NEXT, &clock->ym_next);
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_TODAY, &clock->today);
-    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_DEFAULT_PLAN,
-                            qmcf->default_plan + 1);
     ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_THRESHOLD,
                             qlcf->warning_threshold);
-    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_EVENTS, qmcf->events);
-    ngx_http_quota_args_copy(a, NGX_HTTP_QUOTA_ARG_CALENDAR,
-                             &clock->calendar);
 
-    /* what only an alert or an event needs */
-    start = a->p;
-    a->p = ngx_sprintf(a->p, "%V\n%V\n%V\n%V", &ctx->tenant,
-                       &qmcf->events_channel, &clock->now_iso,
-                       &clock->tomorrow);
-    ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_NOTIFY, start,
-                            a->p - start);
+    /* a lease's grant sends no usage_update when one went out within its
+       ttl (_lease.c) */
+    events = qmcf->events;
 
-    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NCHARGES, ctx->ncharges);
+    if (ctx->lease_quiet && events > NGX_HTTP_QUOTA_EVENTS_ALERTS) {
+        events = NGX_HTTP_QUOTA_EVENTS_ALERTS;
+    }
+
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_EVENTS, events);
+
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_LEASE_N,
+                            ctx->lease_n > 1 ? ctx->lease_n : 1);
+    ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_LEASE_TTL,
+                            (ctx->lease_ttl + 999) / 1000);
 
     return NGX_OK;
 }
 
 
-/* k x METRIC, COST, "m"|"d" */
+/* k x METRIC, COST, "m"|"d" of the rule's charges */
 static void
-ngx_http_quota_script_metrics(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
-    ngx_http_quota_args_t *a)
+ngx_http_quota_script_metrics(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_args_t *a, ngx_http_quota_rule_t *rule, int64_t *costs,
+    ngx_uint_t k)
 {
-    ngx_uint_t                   i, pos;
-    ngx_http_quota_metric_t     *m;
-    ngx_http_quota_main_conf_t  *qmcf;
+    ngx_uint_t                i, pos;
+    ngx_http_quota_metric_t  *m;
 
-    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-
-    for (i = 0; i < ctx->ncharges; i++) {
+    for (i = 0; i < k; i++) {
         m = (ngx_http_quota_metric_t *) qmcf->metrics.elts
-            + ctx->rule->charges[i].metric;
+            + rule->charges[i].metric;
 
         pos = NGX_HTTP_QUOTA_ARG_METRICS + i * NGX_HTTP_QUOTA_METRIC_ARGS;
 
         ngx_http_quota_args_str(a, pos + NGX_HTTP_QUOTA_METRIC_NAME_OFF,
                                 m->name.data, m->name.len);
         ngx_http_quota_args_num(a, pos + NGX_HTTP_QUOTA_METRIC_COST_OFF,
-                                ctx->costs[i]);
+                                costs[i]);
         ngx_http_quota_args_str(a, pos + NGX_HTTP_QUOTA_METRIC_PERIOD_OFF,
                                 (u_char *)
                                 (m->period == NGX_HTTP_QUOTA_PERIOD_DAY
@@ -766,6 +832,147 @@ ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
                       "quota: in-flight slot not released, its lease will "
                       "free it");
     }
+}
+
+
+/*
+ * A lease's unspent request units back (src/lua/settle.lua): from a timer,
+ * at exit or from a request; no request pool is needed.  Resent until Redis
+ * answers; the script is idempotent (the record becomes its tombstone).
+ */
+ngx_int_t
+ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units)
+{
+    u_char      *key, *num;
+    size_t       argvlen[NGX_HTTP_QUOTA_SETTLE_ARGC];
+    ngx_int_t    rc;
+    const char  *argv[NGX_HTTP_QUOTA_SETTLE_ARGC];
+    ngx_pool_t  *pool;
+
+    pool = ngx_create_pool(512, ngx_cycle->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* "P{T}:c:ID", and ARG "P{T}:" is its start */
+    key = ngx_http_quota_key(pool, &qmcf->prefix, tenant, "c:", 2,
+                             charge_id->data, charge_id->len, &argvlen[3]);
+    num = ngx_pnalloc(pool, NGX_INT_T_LEN);
+
+    if (key == NULL || num == NULL) {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = (const char *) ngx_http_quota_settle_lua.data;
+    argvlen[1] = ngx_http_quota_settle_lua.len;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (const char *) key;
+    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_BASE)] =
+                                                           (const char *) key;
+    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_BASE)] =
+                                             argvlen[3] - 2 - charge_id->len;
+    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_UNITS)] =
+                                                           (const char *) num;
+    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_UNITS)] =
+                                             ngx_sprintf(num, "%ui", units)
+                                             - num;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "quota: settle of lease %V of tenant \"%V\": %ui back",
+                   charge_id, tenant, units);
+
+    /* send_reliable() copies the command */
+    rc = ngx_http_quota_redis_send_reliable(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC,
+                                            argv, argvlen);
+
+    ngx_destroy_pool(pool);
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: settle of lease %V not sent", charge_id);
+    }
+
+    return rc;
+}
+
+
+/*
+ * What quota_fallback admitted while Redis was away, charged once when it
+ * is back: the charge script in MODE_FORCE (no check refuses it; overage
+ * is priced, alerts fire) with units[m] of every declared metric m, under
+ * a new charge id whose record makes a resend a no-op.  EVAL: nobody waits
+ * for the reply to answer a NOSCRIPT.
+ */
+ngx_int_t
+ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
+    ngx_str_t *tenant, int64_t *units)
+{
+    u_char                 *id;
+    ngx_int_t               rc;
+    ngx_uint_t              k;
+    ngx_pool_t             *pool;
+    ngx_http_quota_rule_t  *rule;
+    ngx_http_quota_args_t   a;
+
+    /* the quota_usage rule: every declared metric, with its plan table */
+    rule = &qmcf->report_rule;
+    k = rule->ncharges;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_quota_script_args(qmcf, pool, &a, tenant, k, &rule->table,
+                                   sizeof(ngx_http_quota_id_prefix)
+                                   + 7 * NGX_INT64_LEN)
+        != NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    a.argv[0] = "EVAL";
+    a.argvlen[0] = 4;
+    a.argv[1] = (const char *) qmcf->script.data;
+    a.argvlen[1] = qmcf->script.len;
+
+    ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_MODE,
+                            NGX_HTTP_QUOTA_MODE_FORCE);
+    ngx_http_quota_args_str(&a, NGX_HTTP_QUOTA_ARG_REQUIRE_ACCOUNT,
+                            (u_char *) "0", 1);
+
+    id = a.p;
+    a.p = ngx_http_quota_charge_id(a.p);
+    ngx_http_quota_args_str(&a, NGX_HTTP_QUOTA_ARG_CHARGE_ID, id, a.p - id);
+
+    ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_THRESHOLD,
+                            qmcf->force_threshold);
+    ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_EVENTS, qmcf->events);
+    ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_LEASE_N, 1);
+    ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_LEASE_TTL, 0);
+
+    ngx_http_quota_script_metrics(qmcf, &a, rule, units, k);
+
+    rc = ngx_http_quota_script_built(&a, ngx_cycle->log);
+
+    if (rc == NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "quota: charging what fallback admitted for tenant "
+                      "\"%V\" (charge %*s)", tenant, (size_t) (a.p - id), id);
+
+        rc = ngx_http_quota_redis_send_reliable(qmcf, a.argc, a.argv,
+                                                a.argvlen);
+    }
+
+    ngx_destroy_pool(pool);
+
+    return rc;
 }
 
 

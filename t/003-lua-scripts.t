@@ -42,7 +42,8 @@ ok(keys %P > 40, 'protocol.def read');
 # --- the scripts as built ----------------------------------------------------
 
 my %file;
-for my $s (qw(charge reconcile void)) {
+my @scripts = qw(charge reconcile void settle);
+for my $s (@scripts) {
     my $text = `sh '$lua/gen.sh' lua '$lua' $s`;
     is($?, 0, "gen.sh lua $s");
     like($text, qr/\Alocal [A-Z_, ]+ = [-0-9, ]+\n/,
@@ -57,9 +58,9 @@ my ($so) = grep { /ngx_http_quota_module\.so$/ }
            split(' ', $ENV{TEST_NGINX_LOAD_MODULES} || ''),
            "$top/build/ngx_http_quota_module.so";
 SKIP: {
-    skip "no built module at $so", 3 unless -f $so;
+    skip "no built module at $so", scalar @scripts unless -f $so;
     my $bin = do { open my $f, '<:raw', $so or die "$so: $!"; local $/; <$f> };
-    for my $s (qw(charge reconcile void)) {
+    for my $s (@scripts) {
         my $text = do { open my $f, '<:raw', $file{$s}; local $/; <$f> };
         ok(index($bin, $text . "\0") >= 0,
            "$s: the built module embeds exactly gen.sh's text");
@@ -68,8 +69,9 @@ SKIP: {
 
 SKIP: {
     my $luac = (grep { -x "$_/luac5.1" } split /:/, $ENV{PATH})[0];
-    skip 'luac5.1 not installed (apt-get install lua5.1)', 3 unless $luac;
-    for my $s (qw(charge reconcile void)) {
+    skip 'luac5.1 not installed (apt-get install lua5.1)', scalar @scripts
+        unless $luac;
+    for my $s (@scripts) {
         my $out = `'$luac/luac5.1' -p '$file{$s}' 2>&1`;
         is($?, 0, "$s: luac5.1 -p") or diag($out);
     }
@@ -128,6 +130,8 @@ sub charge {
     $a[$P{ARG_EVENTS}] = $P{EVENTS_ALERTS};
     $a[$P{ARG_CALENDAR}] = $calendar;
     $a[$P{ARG_NOTIFY}] = "$t\nlt-events\n${today}T00:00:00Z\n$today";
+    $a[$P{ARG_LEASE_N}] = $o{lease} // 1;
+    $a[$P{ARG_LEASE_TTL}] = $o{ttl} // 1;
     $a[$P{ARG_NCHARGES}] = 1;
     my $at = $P{ARG_METRICS};
     $a[$at + $P{METRIC_NAME_OFF}] = 'requests';
@@ -138,9 +142,10 @@ sub charge {
     $a[$at++] = scalar @plans;
     for my $p (@plans) {
         $a[$at++] = $p->[0];
-        $a[$at++] = "$p->[1] 0 0 0 0 0";
+        $a[$at++] = "$p->[1] " . ($p->[3] // '0 0 0 0 0');
         $a[$at++] = join ' ', @{ $p->[2] };
     }
+    die "charge: argument $_ missing\n" for grep { !defined $a[$_] } 1 .. $#a;
     my $r = run_script('charge', ["lt{$t}:account"], [@a[1 .. $#a]]);
     return {
         code  => $r->[$P{REPLY_CODE} - 1],
@@ -149,6 +154,7 @@ sub charge {
         start => $r->[$P{REPLY_START} - 1],
         used  => $r->[$P{REPLY_METRICS} + $P{REPLY_USED_OFF} - 1],
         limit => $r->[$P{REPLY_METRICS} + $P{REPLY_LIMIT_OFF} - 1],
+        n_granted => $r->[$P{REPLY_GRANTED} - 1],
         n     => scalar @$r,
     };
 }
@@ -267,6 +273,145 @@ is(usage('r', 'requests'), 0, 'the counter stops at 0');
 is(QuotaTest::redis('HGET', "lt{r}:daily:$start", "requests:$today"), 0,
    'and the daily field too');
 
-fresh($_) for qw(a g o s u p v r);
+# --- leases (ARG_LEASE_N), settle, MODE_FORCE -------------------------------
+
+sub settle {
+    my ($t, $id, $units) = @_;
+    return run_script('settle', ["lt{$t}:c:$id"], ["lt{$t}:", $units])->[0];
+}
+
+sub daily {
+    my ($t) = @_;
+    return QuotaTest::redis('HGET', "lt{$t}:daily:$start", "requests:$today")
+           // 0;
+}
+
+# ample quota: n = LEASE_N, all of it charged, the record lives ttl + 60 s
+fresh('l', plan => 'basic');
+my @big = (['basic', 0, [1000, 0, -1]]);
+$r = charge(tenant => 'l', plans => \@big, id => 'l1', lease => 50, ttl => 2);
+is($r->{code}, $P{CODE_CHARGED}, 'lease: charged');
+is($r->{n_granted}, 50, 'lease: 50 granted');
+is($r->{used}, 50, 'lease: used includes the 50 reserved');
+is(usage('l', 'requests'), 50, 'lease: usage 50');
+is(daily('l'), 50, 'lease: daily 50');
+my $ttl = QuotaTest::redis('TTL', 'lt{l}:c:l1');
+ok($ttl > 2 && $ttl <= 2 + $P{LEASE_RECORD_EXTRA},
+   "lease: the record lives ttl + $P{LEASE_RECORD_EXTRA} s ($ttl)");
+like(QuotaTest::redis('GET', 'lt{l}:c:l1'), qr/^\S+ \S+ 0 0 50 requests 50 m 0 -1$/,
+     'lease: the record holds n, the cost of n, overage 0, no price');
+$r = charge(tenant => 'l', plans => \@big, id => 'l2');
+is($r->{n_granted}, 1, 'LEASE_N 1: exact, 1 granted');
+
+# n = min(LEASE_N, headroom / 4): limit 100, used 80: 20 / 4 = 5; used 96:
+# 4 / 4 = 1, exact
+fresh('h', plan => 'basic');
+my @h = (['basic', 0, [100, 0, -1]]);
+charge(tenant => 'h', plans => \@h, id => 'h0', cost => 80);
+is(charge(tenant => 'h', plans => \@h, id => 'h1', lease => 50)->{n_granted},
+   5, 'headroom 20: a lease of 5');
+charge(tenant => 'h', plans => \@h, id => 'h2', cost => 11);
+is(charge(tenant => 'h', plans => \@h, id => 'h3', lease => 50)->{n_granted},
+   1, 'headroom 4: exact (n = 1)');
+is(usage('h', 'requests'), 97, 'usage 97');
+
+# never over-admit: leases of up to 10 until refused admit exactly the
+# enforcement point, with grace (limit 50 + 20 % = 60) and a cost of 3
+fresh('x', plan => 'basic');
+my @x = (['basic', 20, [50, 0, -1]]);
+my ($admitted, $grants, $refused) = (0, 0, 0);
+for my $i (1 .. 100) {
+    my $g = charge(tenant => 'x', plans => \@x, id => "x$i", cost => 3,
+                   lease => 10);
+    if ($g->{code} == $P{CODE_QUOTA}) { $refused++; last }
+    $admitted += 3 * $g->{n_granted};
+    $grants++;
+}
+is($refused, 1, 'leases until refused: refused once');
+is($admitted, 60, 'leases admitted exactly 60 = 20 x 3 (limit 50, grace 20 %)');
+is(usage('x', 'requests'), 60, 'Redis holds 60');
+is(daily('x'), 60, 'daily 60');
+ok($grants < 20, "fewer grants than units ($grants)");
+
+# rate or concurrency plans are never leased
+fresh('q', plan => 'basic');
+is(charge(tenant => 'q', plans => [['basic', 0, [1000, 0, -1], '2 1000 2 0 0']],
+          id => 'q1', lease => 50)->{n_granted}, 1, 'a rate plan: exact');
+is(charge(tenant => 'q', plans => [['basic', 0, [1000, 0, -1], '0 0 0 3 1000']],
+          id => 'q2', lease => 50)->{n_granted}, 1, 'a concurrency plan: exact');
+
+# overage (0.001 USD per unit past 10) and a cap of 0.02 USD: n bounded by
+# the cap, 10 + 20 units, then CODE_CAP; overage cost exactly the cap
+fresh('c', plan => 'basic', overage => 1, cap => '0.02');
+my @c = (['basic', 0, [10, 0, 1000]]);
+$r = charge(tenant => 'c', plans => \@c, id => 'c1', lease => 100);
+is($r->{n_granted}, 30, 'overage + cap: n = 30 (10 + 20 within the cap)');
+is(usage('c', 'overage_cost'), 20000, 'overage cost 20000 = the cap');
+is(usage('c', 'requests:overage'), 20, '20 overage units');
+is(charge(tenant => 'c', plans => \@c, id => 'c2', lease => 100)->{code},
+   $P{CODE_CAP}, 'then the cap refuses');
+is(usage('c', 'requests'), 30, 'usage 30');
+
+# settle: 25 of 30 back, overage first: 20 overage units at 1000 each and 5
+# within the limit
+is(settle('c', 'c1', 25), 25, 'settle: 25 back');
+is(usage('c', 'requests'), 5, 'settle: usage 5');
+is(usage('c', 'requests:overage'), 0, 'settle: overage units 0');
+is(usage('c', 'overage_cost'), 0, 'settle: overage cost 0');
+is(daily('c'), 5, 'settle: daily 5');
+is(QuotaTest::redis('GET', 'lt{c}:c:c1'), 'v', 'settle: the tombstone');
+is(settle('c', 'c1', 25), 0, 'a second settle: 0');
+is(usage('c', 'requests'), 5, 'still 5');
+is(void('c', 'c1'), 0, 'a void after the settle: nothing to undo');
+is(usage('c', 'requests'), 5, 'still 5 after the void');
+is(daily('c'), 5, 'daily still 5');
+
+# a partial settle inside the overage: 30 granted (20 overage), 5 back
+fresh('d', plan => 'basic', overage => 1, cap => '0.02');
+charge(tenant => 'd', plans => \@c, id => 'd1', lease => 100);
+is(settle('d', 'd1', 5), 5, 'settle 5 of 30');
+is(usage('d', 'requests'), 25, 'usage 25');
+is(usage('d', 'requests:overage'), 15, 'overage units 15');
+is(usage('d', 'overage_cost'), 15000, 'overage cost 15000');
+is(settle('d', 'd1', 99), 0, 'the record is settled: a resend is a no-op');
+is(usage('d', 'requests'), 25, 'still 25');
+
+# a settle never gives back more than the lease: 40 asked of 10
+fresh('e', plan => 'basic');
+charge(tenant => 'e', plans => \@big, id => 'e1', lease => 10, cost => 2);
+is(usage('e', 'requests'), 20, 'a lease of 10 x 2');
+is(settle('e', 'e1', 40), 10, 'settle 40: 10 back');
+is(usage('e', 'requests'), 0, 'usage 0');
+
+# MODE_FORCE: a suspended tenant past its limit is charged anyway, once
+fresh('f', plan => 'basic', status => 'suspended', overage => 1, cap => '0');
+my @f = (['basic', 0, [5, 0, 1000]]);
+charge(tenant => 'f', plans => [['basic', 0, [5, 0, -1]]],
+       mode => $P{MODE_FORCE}, id => 'fx', cost => 4);
+is(charge(tenant => 'f', plans => [['basic', 0, [5, 0, -1]]],
+          mode => $P{MODE_FORCE}, id => 'fy', cost => 2)->{code},
+   $P{CODE_CHARGED}, 'force: past the limit without overage, charged');
+is(usage('f', 'requests'), 6, 'force: usage 6');
+$r = charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
+            cost => 3);
+is($r->{code}, $P{CODE_CHARGED}, 'force: charged (suspended, cap 0)');
+is($r->{used}, 9, 'force: used 9 past the limit 5');
+is(usage('f', 'requests'), 9, 'force: usage 9');
+is(usage('f', 'requests:overage'), 3, 'force: 3 overage units');
+is(usage('f', 'overage_cost'), 3000, 'force: priced 3000');
+is(daily('f'), 9, 'force: daily 9');
+my $alerts = QuotaTest::redis('XRANGE', 'lt{f}:alerts', '-', '+');
+ok((grep { "@{$_->[1]}" =~ /type quota_exceeded/ } @$alerts),
+   'force: the quota_exceeded alert fired');
+$ttl = QuotaTest::redis('TTL', 'lt{f}:c:f1');
+ok($ttl > 10 && $ttl <= $P{FORCE_RECORD_TTL},
+   "force: its record lives $P{FORCE_RECORD_TTL} s ($ttl)");
+is(charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
+          cost => 3)->{code}, $P{CODE_VOIDED},
+   'force resent: nothing written (its record)');
+is(usage('f', 'requests'), 9, 'force resent: still 9');
+is(usage('f', 'overage_cost'), 3000, 'force resent: still 3000');
+
+fresh($_) for qw(a g o s u p v r l h x q c d e f);
 
 done_testing();

@@ -21,9 +21,40 @@ use POSIX ();
 my $S = 1798761600;    # 2027-01-01T00:00:00Z
 my $E = 1801440000;    # 2027-02-01T00:00:00Z
 
-sub ints { '*' . @_ . "\r\n" . join('', map { ":$_\r\n" } @_) }
+# the reply's positions by name (src/lua/protocol.def, 1-based)
+my %P;
+open my $def, '<', "$FindBin::Bin/../src/lua/protocol.def" or die $!;
+while (<$def>) { s/#.*//; my ($n, $v) = split; $P{$n} = $v if defined $v }
+close $def;
 
-# tenant => the raw RESP reply to its charge (one metric: k = 1)
+# one metric: the fields by name, RESP integers unless overridden
+sub fields {
+    my ($code, $index, $plan, $start, $end, $retry, $slot, $used, $limit,
+        %o) = @_;
+    my @e;
+    $e[$P{REPLY_CODE}] = $code;
+    $e[$P{REPLY_INDEX}] = $index;
+    $e[$P{REPLY_PLAN}] = $plan;
+    $e[$P{REPLY_START}] = $start;
+    $e[$P{REPLY_END}] = $end;
+    $e[$P{REPLY_RETRY}] = $retry;
+    $e[$P{REPLY_SLOT}] = $slot;
+    $e[$P{REPLY_GRANTED}] = $o{granted} // 1;
+    $e[$P{REPLY_METRICS} + $P{REPLY_USED_OFF}] = $used;
+    $e[$P{REPLY_METRICS} + $P{REPLY_LIMIT_OFF}] = $limit;
+    shift @e;
+    return @e;
+}
+sub resp { '*' . @_ . "\r\n" . join('', map { ref $_ ? $$_ : ":$_\r\n" } @_) }
+sub ints { resp(fields(@_)) }
+# the same with the element at position "pos" (1-based) replaced by raw RESP
+sub with {
+    my ($pos, $raw, @f) = @_;
+    my @e = fields(@f);
+    $e[$pos - 1] = \$raw;
+    return resp(@e);
+}
+
 my %reply = (
     ok        => ints(1, 0, 1, $S, $E, 0, 0, 7, 10),
     quota     => ints(2, 1, 1, $S, $E, 0, 0, 10, 10),
@@ -35,12 +66,16 @@ my %reply = (
     conc      => ints(7, 0, 1, $S, $E, 1000, 0, 3, 10),
     nolimit   => ints(1, 0, 1, $S, $E, 0, 0, 5, -1),
     # malformed
-    short     => ints(1, 0, 1, $S, $E, 0, 0, 7),
-    long      => ints(1, 0, 1, $S, $E, 0, 0, 7, 10, 1),
+    short     => do { my @e = fields(1, 0, 1, $S, $E, 0, 0, 7, 10);
+                      pop @e; resp(@e) },
+    long      => resp(fields(1, 0, 1, $S, $E, 0, 0, 7, 10), 1),
     empty     => "*0\r\n",
-    string    => "*9\r\n\$1\r\n1\r\n" . join('', map { ":$_\r\n" } 0, 1, $S, $E, 0, 0, 7, 10),
-    strused   => "*9\r\n" . join('', map { ":$_\r\n" } 1, 0, 1, $S, $E, 0, 0) . "\$1\r\n7\r\n:10\r\n",
-    nilelem   => "*9\r\n" . join('', map { ":$_\r\n" } 1, 0, 1, $S, $E, 0, 0) . "\$-1\r\n:10\r\n",
+    string    => with($P{REPLY_CODE}, "\$1\r\n1\r\n",
+                      1, 0, 1, $S, $E, 0, 0, 7, 10),
+    strused   => with($P{REPLY_METRICS} + $P{REPLY_USED_OFF}, "\$1\r\n7\r\n",
+                      1, 0, 1, $S, $E, 0, 0, 7, 10),
+    nilelem   => with($P{REPLY_METRICS} + $P{REPLY_USED_OFF}, "\$-1\r\n",
+                      1, 0, 1, $S, $E, 0, 0, 7, 10),
     code0     => ints(0, 0, 1, $S, $E, 0, 0, 7, 10),
     code99    => ints(99, 0, 1, $S, $E, 0, 0, 7, 10),
     codeneg   => ints(-1, 0, 1, $S, $E, 0, 0, 7, 10),
@@ -48,14 +83,17 @@ my %reply = (
     index2    => ints(2, 2, 1, $S, $E, 0, 0, 10, 10),
     backwards => ints(1, 0, 1, $E, $S, 0, 0, 7, 10),
     retryneg  => ints(6, 0, 1, $S, $E, -1, 0, 3, 10),
+    # a lease nobody asked for, or no unit at all
+    granted2  => ints(1, 0, 1, $S, $E, 0, 0, 7, 10, granted => 2),
+    granted0  => ints(1, 0, 1, $S, $E, 0, 0, 7, 10, granted => 0),
     error     => "-ERR boom\r\n",
     nil       => "\$-1\r\n",
     integer   => ":1\r\n",
     status    => "+OK\r\n",
 );
 my @malformed = qw(short long empty string strused nilelem code0 code99
-                   codeneg index0 index2 backwards retryneg error nil integer
-                   status);
+                   codeneg index0 index2 backwards retryneg granted2
+                   granted0 error nil integer status);
 
 # --- the fake Redis ---------------------------------------------------------
 
@@ -168,10 +206,10 @@ my $h = sub { $r{$_[0]}{headers}{$_[1]} };
 
 is($r{ok}{status}, 200, 'charged: 200');
 is($h->('ok', 'x-status'), 'ALLOWED', 'charged: ALLOWED');
-is($h->('ok', 'x-quota-used'), 7, 'charged: used from element 8');
-is($h->('ok', 'x-quota-limit'), 10, 'charged: limit from element 9');
+is($h->('ok', 'x-quota-used'), 7, 'charged: used from REPLY_USED');
+is($h->('ok', 'x-quota-limit'), 10, 'charged: limit from REPLY_LIMIT');
 is($h->('ok', 'x-quota-remaining'), 3, 'charged: remaining = limit - used');
-is($h->('ok', 'x-quota-reset'), '2027-02-01T00:00:00Z', 'charged: reset = the period end (element 5)');
+is($h->('ok', 'x-quota-reset'), '2027-02-01T00:00:00Z', 'charged: reset = the period end (REPLY_END)');
 
 is($r{quota}{status}, 402, 'code 2: 402');
 like($r{quota}{body}, qr/^\{"error":"QUOTA_EXCEEDED","message":"Monthly a quota exhausted\. Quota resets on 2027-02-01\.","metric":"a","current_usage":10,"quota_limit":10,"quota_reset_date":"2027-02-01T00:00:00Z"\}$/,

@@ -26,7 +26,8 @@
 -- parsed on demand.
 --
 -- Reply: REPLY_* of protocol.def: code, index, plan, period start and end,
--- retry after (ms), slot taken, then k x (used, limit).  index: the
+-- retry after (ms), slot taken, request units granted, then k x (used,
+-- limit).  index: the
 -- refused metric (1-based) for CODE_QUOTA and CODE_RANGE (0: the overage
 -- cost).  CODE_CORRUPT adds "KEY FIELD" (nothing written).  used_i is
 -- after the charge when charged, else before; limit_i is what the headers
@@ -43,6 +44,12 @@
 -- unless all pass, except the alert of a refusal (once per tenant, metric
 -- and period).  An admitted charge writes its record P{T}:c:ID (after the
 -- daily hash) for the void script (void.lua).
+--
+-- Leases (quota_lease, SPEC 9): with ARG_LEASE_N >= 2, once one request
+-- unit has passed every check, n units of the same cost vector are charged
+-- at once (see lease_size below; settle.lua gives back what a node did not
+-- spend).  MODE_FORCE charges usage quota_fallback admitted while Redis was
+-- away: nothing refuses it, its record makes a resend a no-op.
 --
 -- Alerts go to the capped stream P{T}:alerts; the hash
 -- P{T}:alerted:START remembers which fired this period.  Events are
@@ -63,12 +70,13 @@ for i = 1, k do
   pos = pos + METRIC_ARGS
 end
 local used, limits = {}, {}
-local p_idx, pstart, pend, slot = 0, 0, 0, 0
+local p_idx, pstart, pend, slot, granted = 0, 0, 0, 0, 1
 local function finish(code, idx, retry)
   local r = {}
   r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_PLAN] = code, idx, p_idx
   r[REPLY_START], r[REPLY_END] = pstart, pend
   r[REPLY_RETRY], r[REPLY_SLOT] = retry, slot
+  r[REPLY_GRANTED] = granted
   for i = 1, k do
     local at = REPLY_METRICS + (i - 1) * REPLY_METRIC_ELTS
     r[at + REPLY_USED_OFF] = used[i] or 0
@@ -107,9 +115,11 @@ local function json(e)
   return (string.gsub(cjson.encode(e), '"\\u0001(%-?%d+)"', '%1'))
 end
 -- the charge's record: a tombstone there means its gateway gave up on it
--- and voided it (the void script) before it ran: it must do nothing
+-- and voided it (the void script) before it ran: it must do nothing.  A
+-- forced charge (MODE_FORCE) finds its own record when it is a resend.
+local force = mode == MODE_FORCE
 local rec_key
-if mode == MODE_CHARGE and ARGV[ARG_CHARGE_ID] ~= '' then
+if (mode == MODE_CHARGE or force) and ARGV[ARG_CHARGE_ID] ~= '' then
   rec_key = base .. 'c:' .. ARGV[ARG_CHARGE_ID]
   if redis.call('EXISTS', rec_key) == 1 then
     return finish(CODE_VOIDED, 0, 0)
@@ -310,11 +320,16 @@ local function crossed(i, before, threshold)
     notify('overage_started', i, true)
   end
 end
-if a[3] == 'suspended' then return finish(CODE_SUSPENDED, 0, 0) end
+-- MODE_FORCE charges what was admitted while Redis was away: no check
+-- refuses it (suspended, rate, concurrency, quota, cap); only the 2^53
+-- range and corrupt data stop it
+if a[3] == 'suspended' and not force then
+  return finish(CODE_SUSPENDED, 0, 0)
+end
 if mode == MODE_PEEK then return finish(CODE_CHARGED, 0, 0) end
 -- rate: GCRA, a burst of B at once, then one per interval
 local tat_new, interval
-if rate > 0 then
+if rate > 0 and not force then
   interval = rate_ms / rate
   local tat = tonumber(redis.call('GET', base .. 'rate')) or now_ms
   if tat < now_ms then tat = now_ms end
@@ -325,7 +340,7 @@ end
 -- concurrency: slots expire by themselves when a worker dies
 local ckey = base .. 'inflight'
 local take_slot = false
-if conc > 0 and ARGV[ARG_CHARGE_ID] ~= '' then
+if conc > 0 and ARGV[ARG_CHARGE_ID] ~= '' and not force then
   redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now_ms)
   if redis.call('ZCARD', ckey) >= conc then
     return finish(CODE_CONCURRENCY, 0, 1000)
@@ -338,7 +353,7 @@ for i = 1, k do
 end
 -- quota: grace, or overage units past the limit when overage is on; a
 -- zero cost is never refused by quota or cap (SPEC 4a)
-local add_cost = 0
+local add_cost, spent, cap_left = 0, 0, nil
 if not trial then
   for i = 1, k do
     if limits[i] >= 0 and costs[i] > 0 then
@@ -348,7 +363,7 @@ if not trial then
 -- products and sums of integers below 2^53 are exact while they stay so
         add_cost = add_cost + over[i] * price[i]
         if add_cost > MAXI then return finish(CODE_RANGE, i, 0) end
-      elseif used[i] + costs[i] > enforce[i] then
+      elseif used[i] + costs[i] > enforce[i] and not force then
 -- HSETNX in notify() fires it once, whoever crossed the line
         notify('quota_exceeded', i, true)
         return finish(CODE_QUOTA, i, 0)
@@ -357,16 +372,59 @@ if not trial then
   end
   local cap = number(a[5])
   if cap == nil then return corrupt(acct, 'cap') end
-  if overage and cap and charged then
-    cap = math.floor(cap * 1000000 + 0.5)
-    local spent = counter(usage_key, 'overage_cost')
+  if overage and charged and (cap or (force and add_cost > 0)) then
+    spent = counter(usage_key, 'overage_cost')
     if not spent then return corrupt(usage_key, 'overage_cost') end
     if spent + add_cost > MAXI then return finish(CODE_RANGE, 0, 0) end
-    if (spent > 0 and spent >= cap) or spent + add_cost > cap then
-      notify('spending_cap_reached', nil, true)
-      return finish(CODE_CAP, 0, 0)
+    if cap and not force then
+      cap_left = math.floor(cap * 1000000 + 0.5) - spent
+      if (spent > 0 and cap_left <= 0) or add_cost > cap_left then
+        notify('spending_cap_reached', nil, true)
+        return finish(CODE_CAP, 0, 0)
+      end
     end
   end
+end
+-- the overage units of n request units of metric i (0 when not billed)
+local function lease_over(i, n)
+  if trial or limits[i] < 0 or not overage or price[i] < 0 or daily[i] then
+    return 0
+  end
+  return math.max(0, used[i] + n * costs[i] - limits[i])
+         - math.max(0, used[i] - limits[i])
+end
+-- n request units fit: counters and cost within 2^53 - 1, cost within cap
+local function lease_fits(n)
+  local cost = 0
+  for i = 1, k do
+    if costs[i] > 0 then
+      if used[i] + n * costs[i] > MAXI then return false end
+      cost = cost + lease_over(i, n) * price[i]
+    end
+  end
+  if spent + cost > MAXI then return false end
+  return not cap_left or cost <= cap_left
+end
+-- the lease's size: at most n, a quarter of the headroom before the
+-- first enforcement point, and what fits; below 2 it is an exact charge
+local function lease_size(n)
+  if not trial then
+    for i = 1, k do
+      if costs[i] > 0 and limits[i] >= 0
+         and not (overage and price[i] >= 0 and not daily[i]) then
+        n = math.min(n, math.floor((enforce[i] - used[i]) / costs[i] / 4))
+      end
+    end
+  end
+  if n < 2 then return 1 end
+  if lease_fits(n) then return n end
+  local lo, hi = 1, n
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if lease_fits(mid) then lo = mid else hi = mid end
+  end
+  if lo < 2 then return 1 end
+  return lo
 end
 -- counters stay exact integers (2^53 - 1 at most): a charge that would
 -- pass that cannot be charged (400 BAD_COST); quota refusals come first
@@ -375,11 +433,35 @@ for i = 1, k do
     return finish(CODE_RANGE, i, 0)
   end
 end
+
+-- a lease: the one unit above passed every check; n units of the same
+-- cost vector are reserved at once when the plan has no rate and no
+-- concurrency, n = min(LEASE_N, headroom / 4), so that a lease shrinks to
+-- exact charging near the enforcement point; overage units within the cap
+local asked = tonumber(ARGV[ARG_LEASE_N]) or 1
+if asked >= 2 and mode == MODE_CHARGE and charged and rate == 0
+   and conc == 0 then
+  granted = lease_size(asked)
+end
+if granted >= 2 then
+  add_cost = 0
+  for i = 1, k do
+    if costs[i] > 0 then
+      over[i] = lease_over(i, granted)
+      add_cost = add_cost + over[i] * price[i]
+      costs[i] = costs[i] * granted
+      argcost[i] = int(costs[i])
+    end
+  end
+end
 -- admitted: nothing below can fail (the void undoes it if it does).  The
 -- record of what is written, so that a void (the gateway gave up waiting,
 -- the script failed) can undo exactly that:
--- "START TODAY GCRA_STEP OVERAGE_COST" + per charged metric
--- "NAME COST m|d OVERAGE_UNITS"
+-- "START TODAY GCRA_STEP OVERAGE_COST N" + per charged metric
+-- "NAME COST m|d OVERAGE_UNITS PRICE" (COST: of the N request units, N >= 2
+-- for a lease, whose settle gives back unspent units; PRICE: micro-USD per
+-- overage unit, -1: none).  It lives RECORD_TTL, a lease's ttl + 60 s, or
+-- FORCE_RECORD_TTL (the resends of a forced charge find it).
 -- the daily hash first: the one key no read above has type-checked, so a
 -- wrong type fails the script before anything is written
 local day = {}
@@ -394,14 +476,21 @@ end
 if rec_key and (charged or tat_new or take_slot) then
   local rec = {start, ARGV[ARG_TODAY],
                tat_new and string.format('%.17g', interval) or '0',
-               int(add_cost)}
+               int(add_cost), granted}
   for i = 1, k do
     if costs[i] > 0 then
       rec[#rec + 1] = names[i] .. ' ' .. argcost[i] .. ' '
-                      .. (daily[i] and 'd ' or 'm ') .. int(over[i])
+                      .. (daily[i] and 'd ' or 'm ') .. int(over[i]) .. ' '
+                      .. int(price[i])
     end
   end
-  redis.call('SET', rec_key, table.concat(rec, ' '), 'EX', RECORD_TTL)
+  local rec_ttl = RECORD_TTL
+  if granted >= 2 then
+    rec_ttl = tonumber(ARGV[ARG_LEASE_TTL]) + LEASE_RECORD_EXTRA
+  elseif force then
+    rec_ttl = FORCE_RECORD_TTL
+  end
+  redis.call('SET', rec_key, table.concat(rec, ' '), 'EX', rec_ttl)
 end
 if tat_new then
   redis.call('SET', base .. 'rate', tat_new, 'PX',

@@ -8,8 +8,9 @@
 -- charge fired stay.
 --
 -- KEYS[1] P{T}:c:ID; ARGV: VOID_BASE "P{T}:", VOID_ID the charge id.
--- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST", then per
--- charged metric "NAME COST m|d OVERAGE_UNITS".
+-- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST N", then
+-- per charged metric "NAME COST m|d OVERAGE_UNITS PRICE"; a settled
+-- lease's record is already the tombstone: nothing to undo.
 local rec = redis.call('GET', KEYS[1])
 local base = ARGV[VOID_BASE]
 redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
@@ -28,7 +29,7 @@ end
 if w[4] ~= '0' then
   redis.pcall('HINCRBY', usage_key, 'overage_cost', '-' .. w[4])
 end
-for j = 5, #w - 3, 4 do
+for j = 6, #w - 4, 5 do
   local name, cost = w[j], '-' .. w[j + 1]
   if w[j + 2] ~= 'd' then redis.pcall('HINCRBY', usage_key, name, cost) end
   redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], cost)

@@ -1,0 +1,42 @@
+-- The settle of a lease (SPEC 9): give back the request units a node did
+-- not spend, from the grant's record P{T}:c:ID (charge.lua).  R units of a
+-- lease of N return R x COST / N of each metric: from the period's usage
+-- (monthly metrics) and from the daily field of the grant's day; overage
+-- units first (the lease reserved them last), each priced at the recorded
+-- PRICE off the overage cost.  The record then becomes the tombstone, so
+-- a resend, a second settle or a void after it does nothing.  Alerts the
+-- grant fired stay.
+--
+-- KEYS[1] P{T}:c:ID; ARGV: SETTLE_BASE "P{T}:", SETTLE_UNITS R.
+-- Returns the units given back (0: no record, or settled or voided).
+local rec = redis.call('GET', KEYS[1])
+if not rec or rec == 'v' then return 0 end
+redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
+local w = {}
+for x in string.gmatch(rec, '%S+') do w[#w + 1] = x end
+local n = tonumber(w[5])
+local back = math.min(math.max(math.floor(tonumber(ARGV[SETTLE_UNITS])), 0),
+                      n)
+if back == 0 then return 0 end
+local function int(v) return string.format('%d', v) end
+local base = ARGV[SETTLE_BASE]
+local usage_key = base .. 'usage:' .. w[1]
+local daily_key = base .. 'daily:' .. w[1]
+local cost_back = 0
+for j = 6, #w - 4, 5 do
+  local name = w[j]
+  local units = tonumber(w[j + 1]) / n * back
+  local over = math.min(units, tonumber(w[j + 3]))
+  if w[j + 2] ~= 'd' then
+    redis.pcall('HINCRBY', usage_key, name, int(-units))
+  end
+  redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], int(-units))
+  if over > 0 then
+    redis.pcall('HINCRBY', usage_key, name .. ':overage', int(-over))
+    cost_back = cost_back + over * tonumber(w[j + 4])
+  end
+end
+if cost_back > 0 then
+  redis.pcall('HINCRBY', usage_key, 'overage_cost', int(-cost_back))
+end
+return back
