@@ -603,7 +603,9 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->tenant_hash, prev->tenant_hash, 0);
 
-    if (ngx_http_quota_reconcile_check(cf, conf) != NGX_OK) {
+    if (ngx_http_quota_reconcile_check(cf, conf) != NGX_OK
+        || ngx_http_quota_live_body_check(cf, conf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

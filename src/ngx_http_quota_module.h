@@ -812,6 +812,8 @@ char *ngx_http_quota_rejection_body_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_quota_templates_check(ngx_conf_t *cf,
     ngx_http_quota_main_conf_t *qmcf);
+ngx_int_t ngx_http_quota_live_body_check(ngx_conf_t *cf,
+    ngx_http_quota_loc_conf_t *qlcf);
 ngx_int_t ngx_http_quota_render(ngx_http_request_t *r,
     ngx_http_quota_body_tpl_t *tpl, ngx_http_quota_view_t *view,
     ngx_str_t *body);

@@ -216,6 +216,32 @@ ngx_http_quota_templates_check(ngx_conf_t *cf,
 }
 
 
+/* at the merge: quota_live_body is read by quota_live only */
+ngx_int_t
+ngx_http_quota_live_body_check(ngx_conf_t *cf,
+    ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (qlcf->live_body == NULL) {
+        return NGX_OK;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == ngx_http_quota_live_handler) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "\"quota_live_body\" in %V:%ui needs \"quota_live\" in "
+                  "the same location", &qlcf->live_body->file,
+                  qlcf->live_body->line);
+
+    return NGX_ERROR;
+}
+
+
 /* the variable names of a template's source, as nginx's script reads them */
 static ngx_int_t
 ngx_http_quota_template_check(ngx_conf_t *cf,

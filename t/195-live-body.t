@@ -442,6 +442,23 @@ _EOC_
     like($err, qr/\[emerg\].*"\$quota_used_nosuch" in a body template: "nosuch" is not a declared quota_metric, in \S+nginx\.conf:$line\b/,
          "undeclared metric: the emerg names the template's file:line ($line)");
     File::Path::rmtree($root);
+
+    # a template nothing would read
+    $h = QuotaTest::nginx_start(
+        servroot => $root, port => free_port(), expect_failure => 1,
+        no_root_location => 1,
+        http_config => "quota_redis 127.0.0.1:1;\nquota_metric a;\n",
+        config => "quota_tenant \$http_x_api_key;\n"
+                  . "location = /ws/live {\n    quota_usage;\n"
+                  . "    quota_live_body '{\"n\":\$quota_used_a}';\n}\n");
+    ok($h->{exited} && $h->{status} != 0, 'without quota_live: nginx refuses to start');
+    $err = do { local (@ARGV, $/) = "$root/logs/error.log"; <> } // '';
+    $conf = do { local (@ARGV, $/) = "$root/conf/nginx.conf"; <> } // '';
+    @l = split /\n/, $conf;
+    ($line) = grep { $l[$_ - 1] =~ /quota_live_body/ } 1 .. @l;
+    like($err, qr/\[emerg\].*"quota_live_body" in \S+nginx\.conf:$line needs "quota_live" in the same location/,
+         "without quota_live: the emerg names the template's file:line ($line)");
+    File::Path::rmtree($root);
 }
 
 # ------------------------- 6. behind a proxy that holds the gateway's commands
@@ -511,6 +528,22 @@ sub event_json {
             sleep 0.3;
             is(evalsha_calls() - $before, 2,
                'held: two reports for five events (one in flight, the rest waited)');
+
+            # a burst past the bound: the waiting events are capped (64 in
+            # all) and the newest of a metric merged into its waiting twin,
+            # so nothing is lost: 64 frames from 3 reports, the last one
+            # with the newest numbers
+            $before = evalsha_calls();
+            $proxy->partition(1);
+            redis('PUBLISH', 'quota:events', event_json('hold', $_)) for 101 .. 200;
+            sleep 0.8;
+            $proxy->partition(0);
+            my @burst;
+            while (my $b = frame($c, 3)) { push @burst, $b->{doc}{ev_used} }
+            is(scalar @burst, 64, 'burst: 64 frames for 100 events');
+            is_deeply([@burst[0 .. 62]], [101 .. 163], 'burst: the first 63 in order');
+            is($burst[63], 200, 'burst: the last frame has the newest event');
+            is(evalsha_calls() - $before, 3, 'burst: three reports (1, 32, 31 events)');
 
             # a report that times out: its events are lost (logged), the
             # client stays, the next event works
