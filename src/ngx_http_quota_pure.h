@@ -109,4 +109,50 @@ int quota_parse_cost(const char *s, size_t len, int64_t *out);
 int quota_tenant_valid(const char *s, size_t len);
 
 
+/*
+ * The circuit breaker of quota_fallback, in shared memory: every worker of
+ * a node sees the same state.  Lock-free (the compiler's __atomic
+ * builtins), so a request only ever reads one word when Redis is fine.
+ *
+ *   closed --(threshold consecutive failures)--> open
+ *   open   --(a probe, or any reply, succeeds)--> closed
+ *
+ * While open, one worker at a time probes: it holds the probe until a
+ * deadline, so a worker that dies holding it delays the next probe only
+ * until then.
+ */
+typedef struct {
+    uint64_t  open;             /* 0 closed, 1 open                        */
+    uint64_t  failures;         /* consecutive Redis failures              */
+    uint64_t  opened;           /* times it opened (an outage counter)     */
+    uint64_t  probe;            /* 0, or the msec until which a probe runs */
+} quota_breaker_t;
+
+int quota_breaker_is_open(quota_breaker_t *b);
+
+/* a Redis failure; 1 when this one opened the circuit */
+int quota_breaker_failure(quota_breaker_t *b, uint64_t threshold);
+
+/* Redis answered; 1 when this answer closed the circuit (the caller then
+   owns what an outage leaves to do: charging what fallback admitted) */
+int quota_breaker_success(quota_breaker_t *b);
+
+/* 1 when the caller may probe now, holding the probe until now + hold */
+int quota_breaker_probe_take(quota_breaker_t *b, uint64_t now,
+    uint64_t hold);
+void quota_breaker_probe_done(quota_breaker_t *b);
+
+
+/*
+ * What one node may spend of a metric while Redis is unreachable:
+ * (limit - used) / nodes, rounded down, never negative; limit < 0: no
+ * limit (-1 returned: unlimited).
+ */
+int64_t quota_fallback_share(int64_t limit, int64_t used, uint64_t nodes);
+
+/* the enforcement point of a limit with a grace percentage (the charge
+   script's floor(limit * (100 + grace) / 100), without overflow) */
+int64_t quota_enforce_point(int64_t limit, uint64_t grace);
+
+
 #endif /* _NGX_HTTP_QUOTA_PURE_H_INCLUDED_ */
