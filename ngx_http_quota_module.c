@@ -352,6 +352,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_reject_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_quota_reject_cache_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_quota_loc_conf_t, reject_cache),
+      NULL },
+
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -577,6 +584,7 @@ ngx_http_quota_create_loc_conf(ngx_conf_t *cf)
     conf->bypass = NGX_CONF_UNSET_PTR;
     conf->dry_run = NGX_CONF_UNSET;
     conf->live_ping = NGX_CONF_UNSET_MSEC;
+    conf->reject_cache = NGX_CONF_UNSET_MSEC;
     conf->warning_threshold = NGX_CONF_UNSET_UINT;
     conf->ratelimit_headers = NGX_CONF_UNSET;
 
@@ -630,6 +638,7 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->bypass, prev->bypass, NULL);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_msec_value(conf->live_ping, prev->live_ping, 30000);
+    ngx_conf_merge_msec_value(conf->reject_cache, prev->reject_cache, 0);
     ngx_conf_merge_uint_value(conf->warning_threshold,
                               prev->warning_threshold, 80);
     ngx_conf_merge_value(conf->ratelimit_headers, prev->ratelimit_headers, 0);

@@ -60,6 +60,7 @@ ngx_http_quota_handler(ngx_http_request_t *r)
 
             /* quota_zone: the tenant's snapshot from every reply */
             ngx_http_quota_zone_learn(r, ctx);
+            ngx_http_quota_reject_learn(r, ctx);
             ngx_http_quota_zone_release(ctx);
 
             return ngx_http_quota_act(r, ctx, ctx->conf);
@@ -160,6 +161,11 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         if (rule == NULL) {
             return NGX_DECLINED;
         }
+    }
+
+    /* quota_reject_cache: the refusal Redis gave, again, from the zone */
+    if (ngx_http_quota_reject_lookup(r, ctx, qlcf) == NGX_OK) {
+        return ngx_http_quota_act(r, ctx, qlcf);
     }
 
     rc = ngx_http_quota_script_charge(r, ctx);

@@ -17,6 +17,10 @@
  *   ngx_http_quota_zone.c        quota_zone: the node ledger's shared
  *                                zone (one node per tenant, snapshot, LRU
  *                                eviction); API in ngx_http_quota_zone.h
+ *   ngx_http_quota_reject.c      quota_reject_cache: refusals answered
+ *                                again from the zone, learned from replies
+ *   ngx_http_quota_breaker.c     quota_fallback's circuit breaker, the
+ *                                enforcement point (pure, unit-tested)
  *   ngx_http_quota_redis.c       per-worker Redis pool, ops, send calls
  *   ngx_http_quota_redis_conn.c  one Redis connection on nginx's events
  *                                (hiredis only encodes and parses)
@@ -383,6 +387,9 @@ typedef struct {
     ngx_str_t                    zone_need;
     ngx_str_t                    zone_need_file;
     ngx_uint_t                   zone_need_line;
+
+    /* some location has quota_reject_cache (_reject.c) */
+    ngx_flag_t                   reject_cache;
 } ngx_http_quota_main_conf_t;
 
 
@@ -411,6 +418,7 @@ typedef struct {
     ngx_flag_t                   ratelimit_headers;
     ngx_array_t                 *reconcile;   /* ngx_http_quota_reconcile_t */
     ngx_msec_t                   live_ping;   /* quota_live ping=, 30 s */
+    ngx_msec_t                   reject_cache;    /* 0: off */
 
     /* SPEC 13: the API's own JSON (NULL: the default body) */
     ngx_http_quota_body_tpl_t   *usage_body;
@@ -468,6 +476,8 @@ typedef struct {
                                                      error: 503 whatever the
                                                      failure mode */
     unsigned                     reconciled:1;
+    unsigned                     local:1;         /* decided from the zone,
+                                                     no Redis trip */
     unsigned                     report:2;        /* quota_usage: 1,
                                                      +daily: 2 */
     unsigned                     lease_quiet:1;   /* a lease's grant sends
@@ -687,6 +697,14 @@ void ngx_http_quota_suspend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_reply_done(ngx_http_quota_ctx_t *ctx);
 ngx_int_t ngx_http_quota_log_handler(ngx_http_request_t *r);
 ngx_http_quota_ctx_t *ngx_http_quota_get_ctx(ngx_http_request_t *r);
+
+/* ngx_http_quota_reject.c */
+char *ngx_http_quota_reject_cache_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_quota_reject_lookup(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
+void ngx_http_quota_reject_learn(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
 
 /* ngx_http_quota_redis.c */
 ngx_int_t ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,

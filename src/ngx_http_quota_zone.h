@@ -59,10 +59,9 @@ typedef struct {
     ngx_msec_t                   learned;     /* ngx_current_msec, 0: never */
     ngx_uint_t                   plan;        /* 1-based, 0: none */
 
-    /* quota_fallback (ngx_http_quota_fallback.c) */
-    int64_t                      fb_spent;    /* admitted this outage */
-    int64_t                      fb_pending;  /* to charge when Redis is
-                                                 back */
+    /* quota_fallback (ngx_http_quota_fallback.c): admitted while Redis
+       was down, charged when it is back */
+    int64_t                      fb_pending;
 } ngx_http_quota_zone_metric_t;
 
 
@@ -71,6 +70,10 @@ typedef struct {
     ngx_msec_t                   until;       /* 0: none */
     ngx_uint_t                   code;        /* NGX_HTTP_QUOTA_CODE_* */
     ngx_uint_t                   metric;      /* qmcf->metrics index */
+    time_t                       day;         /* UTC day it was learned */
+    int64_t                      cost;        /* CAP: the refused overage
+                                                 cost (micro-USD), 0: the
+                                                 cap was reached */
 } ngx_http_quota_zone_reject_t;
 
 
@@ -88,15 +91,6 @@ struct ngx_http_quota_zone_node_s {
 };
 
 
-/* quota_fallback's circuit breaker, shared by the workers (_fallback.c) */
-typedef struct {
-    ngx_atomic_t                 failures;    /* consecutive */
-    ngx_atomic_t                 open;        /* 0 / 1 */
-    ngx_atomic_t                 probing;     /* 0 / 1: a probe is out */
-    ngx_msec_t                   opened;
-} ngx_http_quota_zone_breaker_t;
-
-
 /* the shared part */
 typedef struct {
     ngx_rbtree_t                 rbtree;
@@ -105,7 +99,7 @@ typedef struct {
     ngx_queue_t                  active;      /* lease keys with leases */
     ngx_uint_t                   tenants;     /* nodes, all generations */
     ngx_uint_t                   leases;      /* unspent leases */
-    ngx_http_quota_zone_breaker_t  breaker;
+    quota_breaker_t              breaker;     /* quota_fallback's */
 } ngx_http_quota_zone_sh_t;
 
 
