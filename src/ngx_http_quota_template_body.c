@@ -413,6 +413,7 @@ ngx_http_quota_json_valid(ngx_http_request_t *r,
     ngx_http_quota_body_tpl_t *tpl, ngx_str_t *body)
 {
     u_char        *err;
+    size_t         len;
     yajl_handle    h;
     yajl_status    st;
 
@@ -434,11 +435,19 @@ ngx_http_quota_json_valid(ngx_http_request_t *r,
     }
 
     err = yajl_get_error(h, 0, body->data, body->len);
+    len = err ? ngx_strlen(err) : 0;
+
+    /* yajl ends its message with a line break: one log line */
+    while (len && (err[len - 1] == LF || err[len - 1] == CR
+                   || err[len - 1] == '.'))
+    {
+        len--;
+    }
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "quota: the body template in %V:%ui rendered invalid "
-                  "JSON for this request (%s): %s",
-                  &tpl->file, tpl->line, err ? (char *) err : "?",
+                  "JSON for this request (%*s): %s",
+                  &tpl->file, tpl->line, len, err ? err : (u_char *) "",
                   tpl->frame ? "frame not sent" : "answering 500");
 
     if (err) {

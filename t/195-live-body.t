@@ -417,7 +417,7 @@ _EOC_
     my $conf = do { local (@ARGV, $/) = "$root/conf/nginx.conf"; <> } // '';
     my ($line) = grep { (split /\n/, $conf)[$_ - 1] =~ /quota_live_body '\{"t":"\$quota_tenant"/ }
                  1 .. scalar(split /\n/, $conf);
-    like($log, qr/\[error\].*the body template in \S+nginx\.conf:$line rendered invalid JSON for this request \((?s:.*?)\): frame not sent/,
+    like($log, qr/\[error\].*the body template in \S+nginx\.conf:$line rendered invalid JSON for this request \([^\n]*\): frame not sent while sending live usage, client: /,
          "invalid: logged with the template's file:line ($line)")
         or diag(join "\n", grep { /rendered invalid|quota_live_body/ } split /\n/, $log . $conf);
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'invalid: no alert in the log');
