@@ -440,8 +440,11 @@ ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
         }
     }
 
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
-        /* the caller counts the total (it also counts malformed replies) */
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR
+        && !ngx_http_quota_reply_is_noscript(reply))
+    {
+        /* the caller counts the total (it also counts malformed replies);
+           NOSCRIPT is answered by EVAL, not a failure */
         ngx_http_quota_redis_server_error(rc, NGX_HTTP_QUOTA_ERR_REPLY);
     }
 

@@ -139,6 +139,52 @@ _EOC_
        65 * 13, 'bounded: a histogram per label');
 }
 
+# 7. per server: a request's timeout and an error reply on the server's
+#    label, equal to the totals; NOSCRIPT (answered by EVAL) is no error
+{
+    my ($text, @st);
+    my $rd = QuotaTest::start_redis();
+    my $srv = "127.0.0.1:$rd->{port}";
+    nginx_run(no_root_location => 1, http_config => <<"_EOC_", config => server(), code => sub {
+    quota_redis $srv timeout=300ms;
+    quota_metric a;
+_EOC_
+        my ($port) = @_;
+        my $st = sub { http_request($port, 'POST', '/a', { 'X-T' => 'ps' }, '')->{status} };
+        # the worker is connected once a charge reached Redis
+        for (1 .. 100) {
+            $st->();
+            last if $rd->cmd('DBSIZE') > 0;
+            select(undef, undef, undef, 0.05);
+        }
+        $rd->cmd('SCRIPT', 'FLUSH');
+        push @st, $st->();                          # NOSCRIPT, then EVAL
+        $rd->cmd('CONFIG', 'SET', 'maxmemory', 1);
+        push @st, $st->();                          # -OOM: an error reply,
+                                                    # and its void refused
+        $rd->cmd('CONFIG', 'SET', 'maxmemory', 0);
+        $rd->cmd('CLIENT', 'PAUSE', 1000, 'ALL');
+        push @st, $st->();                          # a timeout
+        select(undef, undef, undef, 1.2);
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+    QuotaTest::stop_redis($rd);
+
+    is_deeply(\@st, [200, 503, 200],
+              'per server: admitted; an error reply 503; a timeout failing open');
+    my $m = eval { QuotaProm::parse($text) };
+    ok($m, 'per server: valid Prometheus text') or diag($@);
+    is(metric($text, 'quota_redis_noscript_total'), 1, 'per server: the NOSCRIPT was answered by EVAL');
+    is(QuotaProm::value($m, 'quota_redis_server_errors_total', server => $srv, kind => 'reply'),
+       metric($text, 'quota_redis_errors_total{kind="reply"}'),
+       'per server: reply errors equal the total (NOSCRIPT is none)');
+    is(QuotaProm::value($m, 'quota_redis_server_errors_total', server => $srv, kind => 'reply'), 2,
+       'per server: the -OOM replies (the charge, its void) counted on its server');
+    is(QuotaProm::value($m, 'quota_redis_server_errors_total', server => $srv, kind => 'timeout'), 1,
+       'per server: the timeout counted on its server');
+    is(metric($text, 'quota_redis_errors_total{kind="timeout"}'), 1, 'per server: ... and in the total');
+}
+
 # 6. the parser itself rejects what Prometheus would
 for my $bad (
     [ "a 1", 'no final newline' ],
