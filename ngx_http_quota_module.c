@@ -359,6 +359,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       offsetof(ngx_http_quota_loc_conf_t, reject_cache),
       NULL },
 
+    { ngx_string("quota_lease"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_quota_lease_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -453,6 +460,10 @@ ngx_http_quota_postconfiguration(ngx_conf_t *cf)
     }
 
     *h = ngx_http_quota_log_handler;
+
+    if (ngx_http_quota_lease_init_conf(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_quota_headers_init(cf);
 }
@@ -587,6 +598,7 @@ ngx_http_quota_create_loc_conf(ngx_conf_t *cf)
     conf->reject_cache = NGX_CONF_UNSET_MSEC;
     conf->warning_threshold = NGX_CONF_UNSET_UINT;
     conf->ratelimit_headers = NGX_CONF_UNSET;
+    conf->lease_mode = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -642,6 +654,10 @@ ngx_http_quota_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->warning_threshold,
                               prev->warning_threshold, 80);
     ngx_conf_merge_value(conf->ratelimit_headers, prev->ratelimit_headers, 0);
+
+    if (ngx_http_quota_lease_merge(cf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->warning_value == NULL) {
         conf->warning_name = prev->warning_name;
@@ -769,6 +785,10 @@ ngx_http_quota_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_quota_lease_init_worker(cycle, qmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_quota_redis_init_worker(cycle, qmcf);
 }
 
@@ -783,5 +803,6 @@ ngx_http_quota_exit_process(ngx_cycle_t *cycle)
     if (qmcf != NULL && qmcf->worker != NULL) {
         ngx_http_quota_live_exit_worker();
         ngx_http_quota_redis_exit_worker(qmcf);
+        ngx_http_quota_lease_exit_worker();
     }
 }

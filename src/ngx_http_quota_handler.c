@@ -61,6 +61,7 @@ ngx_http_quota_handler(ngx_http_request_t *r)
             /* quota_zone: the tenant's snapshot from every reply */
             ngx_http_quota_zone_learn(r, ctx);
             ngx_http_quota_reject_learn(r, ctx);
+            ngx_http_quota_lease_reply(r, ctx);
             ngx_http_quota_zone_release(ctx);
 
             return ngx_http_quota_act(r, ctx, ctx->conf);
@@ -165,6 +166,11 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
 
     /* quota_reject_cache: the refusal Redis gave, again, from the zone */
     if (ngx_http_quota_reject_lookup(r, ctx, qlcf) == NGX_OK) {
+        return ngx_http_quota_act(r, ctx, qlcf);
+    }
+
+    /* quota_lease: one unit of a live lease, no Redis trip */
+    if (ngx_http_quota_lease_spend(r, ctx, qlcf) == NGX_OK) {
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
@@ -506,6 +512,7 @@ ngx_http_quota_cleanup(void *data)
         ngx_http_quota_script_release(ctx);
     }
 
+    ngx_http_quota_lease_reply(ctx->request, ctx);
     ngx_http_quota_zone_release(ctx);
 }
 

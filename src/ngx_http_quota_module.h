@@ -21,6 +21,9 @@
  *                                again from the zone, learned from replies
  *   ngx_http_quota_breaker.c     quota_fallback's circuit breaker, the
  *                                enforcement point (pure, unit-tested)
+ *   ngx_http_quota_lease.c       quota_lease: spending leased units from
+ *                                the zone, grants, expiry sweep, settles
+ *                                (quit and reload included)
  *   ngx_http_quota_redis.c       per-worker Redis pool, ops, send calls
  *   ngx_http_quota_redis_conn.c  one Redis connection on nginx's events
  *                                (hiredis only encodes and parses)
@@ -97,6 +100,10 @@
 
 #define NGX_HTTP_QUOTA_FAIL_OPEN         0
 #define NGX_HTTP_QUOTA_FAIL_CLOSED       1
+
+#define NGX_HTTP_QUOTA_LEASE_OFF         0
+#define NGX_HTTP_QUOTA_LEASE_AUTO        1
+#define NGX_HTTP_QUOTA_LEASE_UNITS       2    /* quota_lease N */
 
 #define NGX_HTTP_QUOTA_AUTH_ANY          0
 #define NGX_HTTP_QUOTA_AUTH_HEADER       1
@@ -382,6 +389,9 @@ typedef struct {
     ngx_http_quota_stats_t      *stats;       /* shared, see _metrics.c */
     ngx_http_quota_redis_stats_t *redis_stats;    /* shared, _redis_stats.c */
 
+    /* quota_lease: the sweep's period (the shortest ttl / 4), 0: none */
+    ngx_msec_t                   lease_sweep;
+
     /* quota_zone, and the first directive that needs it (_zone.c) */
     ngx_http_quota_zone_t       *zone;
     ngx_str_t                    zone_need;
@@ -419,6 +429,11 @@ typedef struct {
     ngx_array_t                 *reconcile;   /* ngx_http_quota_reconcile_t */
     ngx_msec_t                   live_ping;   /* quota_live ping=, 30 s */
     ngx_msec_t                   reject_cache;    /* 0: off */
+
+    /* quota_lease (_lease.c) */
+    ngx_uint_t                   lease_mode;  /* NGX_HTTP_QUOTA_LEASE_* */
+    ngx_uint_t                   lease_units; /* N */
+    ngx_msec_t                   lease_ttl;
 
     /* SPEC 13: the API's own JSON (NULL: the default body) */
     ngx_http_quota_body_tpl_t   *usage_body;
@@ -512,6 +527,10 @@ typedef struct {
 
     ngx_http_quota_op_t         *op;          /* pending Redis operation */
     ngx_http_quota_zone_node_t  *zone_node;   /* held across the trip */
+
+    /* quota_lease: the lease key a grant is for (held with zone_node) */
+    struct ngx_http_quota_lkey_s *lease_key;
+    unsigned                     leased:1;        /* spent from a lease */
     ngx_event_t                  timeout;     /* quota_redis timeout= */
     ngx_event_t                  wake;        /* posted when the reply is in */
 
@@ -706,6 +725,20 @@ ngx_int_t ngx_http_quota_reject_lookup(ngx_http_request_t *r,
 void ngx_http_quota_reject_learn(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 
+/* ngx_http_quota_lease.c */
+char *ngx_http_quota_lease_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_quota_lease_merge(ngx_conf_t *cf,
+    ngx_http_quota_loc_conf_t *prev, ngx_http_quota_loc_conf_t *conf);
+ngx_int_t ngx_http_quota_lease_init_conf(ngx_conf_t *cf);
+ngx_int_t ngx_http_quota_lease_init_worker(ngx_cycle_t *cycle,
+    ngx_http_quota_main_conf_t *qmcf);
+void ngx_http_quota_lease_exit_worker(void);
+ngx_int_t ngx_http_quota_lease_spend(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
+void ngx_http_quota_lease_reply(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+
 /* ngx_http_quota_redis.c */
 ngx_int_t ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     ngx_http_quota_main_conf_t *qmcf);
@@ -730,7 +763,8 @@ ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx);
 ngx_int_t ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units);
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units,
+    ngx_http_quota_reply_pt handler, void *data);
 ngx_int_t ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *tenant, int64_t *units);
 ngx_int_t ngx_http_quota_script_init_worker(ngx_log_t *log);

@@ -842,7 +842,8 @@ ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
  */
 ngx_int_t
 ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units)
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units,
+    ngx_http_quota_reply_pt handler, void *data)
 {
     u_char      *key, *num;
     size_t       argvlen[NGX_HTTP_QUOTA_SETTLE_ARGC];
@@ -885,6 +886,19 @@ ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "quota: settle of lease %V of tenant \"%V\": %ui back",
                    charge_id, tenant, units);
+
+    if (handler) {
+        /* the caller waits for the answer (quota_lease keeps a quitting
+           worker until then) and resends it when it gets none: the
+           command is formatted at once, the pool may go */
+        rc = ngx_http_quota_redis_send(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC,
+                                       argv, argvlen, handler, data)
+             ? NGX_OK : NGX_DECLINED;
+
+        ngx_destroy_pool(pool);
+
+        return rc;
+    }
 
     /* send_reliable() copies the command */
     rc = ngx_http_quota_redis_send_reliable(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC,

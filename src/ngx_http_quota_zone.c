@@ -376,6 +376,7 @@ ngx_http_quota_zone_defer(ngx_http_quota_zone_t *z, ngx_uint_t argc,
     cmd->handler = handler;
     cmd->argc = argc;
     cmd->data = NULL;
+    cmd->since = 0;
     cmd->argv = (const char **) (cmd + 1);
     cmd->argvlen = (size_t *) (cmd->argv + argc);
 

@@ -195,6 +195,7 @@ struct ngx_http_quota_zone_cmd_s {
     const char                 **argv;
     size_t                      *argvlen;
     void                        *data;        /* the handler's */
+    ngx_msec_t                   since;       /* the handler's */
 };
 
 ngx_http_quota_zone_cmd_t *ngx_http_quota_zone_defer(

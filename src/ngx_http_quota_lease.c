@@ -1,0 +1,1049 @@
+
+/*
+ * quota_lease off|auto|N [ttl=T] (SPEC section 9): a charge reserves a
+ * block of request units in Redis, with the same script and the same
+ * checks, and this node's next requests of that tenant and rule spend it
+ * from quota_zone with no Redis trip.
+ *
+ * A lease is keyed by the tenant and the rule's cost vector (a "lease
+ * key"): a grant of n units reserves n x c_i of each charged metric, so
+ * every request that spends one unit is charged exactly its costs.
+ *
+ *   spend      a request finds a live lease of its key (units left, ttl
+ *              and day not over): one unit, the headers from the tenant's
+ *              snapshot; else it goes to Redis asking for LEASE_N units
+ *              (quota_lease N: N / c_1; auto: this node's requests of the
+ *              key in the last ttl, 2 to 1000), and the script grants n
+ *              (1: exact, near the enforcement point or for plans with a
+ *              rate or a concurrency limit);
+ *   grant      the reply's request spends the first unit, the other n - 1
+ *              are the lease;
+ *   settle     what was not spent when the ttl passes, at the first
+ *              request of a new day, when the tenant is evicted, or when
+ *              the worker quits (graceful quit, reload), goes back to
+ *              Redis (settle script: idempotent, the record's tombstone).
+ *
+ * Claiming a lease (to spend a unit or to settle it) happens under the
+ * zone lock, so a unit is spent once and a lease is settled once, and
+ * never spent after.
+ *
+ * Graceful quit and reload: nginx ends a quitting worker as soon as only
+ * cancelable timers are left, without running them, but first it closes
+ * the idle connections, calling their read handlers.  So each worker has
+ * a "watcher": a fake idle connection (fd -2, as lua-nginx-module does for
+ * its timers) whose handler settles every lease of the zone (whichever
+ * worker took it: a reload's new workers take new ones); a settle in
+ * flight keeps a non-cancelable timer until Redis has answered.  A grant
+ * answered after that pass is settled at once.
+ */
+
+
+#include "ngx_http_quota_zone.h"
+
+
+/* auto: at least and at most this many units per lease */
+#define NGX_HTTP_QUOTA_LEASE_AUTO_MIN   2
+#define NGX_HTTP_QUOTA_LEASE_AUTO_MAX   1000
+
+/* live or pending leases per key; more concurrent requests go exact */
+#define NGX_HTTP_QUOTA_LEASE_SLOTS      2
+
+/* lease keys per tenant (distinct cost vectors) */
+#define NGX_HTTP_QUOTA_LEASE_KEYS       8
+
+/* settles are resent until Redis answers, for at most this long (the
+   charge record lives ttl + 60 s) */
+#define NGX_HTTP_QUOTA_SETTLE_RETRY     100
+#define NGX_HTTP_QUOTA_SETTLE_GIVE_UP   50000
+
+#define NGX_HTTP_QUOTA_ID_LEN           40
+
+
+typedef struct {
+    ngx_uint_t                   n;           /* 0: slot empty */
+    ngx_uint_t                   spent;
+    ngx_msec_t                   expires;     /* ngx_current_msec based */
+    time_t                       day_end;     /* never spans a day */
+    ngx_uint_t                   idlen;
+    u_char                       id[NGX_HTTP_QUOTA_ID_LEN];
+} ngx_http_quota_lease_t;
+
+
+typedef struct {
+    ngx_uint_t                   metric;      /* qmcf->metrics index */
+    int64_t                      cost;
+} ngx_http_quota_lease_cost_t;
+
+
+struct ngx_http_quota_lkey_s {
+    ngx_http_quota_lkey_t       *next;        /* the node's keys */
+    ngx_queue_t                  active;      /* sh->active, with leases */
+    ngx_http_quota_zone_node_t  *node;
+    uint32_t                     hash;        /* of the cost vector */
+    ngx_uint_t                   ncharges;
+    ngx_msec_t                   ttl;
+    ngx_msec_t                   window;      /* start of this ttl window */
+    ngx_uint_t                   hits;        /* requests in it */
+    ngx_uint_t                   prev;        /* in the window before */
+    ngx_msec_t                   event;       /* last usage_update asked */
+    ngx_uint_t                   pending;     /* grants in flight */
+    ngx_uint_t                   nleases;     /* live slots */
+    ngx_http_quota_lease_t       lease[NGX_HTTP_QUOTA_LEASE_SLOTS];
+    ngx_http_quota_lease_cost_t  cost[1];     /* ncharges */
+};
+
+
+static ngx_http_quota_lkey_t *ngx_http_quota_lease_key(
+    ngx_http_quota_zone_t *z, ngx_http_quota_zone_node_t *node,
+    ngx_http_quota_ctx_t *ctx, ngx_msec_t ttl);
+static void ngx_http_quota_lease_count(ngx_http_quota_lkey_t *key,
+    ngx_msec_t now);
+static ngx_http_quota_lease_t *ngx_http_quota_lease_live(
+    ngx_http_quota_zone_t *z, ngx_http_quota_lkey_t *key, ngx_msec_t now);
+static void ngx_http_quota_lease_claim(ngx_http_quota_zone_t *z,
+    ngx_http_quota_lkey_t *key, ngx_http_quota_lease_t *lease);
+static void ngx_http_quota_lease_headers(ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_zone_node_t *node);
+static ngx_uint_t ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_lkey_t *key);
+static void ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
+    ngx_http_quota_ctx_t *ctx);
+static void ngx_http_quota_lease_settle(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen,
+    ngx_uint_t units);
+static void ngx_http_quota_lease_send(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_zone_cmd_t *cmd);
+static ngx_int_t ngx_http_quota_lease_send_now(
+    ngx_http_quota_main_conf_t *qmcf, ngx_http_quota_zone_cmd_t *cmd);
+static void ngx_http_quota_lease_settled(void *data, redisReply *reply);
+static void ngx_http_quota_lease_retry_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_quota_lease_evict(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *node);
+static void ngx_http_quota_lease_sweep_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_quota_lease_watch(ngx_cycle_t *cycle);
+static void ngx_http_quota_lease_unwatch(void);
+static void ngx_http_quota_lease_quit_handler(ngx_event_t *ev);
+
+
+/* per worker */
+static ngx_event_t                 ngx_http_quota_lease_sweep_ev;
+static ngx_event_t                 ngx_http_quota_lease_retry_ev;
+static ngx_connection_t            ngx_http_quota_lease_dummy;
+static ngx_connection_t           *ngx_http_quota_lease_watcher;
+static ngx_http_quota_main_conf_t *ngx_http_quota_lease_qmcf;
+static ngx_http_quota_zone_cmd_t  *ngx_http_quota_lease_retries;
+static ngx_uint_t                  ngx_http_quota_lease_out;
+
+
+char *
+ngx_http_quota_lease_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_quota_loc_conf_t *qlcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ttl;
+    ngx_uint_t   i;
+
+    if (qlcf->lease_mode != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ttl = 1000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+
+            ttl = ngx_parse_time(&s, 0);
+
+            /* the charge record lives ttl + 60 s; a day is the most a
+               lease may cover anyway */
+            if (ttl == (ngx_msec_t) NGX_ERROR || ttl < 10 || ttl > 3600000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid ttl \"%V\", expected 10ms to 1h",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    qlcf->lease_ttl = ttl;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        qlcf->lease_mode = NGX_HTTP_QUOTA_LEASE_OFF;
+        qlcf->lease_units = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "auto") == 0) {
+        qlcf->lease_mode = NGX_HTTP_QUOTA_LEASE_AUTO;
+        qlcf->lease_units = 0;
+
+    } else {
+        n = ngx_atoi(value[1].data, value[1].len);
+
+        if (n < 1 || n > 1000000000) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\", expected off, auto or "
+                               "a number of units", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        qlcf->lease_mode = NGX_HTTP_QUOTA_LEASE_UNITS;
+        qlcf->lease_units = (ngx_uint_t) n;
+    }
+
+    ngx_http_quota_zone_need(cf, &cmd->name);
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_quota_lease_merge(ngx_conf_t *cf, ngx_http_quota_loc_conf_t *prev,
+    ngx_http_quota_loc_conf_t *conf)
+{
+    ngx_msec_t                   sweep;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (conf->lease_mode == NGX_CONF_UNSET_UINT) {
+        conf->lease_mode = prev->lease_mode;
+        conf->lease_units = prev->lease_units;
+        conf->lease_ttl = prev->lease_ttl;
+    }
+
+    if (conf->lease_mode == NGX_CONF_UNSET_UINT) {
+        conf->lease_mode = NGX_HTTP_QUOTA_LEASE_OFF;
+        conf->lease_units = 0;
+        conf->lease_ttl = 1000;
+    }
+
+    if (conf->lease_mode == NGX_HTTP_QUOTA_LEASE_OFF) {
+        return NGX_CONF_OK;
+    }
+
+    /* every worker sweeps expired leases 4 times per (shortest) ttl */
+    qmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_quota_module);
+
+    sweep = ngx_max(conf->lease_ttl / 4, 50);
+
+    if (qmcf->lease_sweep == 0 || sweep < qmcf->lease_sweep) {
+        qmcf->lease_sweep = sweep;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_quota_lease_init_conf(ngx_conf_t *cf)
+{
+    return ngx_http_quota_zone_add_hook(cf, ngx_http_quota_lease_evict);
+}
+
+
+ngx_int_t
+ngx_http_quota_lease_init_worker(ngx_cycle_t *cycle,
+    ngx_http_quota_main_conf_t *qmcf)
+{
+    ngx_http_quota_lease_qmcf = qmcf;
+
+    ngx_http_quota_lease_dummy.fd = (ngx_socket_t) -1;
+
+    ngx_http_quota_lease_retry_ev.handler =
+                                        ngx_http_quota_lease_retry_handler;
+    ngx_http_quota_lease_retry_ev.data = &ngx_http_quota_lease_dummy;
+    ngx_http_quota_lease_retry_ev.log = cycle->log;
+
+    if (qmcf->zone == NULL || qmcf->lease_sweep == 0) {
+        return NGX_OK;
+    }
+
+    ngx_http_quota_lease_sweep_ev.handler =
+                                        ngx_http_quota_lease_sweep_handler;
+    ngx_http_quota_lease_sweep_ev.data = &ngx_http_quota_lease_dummy;
+    ngx_http_quota_lease_sweep_ev.log = cycle->log;
+    ngx_http_quota_lease_sweep_ev.cancelable = 1;
+
+    ngx_add_timer(&ngx_http_quota_lease_sweep_ev, qmcf->lease_sweep);
+
+    return ngx_http_quota_lease_watch(cycle);
+}
+
+
+/* the fake idle connection whose read handler runs at a graceful quit */
+static ngx_int_t
+ngx_http_quota_lease_watch(ngx_cycle_t *cycle)
+{
+    ngx_connection_t  *c, *saved;
+
+    /* ngx_get_connection() would take files[0] for the fake socket 0 */
+    saved = cycle->files ? cycle->files[0] : NULL;
+
+    c = ngx_get_connection(0, cycle->log);
+
+    if (cycle->files) {
+        cycle->files[0] = saved;
+    }
+
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* not -1, so that ngx_close_idle_connections() sees it */
+    c->fd = (ngx_socket_t) -2;
+    c->idle = 1;
+    c->read->handler = ngx_http_quota_lease_quit_handler;
+    c->data = NULL;
+
+    ngx_http_quota_lease_watcher = c;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_quota_lease_unwatch(void)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_http_quota_lease_watcher;
+
+    if (c == NULL) {
+        return;
+    }
+
+    ngx_http_quota_lease_watcher = NULL;
+
+    c->fd = (ngx_socket_t) -1;
+    ngx_free_connection(c);
+}
+
+
+/* graceful quit or reload: every lease of the zone goes back now */
+static void
+ngx_http_quota_lease_quit_handler(ngx_event_t *ev)
+{
+    ngx_http_quota_lease_unwatch();
+
+    if (ngx_http_quota_lease_sweep_ev.timer_set) {
+        ngx_del_timer(&ngx_http_quota_lease_sweep_ev);
+    }
+
+    ngx_http_quota_lease_sweep_handler(&ngx_http_quota_lease_sweep_ev);
+}
+
+
+/* exit_process, after the Redis connections closed: what was not
+   answered is lost (the units stay charged), and said so */
+void
+ngx_http_quota_lease_exit_worker(void)
+{
+    ngx_http_quota_zone_cmd_t  *cmd;
+
+    ngx_http_quota_lease_unwatch();
+
+    if (ngx_http_quota_lease_sweep_ev.timer_set) {
+        ngx_del_timer(&ngx_http_quota_lease_sweep_ev);
+    }
+
+    if (ngx_http_quota_lease_retry_ev.timer_set) {
+        ngx_del_timer(&ngx_http_quota_lease_retry_ev);
+    }
+
+    while (ngx_http_quota_lease_retries) {
+        cmd = ngx_http_quota_lease_retries;
+        ngx_http_quota_lease_retries = cmd->next;
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: lease %*s of tenant \"%*s\": %ui units not "
+                      "returned to redis before exit", cmd->argvlen[1],
+                      cmd->argv[1], cmd->argvlen[0], cmd->argv[0],
+                      (ngx_uint_t) (uintptr_t) cmd->data);
+
+        ngx_free(cmd);
+    }
+}
+
+
+/*
+ * The precontent handler, for a metered request that would go to Redis.
+ * NGX_OK: decided from the zone (one unit of a lease: ctx says CHARGED);
+ * NGX_DECLINED: go to Redis, asking for ctx->lease_n units.
+ */
+ngx_int_t
+ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_msec_t                   now;
+    ngx_http_quota_zone_t       *z;
+    ngx_http_quota_lkey_t       *key;
+    ngx_http_quota_lease_t      *lease;
+    ngx_http_quota_zone_node_t  *node;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    z = qmcf->zone;
+
+    /* shadow traffic, dry run and rule-less requests stay exact; so does
+       a quitting worker (its leases are being returned) */
+    if (qlcf->lease_mode == NGX_HTTP_QUOTA_LEASE_OFF || z == NULL
+        || z->sh == NULL || ctx->rule == NULL || ctx->bypass
+        || qlcf->dry_run || ngx_exiting || ngx_terminate)
+    {
+        return NGX_DECLINED;
+    }
+
+    now = ngx_current_msec;
+
+    ngx_http_quota_zone_lock(z);
+
+    node = ngx_http_quota_zone_node(z, &ctx->tenant, 1);
+    key = node ? ngx_http_quota_lease_key(z, node, ctx, qlcf->lease_ttl)
+               : NULL;
+
+    if (key == NULL) {
+        /* no room in the zone: exact, as without it */
+        ngx_http_quota_zone_unlock(z);
+        return NGX_DECLINED;
+    }
+
+    ngx_http_quota_lease_count(key, now);
+
+    lease = ngx_http_quota_lease_live(z, key, now);
+
+    if (lease) {
+        lease->spent++;
+
+        ngx_http_quota_zone_recall(ctx, node);
+        ngx_http_quota_lease_headers(ctx, node);
+
+        if (lease->spent == lease->n) {
+            /* all spent: nothing to return, the record just expires */
+            ngx_http_quota_lease_claim(z, key, lease);
+        }
+
+        ngx_http_quota_zone_unlock(z);
+
+        ctx->leased = 1;
+        ctx->code = NGX_HTTP_QUOTA_CODE_CHARGED;
+        ngx_http_quota_count(qmcf, local[NGX_HTTP_QUOTA_LOCAL_LEASE]);
+
+        return NGX_OK;
+    }
+
+    ctx->lease_ttl = qlcf->lease_ttl;
+    ctx->lease_n = ngx_http_quota_lease_units(ctx, qlcf, key);
+
+    /* quota_events on: at most one usage_update per key and ttl */
+    if (key->event && now - key->event < key->ttl) {
+        ctx->lease_quiet = 1;
+
+    } else {
+        key->event = now ? now : 1;
+    }
+
+    if (ctx->lease_n >= 2) {
+        /* the grant's reply makes the lease: hold the node (and so the
+           key) until then */
+        key->pending++;
+        ctx->lease_key = key;
+
+        if (ctx->zone_node == NULL) {
+            node->busy++;
+            ctx->zone_node = node;
+        }
+    }
+
+    ngx_http_quota_zone_unlock(z);
+
+    return NGX_DECLINED;
+}
+
+
+/* the key of the request's cost vector, made when missing */
+static ngx_http_quota_lkey_t *
+ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *node, ngx_http_quota_ctx_t *ctx,
+    ngx_msec_t ttl)
+{
+    size_t                   size;
+    uint32_t                 hash;
+    ngx_uint_t               i, n;
+    ngx_http_quota_lkey_t   *key, *victim, **victim_at, **at;
+
+    ngx_crc32_init(hash);
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        ngx_crc32_update(&hash, (u_char *) &ctx->rule->charges[i].metric,
+                         sizeof(ngx_uint_t));
+        ngx_crc32_update(&hash, (u_char *) &ctx->costs[i], sizeof(int64_t));
+    }
+
+    ngx_crc32_final(hash);
+
+    n = 0;
+    victim = NULL;
+    victim_at = NULL;
+
+    for (at = &node->lkeys; *at; at = &(*at)->next) {
+        key = *at;
+        n++;
+
+        if (key->hash == hash && key->ncharges == ctx->ncharges) {
+            for (i = 0; i < ctx->ncharges; i++) {
+                if (key->cost[i].metric != ctx->rule->charges[i].metric
+                    || key->cost[i].cost != ctx->costs[i])
+                {
+                    break;
+                }
+            }
+
+            if (i == ctx->ncharges) {
+                key->ttl = ttl;
+                return key;
+            }
+        }
+
+        if (key->nleases == 0 && key->pending == 0) {
+            victim = key;
+            victim_at = at;
+        }
+    }
+
+    /* many cost vectors (variable costs): reuse an idle key's place */
+    if (n >= NGX_HTTP_QUOTA_LEASE_KEYS) {
+        if (victim == NULL) {
+            return NULL;
+        }
+
+        *victim_at = victim->next;
+        ngx_http_quota_zone_free(z, victim);
+    }
+
+    size = sizeof(ngx_http_quota_lkey_t)
+           + (ctx->ncharges ? ctx->ncharges - 1 : 0)
+             * sizeof(ngx_http_quota_lease_cost_t);
+
+    key = ngx_http_quota_zone_alloc(z, size, node);
+    if (key == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(key, size);
+
+    key->node = node;
+    key->hash = hash;
+    key->ncharges = ctx->ncharges;
+    key->ttl = ttl;
+    key->window = ngx_current_msec;
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        key->cost[i].metric = ctx->rule->charges[i].metric;
+        key->cost[i].cost = ctx->costs[i];
+    }
+
+    /* the zone allocation may have evicted keys of other nodes only */
+    key->next = node->lkeys;
+    node->lkeys = key;
+
+    return key;
+}
+
+
+/* this node's requests of the key, per ttl window (auto's rate) */
+static void
+ngx_http_quota_lease_count(ngx_http_quota_lkey_t *key, ngx_msec_t now)
+{
+    ngx_msec_int_t  elapsed;
+
+    elapsed = (ngx_msec_int_t) (now - key->window);
+
+    if (elapsed >= (ngx_msec_int_t) key->ttl) {
+        key->prev = (elapsed < 2 * (ngx_msec_int_t) key->ttl) ? key->hits : 0;
+        key->hits = 0;
+        key->window = now;
+    }
+
+    key->hits++;
+}
+
+
+/*
+ * The lease to spend from: units left, its ttl and day not over.  Leases
+ * past their ttl or day are claimed on the way (their rest is settled), so
+ * the first request of a new day never spends yesterday's units.
+ */
+static ngx_http_quota_lease_t *
+ngx_http_quota_lease_live(ngx_http_quota_zone_t *z,
+    ngx_http_quota_lkey_t *key, ngx_msec_t now)
+{
+    time_t                   sec;
+    ngx_uint_t               i;
+    ngx_http_quota_lease_t  *lease, *best;
+
+    sec = ngx_time();
+    best = NULL;
+
+    for (i = 0; i < NGX_HTTP_QUOTA_LEASE_SLOTS; i++) {
+        lease = &key->lease[i];
+
+        if (lease->n == 0) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (lease->expires - now) <= 0
+            || sec >= lease->day_end)
+        {
+            ngx_http_quota_lease_claim(z, key, lease);
+            continue;
+        }
+
+        if (best == NULL
+            || (ngx_msec_int_t) (lease->expires - best->expires) < 0)
+        {
+            best = lease;
+        }
+    }
+
+    return best;
+}
+
+
+/* under the lock: the lease is done; its unspent units go back */
+static void
+ngx_http_quota_lease_claim(ngx_http_quota_zone_t *z,
+    ngx_http_quota_lkey_t *key, ngx_http_quota_lease_t *lease)
+{
+    if (lease->n > lease->spent) {
+        ngx_http_quota_lease_settle(z, key->node, lease->id, lease->idlen,
+                                    lease->n - lease->spent);
+    }
+
+    lease->n = 0;
+    lease->spent = 0;
+
+    key->nleases--;
+    z->sh->leases--;
+
+    if (key->nleases == 0) {
+        ngx_queue_remove(&key->active);
+    }
+}
+
+
+/*
+ * Lease-mode headers: the snapshot's used (which counts every unit leased
+ * so far) minus what this node's leases of the tenant have not spent; it
+ * may lag by other nodes' leases (SPEC 9, bounded staleness).
+ */
+static void
+ngx_http_quota_lease_headers(ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_zone_node_t *node)
+{
+    int64_t                  unspent;
+    ngx_uint_t               i, j, s;
+    ngx_http_quota_lkey_t   *key;
+    ngx_http_quota_lease_t  *lease;
+
+    if (!ctx->have_usage) {
+        return;
+    }
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        unspent = 0;
+
+        for (key = node->lkeys; key; key = key->next) {
+            for (s = 0; s < NGX_HTTP_QUOTA_LEASE_SLOTS; s++) {
+                lease = &key->lease[s];
+
+                if (lease->n == 0) {
+                    continue;
+                }
+
+                for (j = 0; j < key->ncharges; j++) {
+                    if (key->cost[j].metric == ctx->rule->charges[i].metric) {
+                        unspent += (int64_t) (lease->n - lease->spent)
+                                   * key->cost[j].cost;
+                    }
+                }
+            }
+        }
+
+        ctx->used[i] = ctx->used[i] > unspent ? ctx->used[i] - unspent : 0;
+    }
+}
+
+
+/* LEASE_N for a request that found no live lease (1: exact) */
+static ngx_uint_t
+ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_lkey_t *key)
+{
+    ngx_uint_t  n;
+
+    /* as many grants in flight and leases live as slots: exact */
+    if (key->pending + key->nleases >= NGX_HTTP_QUOTA_LEASE_SLOTS) {
+        return 1;
+    }
+
+    if (qlcf->lease_mode == NGX_HTTP_QUOTA_LEASE_UNITS) {
+        n = qlcf->lease_units;
+
+        if (ctx->ncharges && ctx->costs[0] > 0) {
+            n = (ngx_uint_t) ((int64_t) n / ctx->costs[0]);
+        }
+
+        return n >= 2 ? n : 1;
+    }
+
+    n = ngx_max(key->hits, key->prev);
+
+    if (n < NGX_HTTP_QUOTA_LEASE_AUTO_MIN) {
+        n = NGX_HTTP_QUOTA_LEASE_AUTO_MIN;
+    }
+
+    if (n > NGX_HTTP_QUOTA_LEASE_AUTO_MAX) {
+        n = NGX_HTTP_QUOTA_LEASE_AUTO_MAX;
+    }
+
+    return n;
+}
+
+
+/*
+ * The handler at CTX_DECIDED, and the request's cleanup: a grant that was
+ * asked for is answered (or never will be).  A granted lease is kept
+ * whatever happens to the request: it is Redis' reservation.
+ */
+void
+ngx_http_quota_lease_reply(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_http_quota_zone_t       *z;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    if (ctx->lease_key == NULL) {
+        return;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+    z = qmcf->zone;
+
+    ngx_http_quota_zone_lock(z);
+
+    ctx->lease_key->pending--;
+
+    /* only a reply that was understood says what Redis reserved; a charge
+       whose outcome is unknown is voided, leases and all */
+    if (ctx->state == NGX_HTTP_QUOTA_CTX_DECIDED
+        || ctx->state == NGX_HTTP_QUOTA_CTX_FINISHED)
+    {
+        if (!ctx->redis_failed && ctx->code == NGX_HTTP_QUOTA_CODE_CHARGED
+            && ctx->lease_granted >= 2)
+        {
+            ngx_http_quota_lease_insert(z, ctx);
+        }
+    }
+
+    ngx_http_quota_zone_unlock(z);
+
+    ctx->lease_key = NULL;
+    ctx->lease_granted = 0;
+}
+
+
+/* under the lock: the request spent the grant's first unit */
+static void
+ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
+    ngx_http_quota_ctx_t *ctx)
+{
+    time_t                   end;
+    ngx_uint_t               i;
+    quota_period_t           day;
+    ngx_http_quota_lkey_t   *key;
+    ngx_http_quota_lease_t  *lease;
+
+    key = ctx->lease_key;
+    lease = NULL;
+
+    for (i = 0; i < NGX_HTTP_QUOTA_LEASE_SLOTS; i++) {
+        if (key->lease[i].n == 0) {
+            lease = &key->lease[i];
+            break;
+        }
+    }
+
+    if (z->qmcf->stats) {
+        (void) ngx_atomic_fetch_add(&z->qmcf->stats->leases, 1);
+    }
+
+    /* a quitting worker, no free slot, an id that does not fit: the
+       units go straight back */
+    if (lease == NULL || ngx_exiting || ngx_terminate
+        || ctx->charge_id.len > NGX_HTTP_QUOTA_ID_LEN
+        || quota_period_day(ngx_time(), &day) != 0)
+    {
+        ngx_http_quota_lease_settle(z, key->node, ctx->charge_id.data,
+                                    ctx->charge_id.len,
+                                    ctx->lease_granted - 1);
+        return;
+    }
+
+    end = day.end;
+
+    if (ctx->billing.end > 0 && ctx->billing.end < end) {
+        end = ctx->billing.end;
+    }
+
+    lease->n = ctx->lease_granted;
+    lease->spent = 1;
+    lease->expires = ngx_current_msec + key->ttl;
+    lease->day_end = end;
+    lease->idlen = ctx->charge_id.len;
+    ngx_memcpy(lease->id, ctx->charge_id.data, ctx->charge_id.len);
+
+    if (key->nleases++ == 0) {
+        ngx_queue_insert_tail(&z->sh->active, &key->active);
+    }
+
+    z->sh->leases++;
+
+    /* the reply's used counts the units just reserved: the headers say
+       what was spent, as for the lease's other requests */
+    ngx_http_quota_lease_headers(ctx, key->node);
+}
+
+
+/*
+ * Under the lock: the settle of "units" of lease "id" is sent by the
+ * unlock (ngx_http_quota_lease_send); its cmd holds the tenant, the id and
+ * the units as its three arguments.
+ */
+static void
+ngx_http_quota_lease_settle(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen,
+    ngx_uint_t units)
+{
+    size_t                      argvlen[3];
+    const char                 *argv[3];
+    ngx_http_quota_zone_cmd_t  *cmd;
+    u_char                      num[NGX_INT_T_LEN];
+
+    argv[0] = (const char *) ngx_http_quota_zone_tenant(node);
+    argvlen[0] = node->len;
+    argv[1] = (const char *) id;
+    argvlen[1] = idlen;
+    argv[2] = (const char *) num;
+    argvlen[2] = ngx_sprintf(num, "%ui", units) - num;
+
+    cmd = ngx_http_quota_zone_defer(z, 3, argv, argvlen,
+                                    ngx_http_quota_lease_send);
+    if (cmd == NULL) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: lease %*s of tenant \"%*s\": %ui units not "
+                      "returned to redis", idlen, id, (size_t) node->len,
+                      ngx_http_quota_zone_tenant(node), units);
+        return;
+    }
+
+    cmd->data = (void *) (uintptr_t) units;
+    ngx_http_quota_lease_out++;
+}
+
+
+/* outside the lock: send, or keep for the retry timer */
+static void
+ngx_http_quota_lease_send(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_zone_cmd_t *cmd)
+{
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "quota: settle %*s, %ui units", cmd->argvlen[1],
+                   cmd->argv[1], (ngx_uint_t) (uintptr_t) cmd->data);
+
+    if (cmd->since == 0) {
+        cmd->since = ngx_current_msec | 1;
+    }
+
+    if (ngx_http_quota_lease_send_now(qmcf, cmd) != NGX_OK) {
+        cmd->next = ngx_http_quota_lease_retries;
+        ngx_http_quota_lease_retries = cmd;
+    }
+
+    /* a settle in flight keeps a quitting worker alive until answered */
+    if (!ngx_http_quota_lease_retry_ev.timer_set) {
+        ngx_add_timer(&ngx_http_quota_lease_retry_ev,
+                      NGX_HTTP_QUOTA_SETTLE_RETRY);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_quota_lease_send_now(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_zone_cmd_t *cmd)
+{
+    ngx_str_t  tenant, id;
+
+    tenant.data = (u_char *) cmd->argv[0];
+    tenant.len = cmd->argvlen[0];
+    id.data = (u_char *) cmd->argv[1];
+    id.len = cmd->argvlen[1];
+
+    return ngx_http_quota_script_settle(qmcf, &tenant, &id,
+                                        (ngx_uint_t) (uintptr_t) cmd->data,
+                                        ngx_http_quota_lease_settled, cmd);
+}
+
+
+static void
+ngx_http_quota_lease_settled(void *data, redisReply *reply)
+{
+    ngx_http_quota_zone_cmd_t *cmd = data;
+
+    if (reply == NULL) {
+        /* the connection went away: the settle may or may not have run;
+           it is idempotent, so it is sent again */
+        cmd->next = ngx_http_quota_lease_retries;
+        ngx_http_quota_lease_retries = cmd;
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: settle of lease %*s failed: %*s",
+                      cmd->argvlen[1], cmd->argv[1],
+                      (size_t) reply->len, reply->str);
+    }
+
+    ngx_http_quota_lease_out--;
+    ngx_free(cmd);
+}
+
+
+static void
+ngx_http_quota_lease_retry_handler(ngx_event_t *ev)
+{
+    ngx_http_quota_zone_cmd_t  *cmd, *list;
+
+    list = ngx_http_quota_lease_retries;
+    ngx_http_quota_lease_retries = NULL;
+
+    while (list) {
+        cmd = list;
+        list = cmd->next;
+        cmd->next = NULL;
+
+        if (ngx_current_msec - cmd->since > NGX_HTTP_QUOTA_SETTLE_GIVE_UP) {
+            ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                          "quota: lease %*s of tenant \"%*s\": %ui units "
+                          "not returned to redis, giving up",
+                          cmd->argvlen[1], cmd->argv[1], cmd->argvlen[0],
+                          cmd->argv[0], (ngx_uint_t) (uintptr_t) cmd->data);
+            ngx_http_quota_lease_out--;
+            ngx_free(cmd);
+            continue;
+        }
+
+        if (ngx_http_quota_lease_send_now(ngx_http_quota_lease_qmcf, cmd)
+            != NGX_OK)
+        {
+            cmd->next = ngx_http_quota_lease_retries;
+            ngx_http_quota_lease_retries = cmd;
+        }
+    }
+
+    if (ngx_http_quota_lease_out) {
+        ngx_add_timer(ev, NGX_HTTP_QUOTA_SETTLE_RETRY);
+    }
+}
+
+
+/* eviction hook: the tenant's leases go back first */
+static ngx_int_t
+ngx_http_quota_lease_evict(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *node)
+{
+    ngx_uint_t              i;
+    ngx_http_quota_lkey_t  *key, *next;
+
+    for (key = node->lkeys; key; key = key->next) {
+        if (key->pending) {
+            return NGX_DECLINED;
+        }
+    }
+
+    for (key = node->lkeys; key; key = next) {
+        next = key->next;
+
+        for (i = 0; i < NGX_HTTP_QUOTA_LEASE_SLOTS; i++) {
+            if (key->lease[i].n) {
+                ngx_http_quota_lease_claim(z, key, &key->lease[i]);
+            }
+        }
+
+        ngx_http_quota_zone_free(z, key);
+    }
+
+    node->lkeys = NULL;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Every worker: claim the leases whose ttl or day is over and settle
+ * them; when quitting (graceful quit, reload), every lease of the zone.
+ */
+static void
+ngx_http_quota_lease_sweep_handler(ngx_event_t *ev)
+{
+    time_t                   sec;
+    ngx_uint_t               i;
+    ngx_msec_t               now;
+    ngx_queue_t             *q, *next;
+    ngx_http_quota_zone_t   *z;
+    ngx_http_quota_lkey_t   *key;
+    ngx_http_quota_lease_t  *lease;
+
+    z = ngx_http_quota_lease_qmcf->zone;
+    now = ngx_current_msec;
+    sec = ngx_time();
+
+    ngx_http_quota_zone_lock(z);
+
+    for (q = ngx_queue_head(&z->sh->active);
+         q != ngx_queue_sentinel(&z->sh->active);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        key = ngx_queue_data(q, ngx_http_quota_lkey_t, active);
+
+        for (i = 0; i < NGX_HTTP_QUOTA_LEASE_SLOTS; i++) {
+            lease = &key->lease[i];
+
+            if (lease->n
+                && (ngx_exiting
+                    || (ngx_msec_int_t) (lease->expires - now) <= 0
+                    || sec >= lease->day_end))
+            {
+                ngx_http_quota_lease_claim(z, key, lease);
+            }
+        }
+    }
+
+    ngx_http_quota_zone_unlock(z);
+
+    if (!ngx_exiting) {
+        ngx_add_timer(ev, ngx_http_quota_lease_qmcf->lease_sweep);
+    }
+}
