@@ -1,9 +1,44 @@
 -- wrk script for scripts/bench: POST a small JSON body as tenant
--- $BENCH_TENANT and print one machine-readable line at the end.
+-- $BENCH_TENANT (with $BENCH_TENANTS > 1: tenants $BENCH_TENANT-1 to -N,
+-- in turn) and print one machine-readable line at the end.
 wrk.method = "POST"
 wrk.body = '{"n":1}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = os.getenv("BENCH_TENANT") or "bench"
+
+local tenants = tonumber(os.getenv("BENCH_TENANTS") or "1")
+local reqs, turn = {}, 0
+
+-- the request of the next tenant, formatted once per tenant and thread
+local function next_metered()
+  if tenants <= 1 then return nil end
+  turn = turn % tenants + 1
+  return reqs[turn]
+end
+
+local function format_tenants()
+  if tenants <= 1 then return end
+  local base = wrk.headers["X-API-Key"]
+  for i = 1, tenants do
+    wrk.headers["X-API-Key"] = base .. "-" .. i
+    reqs[i] = wrk.format()
+  end
+  wrk.headers["X-API-Key"] = base
+end
+
+if tenants > 1 then
+  -- each thread starts with another tenant
+  local threads = 0
+  function setup(thread)
+    threads = threads + 1
+    thread:set("id", threads)
+  end
+  function init(args)
+    format_tenants()
+    turn = (wrk.thread:get("id") * 37) % tenants
+  end
+  function request() return next_metered() end
+end
 
 -- BENCH_CHECK_N set: each thread sends exactly N metered POSTs, then only
 -- unmetered GETs, so nothing metered is in flight when wrk stops and the
@@ -18,6 +53,7 @@ if check_n then
   end
 
   function init(args)             -- thread state, Host is set by now
+    format_tenants()
     metered = wrk.format()
     free = wrk.format("GET", "/unmetered", nil, "")
     -- wrk calls request() of the first thread once before starting, only
@@ -27,7 +63,7 @@ if check_n then
 
   function request()
     sent = sent + 1
-    if sent <= check_n then return metered end
+    if sent <= check_n then return next_metered() or metered end
     return free
   end
 end
