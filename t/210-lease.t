@@ -268,6 +268,25 @@ sub node {
     unlike($log, qr/\[(alert|crit|emerg)\]|not returned|exited on signal/, 'reload: clean');
 }
 
+# ------------- headers: what was spent, not what the leases reserved ----
+
+{
+    my (@used, @remaining);
+    nginx_run(workers => 1, no_root_location => 1,
+              http_config => http_conf(limit => 1000),
+              config => server_conf('10 ttl=60s'), code => sub {
+        my ($port) = @_;
+        for (1 .. 25) {
+            my $r = http_request($port, 'POST', '/a', { 'X-T' => 'hdr' }, '', 10);
+            push @used, $r->{headers}{'x-quota-used'} // '-';
+            push @remaining, $r->{headers}{'x-quota-remaining'} // '-';
+        }
+    });
+    is("@used", join(' ', 1 .. 25), 'headers: X-Quota-Used counts the requests');
+    is("@remaining", join(' ', map { 1000 - $_ } 1 .. 25),
+       'headers: X-Quota-Remaining too');
+}
+
 # -------------------------------- shadow traffic and dry run stay exact ----
 
 {
