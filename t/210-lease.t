@@ -11,7 +11,7 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use QuotaTime;
 use QuotaLoad;
 use File::Temp qw(tempdir);
@@ -223,6 +223,19 @@ sub node {
     return ($h, $port, $root);
 }
 
+# valgrind or the sanitizers on a node started here (nginx_run checks its own)
+sub memcheck {
+    my ($h, $root, $name) = @_;
+    if ($h->{valgrind}) {
+        my @p = valgrind_problems($root);
+        is(scalar @p, 0, "$name: valgrind clean") or diag(join "\n", @p);
+    }
+    if ($ENV{TEST_NGINX_USE_SANITIZER}) {
+        my @p = QuotaTest::sanitizer_problems($root);
+        is(scalar @p, 0, "$name: no sanitizer report") or diag(join "\n", @p);
+    }
+}
+
 {
     my ($h, $port, $root) = node(limit => 1000000, lease => '50 ttl=60s');
     my ($st1) = hammer($port, 'quit', 230, '/a', 8);
@@ -235,6 +248,7 @@ sub node {
     is(daily('quit'), 230 + 120, 'quit: daily counter too');
     my $log = QuotaTest::_slurp("$root/logs/error.log");
     unlike($log, qr/\[(alert|crit|emerg)\]|not returned|exited on signal/, 'quit: clean');
+    memcheck($h, $root, 'quit');
 }
 
 # ---------- a reload to another zone: the old workers return their leases ----
@@ -266,6 +280,34 @@ sub node {
     is(daily('reload'), 300, 'reload: daily counter too');
     my $log = QuotaTest::_slurp("$root/logs/error.log");
     unlike($log, qr/\[(alert|crit|emerg)\]|not returned|exited on signal/, 'reload: clean');
+    memcheck($h, $root, 'reload');
+}
+
+# ------ a full zone evicts idle tenants, their leases returned first ----
+
+{
+    my (%before, $text, $log);
+    my @t = map { "evict$_" } 1 .. 300;
+    nginx_run(workers => 2, no_root_location => 1,
+              http_config => http_conf(limit => 1000000, zone => 'q:32k'),
+              config => server_conf('20 ttl=60s'), code => sub {
+        my ($port, $root) = @_;
+        for my $t (@t) {
+            for (1 .. 2) {
+                my $r = http_request($port, 'POST', '/a', { 'X-T' => $t }, '', 10);
+                die "$t: $r->{status}\n" unless $r->{status} eq '200';
+            }
+        }
+        $before{$_} = usage($_) for @t;
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+    my $evicted = metric($text, 'quota_zone_evictions_total');
+    my $returned = grep { $before{$_} == 2 } @t;
+    my $held = grep { $before{$_} == 20 } @t;
+    cmp_ok($evicted, '>', 0, "evict: tenants evicted ($evicted)");
+    is($returned, $evicted, 'evict: each evicted tenant\'s lease was returned at once');
+    is($returned + $held, 300, 'evict: the others still held theirs');
+    is(scalar(grep { usage($_) != 2 } @t), 0, 'evict: every tenant exact after the quit');
 }
 
 # ------------- headers: what was spent, not what the leases reserved ----
