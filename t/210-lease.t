@@ -15,6 +15,8 @@ use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use QuotaTime;
 use QuotaLoad;
 use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
 use Time::HiRes qw(sleep time);
 
 redis_flush();
@@ -327,6 +329,46 @@ sub memcheck {
     is("@used", join(' ', 1 .. 25), 'headers: X-Quota-Used counts the requests');
     is("@remaining", join(' ', map { 1000 - $_ } 1 .. 25),
        'headers: X-Quota-Remaining too');
+}
+
+# ------------ quota_events on: one usage_update per tenant and ttl ----
+
+sub read_until {
+    my ($s, $marker) = @_;
+    my $buf = '';
+    my $sel = IO::Select->new($s);
+    my $deadline = time + 10;
+    while (index($buf, $marker) < 0 && time < $deadline) {
+        last unless $sel->can_read($deadline - time);
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
+    return $buf;
+}
+
+{
+    my ($events, $secs);
+    my $http = http_conf(limit => 1000000) . "    quota_events on;\n";
+    nginx_run(workers => 1, no_root_location => 1, http_config => $http,
+              config => server_conf('2 ttl=1s'), code => sub {
+        my ($port) = @_;
+        my $sub = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                        PeerPort => $ENV{TEST_NGINX_REDIS_PORT})
+            or die "redis: $!";
+        print $sub "*2\r\n\$9\r\nSUBSCRIBE\r\n\$12\r\nquota:events\r\n";
+        read_until($sub, ":1\r\n");
+        my $t0 = time;
+        for (1 .. 200) {
+            http_request($port, 'POST', '/a', { 'X-T' => 'events' }, '', 10);
+        }
+        $secs = time - $t0;
+        print $sub "*2\r\n\$4\r\nPING\r\n\$6\r\nsynced\r\n";
+        my $buf = read_until($sub, 'synced');
+        $events = () = $buf =~ /"type":"usage_update"/g;
+    });
+    # 100 grants of 2 units: without the limit, 100 events
+    cmp_ok($events, '<=', 2 + int($secs), sprintf(
+           'events: %d usage_update for 200 requests in %.1f s', $events, $secs));
+    cmp_ok($events, '>=', 1, 'events: the first one is published');
 }
 
 # -------------------------------- shadow traffic and dry run stay exact ----
