@@ -203,19 +203,21 @@ ngx_http_quota_zone_cmd_t *ngx_http_quota_zone_defer(
     const size_t *argvlen, ngx_http_quota_zone_send_pt handler);
 
 /*
- * A request holds its tenant's node across its Redis trip (node->busy), so
- * that the node is not evicted meanwhile and the pointer stays good; the
- * hold is released by ngx_http_quota_zone_learn() or the request's cleanup
- * (ngx_http_quota_zone_release()).  Both take the lock themselves.
+ * A request holds its tenant's node across its Redis trip (node->busy,
+ * ctx->zone_node), so that the node is not evicted meanwhile and the
+ * pointer stays good; the handler releases the hold at CTX_DECIDED, after
+ * ngx_http_quota_zone_learn() and the features' reply hooks, and the
+ * request's cleanup releases it if the request ends before.  Both take the
+ * lock themselves.
  */
 ngx_http_quota_zone_node_t *ngx_http_quota_zone_hold(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_zone_release(ngx_http_quota_ctx_t *ctx);
 
 /*
- * The handler, for every decoded charge reply (lease mode or not): the
- * node's snapshot of each charged metric becomes the reply's numbers.
- * Takes the lock; releases the request's hold.
+ * The handler, for every decoded charge reply with usage (lease mode or
+ * not, admitted or refused): the node's snapshot of each charged metric
+ * becomes the reply's numbers.  Takes the lock.
  */
 void ngx_http_quota_zone_learn(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
