@@ -13,7 +13,8 @@
  *              and day not over): one unit, the headers from the tenant's
  *              snapshot; else it goes to Redis asking for LEASE_N units
  *              (quota_lease N: N / c_1; auto: this node's requests of the
- *              key in the last ttl, 2 to 1000), and the script grants n
+ *              key in the last ttl, or its recent pace x ttl, 2 to 1000),
+ *              and the script grants n
  *              (1: exact, near the enforcement point or for plans with a
  *              rate or a concurrency limit);
  *   grant      the reply's request spends the first unit, the other n - 1
@@ -691,7 +692,8 @@ static ngx_uint_t
 ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_lkey_t *key)
 {
-    ngx_uint_t  n;
+    ngx_uint_t      n;
+    ngx_msec_int_t  elapsed;
 
     /* as many grants in flight and leases live as slots: exact */
     if (key->pending + key->nleases >= NGX_HTTP_QUOTA_LEASE_SLOTS) {
@@ -708,7 +710,18 @@ ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
         return n >= 2 ? n : 1;
     }
 
-    n = ngx_max(key->hits, key->prev);
+    /*
+     * The requests of the last ttl: the window before, or this one's
+     * pace when it is faster (a tenant that just started, or sped up):
+     * extrapolated over at least a quarter of the ttl, so that a few
+     * requests in a row do not look like a flood.
+     */
+    elapsed = (ngx_msec_int_t) (ngx_current_msec - key->window);
+    elapsed = ngx_max(elapsed, (ngx_msec_int_t) (key->ttl / 4));
+    elapsed = ngx_max(elapsed, 1);
+
+    n = ngx_max(key->prev, (ngx_uint_t) ((uint64_t) key->hits * key->ttl
+                                         / (ngx_msec_t) elapsed));
 
     if (n < NGX_HTTP_QUOTA_LEASE_AUTO_MIN) {
         n = NGX_HTTP_QUOTA_LEASE_AUTO_MIN;
