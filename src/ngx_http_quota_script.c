@@ -783,6 +783,12 @@ ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
     argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_ID)] =
                                                         ctx->charge_id.len;
 
+    /* the charge's clock names its record's bucket */
+    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_NOW_MS)] =
+                   ctx->argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_NOW_MS)];
+    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_NOW_MS)] =
+                ctx->argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_NOW_MS)];
+
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "quota: voiding charge %V of tenant \"%V\"",
                   &ctx->charge_id, &ctx->tenant);

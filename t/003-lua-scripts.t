@@ -166,7 +166,11 @@ sub usage {
 
 sub void {
     my ($t, $id) = @_;
-    return run_script('void', ["lt{$t}:c:$id"], ["lt{$t}:", $id])->[0];
+    my @v;
+    $v[$P{VOID_BASE}] = "lt{$t}:";
+    $v[$P{VOID_ID}] = $id;
+    $v[$P{VOID_NOW_MS}] = $now * 1000;
+    return run_script('void', ["lt{$t}:c:$id"], [@v[1 .. $#v]])->[0];
 }
 
 sub fresh {
@@ -233,6 +237,15 @@ my @v = (['basic', 0, [1, 0, 250]]);
 charge(tenant => 'v', plans => \@v, id => 'v1', cost => 1);
 charge(tenant => 'v', plans => \@v, id => 'v2', cost => 3);
 is(usage('v', 'requests'), 4, 'void: 4 charged');
+my $bucket = "lt{v}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS});
+is(QuotaTest::redis('EXISTS', 'lt{v}:c:v2'), 0,
+   'an exact charge has no record key of its own');
+like(QuotaTest::redis('HGET', $bucket, 'v2'), qr/^\S+ \S+ 0 750 1 requests 3 m 3 250$/,
+     "its record is a field of the tenant's bucket hash");
+my $bttl = QuotaTest::redis('PTTL', $bucket);
+ok($bttl > $P{RECORD_TTL} * 1000
+   && $bttl <= $P{RECORD_BUCKET_MS} + $P{RECORD_TTL} * 1000,
+   "the bucket lives its RECORD_BUCKET_MS + RECORD_TTL ($bttl ms)");
 is(usage('v', 'overage_cost'), 750, 'void: 3 overage units, 750');
 is(void('v', 'v2'), 1, 'the void found the record');
 is(usage('v', 'requests'), 1, 'void: back to 1');
@@ -240,6 +253,7 @@ is(usage('v', 'overage_cost'), 0, 'void: overage cost back to 0');
 is(usage('v', 'requests:overage'), 0, 'void: overage units back to 0');
 is(QuotaTest::redis('HGET', "lt{v}:daily:$start", "requests:$today"), 1,
    'void: daily back to 1');
+is(QuotaTest::redis('HGET', $bucket, 'v2'), undef, 'the void took the record');
 is(void('v', 'v2'), 0, 'a second void is a no-op');
 is(usage('v', 'requests'), 1, 'still 1');
 is(charge(tenant => 'v', plans => \@v, id => 'v2')->{code}, $P{CODE_VOIDED},
@@ -376,6 +390,17 @@ is(usage('d', 'overage_cost'), 15000, 'overage cost 15000');
 is(settle('d', 'd1', 99), 0, 'the record is settled: a resend is a no-op');
 is(usage('d', 'requests'), 25, 'still 25');
 
+# the void of a grant whose outcome was unknown undoes the n units
+fresh('w', plan => 'basic');
+charge(tenant => 'w', plans => \@big, id => 'w1', cost => 1);
+charge(tenant => 'w', plans => \@big, id => 'w2', lease => 10, cost => 2);
+is(usage('w', 'requests'), 21, 'a charge and a lease of 10 x 2');
+is(void('w', 'w2'), 1, 'the void of the grant');
+is(usage('w', 'requests'), 1, 'its 20 are back');
+is(daily('w'), 1, 'daily too');
+is(settle('w', 'w2', 10), 0, 'a settle after the void: nothing');
+is(usage('w', 'requests'), 1, 'still 1');
+
 # a settle never gives back more than the lease: 40 asked of 10
 fresh('e', plan => 'basic');
 charge(tenant => 'e', plans => \@big, id => 'e1', lease => 10, cost => 2);
@@ -412,6 +437,6 @@ is(charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
 is(usage('f', 'requests'), 9, 'force resent: still 9');
 is(usage('f', 'overage_cost'), 3000, 'force resent: still 3000');
 
-fresh($_) for qw(a g o s u p v r l h x q c d e f);
+fresh($_) for qw(a g o s u p v r l h x q c d e f w);
 
 done_testing();

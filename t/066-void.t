@@ -287,8 +287,10 @@ _EOC_
             code => sub {
                 my ($port) = @_;
                 QuotaTest::http_request($port, 'POST', '/api/x', { 'X-T' => 'd18' }, '');
-                # the charge's record (P{T}:c:ID) lives 10 s
-                push @ids, @{ $rs->cmd('KEYS', 'quota:{d18}:c:*') };
+                # the charge's record: field ID of P{T}:r:BUCKET (10 s+)
+                push @ids, map { "quota:{d18}:c:$_" }
+                           map { @{ $rs->cmd('HKEYS', $_) } }
+                           @{ $rs->cmd('KEYS', 'quota:{d18}:r:*') };
             },
         );
     }

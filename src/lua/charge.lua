@@ -460,8 +460,11 @@ end
 -- "START TODAY GCRA_STEP OVERAGE_COST N" + per charged metric
 -- "NAME COST m|d OVERAGE_UNITS PRICE" (COST: of the N request units, N >= 2
 -- for a lease, whose settle gives back unspent units; PRICE: micro-USD per
--- overage unit, -1: none).  It lives RECORD_TTL, a lease's ttl + 60 s, or
--- FORCE_RECORD_TTL (the resends of a forced charge find it).
+-- overage unit, -1: none).  An exact charge's record is the field ID of
+-- the hash P{T}:r:BUCKET (BUCKET: ARG_NOW_MS / RECORD_BUCKET_MS), living at
+-- least RECORD_TTL; a lease's is the key P{T}:c:ID (its ttl + 60 s, for
+-- its settle), a forced charge's too (FORCE_RECORD_TTL: its resends find
+-- it).  P{T}:c:ID is also where a void leaves its tombstone.
 -- the daily hash first: the one key no read above has type-checked, so a
 -- wrong type fails the script before anything is written
 local day = {}
@@ -484,13 +487,21 @@ if rec_key and (charged or tat_new or take_slot) then
                       .. int(price[i])
     end
   end
-  local rec_ttl = RECORD_TTL
-  if granted >= 2 then
-    rec_ttl = tonumber(ARGV[ARG_LEASE_TTL]) + LEASE_RECORD_EXTRA
-  elseif force then
-    rec_ttl = FORCE_RECORD_TTL
+  if granted >= 2 or force then
+    redis.call('SET', rec_key, table.concat(rec, ' '), 'EX',
+               force and FORCE_RECORD_TTL
+               or tonumber(ARGV[ARG_LEASE_TTL]) + LEASE_RECORD_EXTRA)
+  else
+    -- an exact charge's record is a field of the tenant's hash of this
+    -- RECORD_BUCKET_MS: a key per charge cost Redis about 5 us more (a new
+    -- key and its expiry, then its deletion); the hash expires RECORD_TTL
+    -- after the bucket ends
+    local bucket = base .. 'r:' .. math.floor(now_ms / RECORD_BUCKET_MS)
+    redis.call('HSET', bucket, ARGV[ARG_CHARGE_ID], table.concat(rec, ' '))
+    if redis.call('HLEN', bucket) == 1 then
+      redis.call('PEXPIRE', bucket, RECORD_BUCKET_MS + RECORD_TTL * 1000)
+    end
   end
-  redis.call('SET', rec_key, table.concat(rec, ' '), 'EX', rec_ttl)
 end
 if tat_new then
   redis.call('SET', base .. 'rate', tat_new, 'PX',

@@ -7,7 +7,9 @@
 -- and the in-flight slot named by the charge id is removed.  Alerts the
 -- charge fired stay.
 --
--- KEYS[1] P{T}:c:ID; ARGV: VOID_BASE "P{T}:", VOID_ID the charge id.
+-- KEYS[1] P{T}:c:ID; ARGV: VOID_BASE "P{T}:", VOID_ID the charge id,
+-- VOID_NOW_MS the charge's ARG_NOW_MS.  The record is KEYS[1] for a lease
+-- or a forced charge, else the field ID of P{T}:r:BUCKET (charge.lua).
 -- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST N", then
 -- per charged metric "NAME COST m|d OVERAGE_UNITS PRICE"; a settled
 -- lease's record is already the tombstone: nothing to undo.
@@ -15,7 +17,14 @@ local rec = redis.call('GET', KEYS[1])
 local base = ARGV[VOID_BASE]
 redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
 redis.call('ZREM', base .. 'inflight', ARGV[VOID_ID])
-if not rec or rec == 'v' then return 0 end
+if rec == 'v' then return 0 end
+if not rec then
+  local bucket = base .. 'r:'
+                 .. math.floor(tonumber(ARGV[VOID_NOW_MS]) / RECORD_BUCKET_MS)
+  rec = redis.call('HGET', bucket, ARGV[VOID_ID])
+  if not rec then return 0 end
+  redis.call('HDEL', bucket, ARGV[VOID_ID])
+end
 local w = {}
 for x in string.gmatch(rec, '%S+') do w[#w + 1] = x end
 local usage_key = base .. 'usage:' .. w[1]
