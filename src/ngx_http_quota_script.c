@@ -160,7 +160,8 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 
 /*
  * "number of plans", then per plan: NAME, "GRACE RATE RATE_MS BURST
- * CONCURRENCY LEASE_MS", and per charged metric "LIMIT PER_SEAT PRICE"
+ * CONCURRENCY LEASE_MS" ("GRACE" when RATE and CONCURRENCY are 0), and per
+ * charged metric "LIMIT PER_SEAT PRICE"
  */
 static ngx_int_t
 ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
@@ -195,11 +196,19 @@ ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
             return NGX_ERROR;
         }
 
-        arg->len = ngx_sprintf(arg->data, "%ui %ui %M %ui %ui %M",
-                               plan[j].grace, plan[j].rate,
-                               plan[j].rate_period, plan[j].burst,
-                               plan[j].concurrency, plan[j].lease)
-                   - arg->data;
+        /* the common plan, without rate and concurrency: "GRACE" alone
+           (the script then skips parsing the other five) */
+        if (plan[j].rate == 0 && plan[j].concurrency == 0) {
+            arg->len = ngx_sprintf(arg->data, "%ui", plan[j].grace)
+                       - arg->data;
+
+        } else {
+            arg->len = ngx_sprintf(arg->data, "%ui %ui %M %ui %ui %M",
+                                   plan[j].grace, plan[j].rate,
+                                   plan[j].rate_period, plan[j].burst,
+                                   plan[j].concurrency, plan[j].lease)
+                       - arg->data;
+        }
         arg++;
 
         for (i = 0; i < k; i++) {

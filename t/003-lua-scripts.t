@@ -142,7 +142,8 @@ sub charge {
     $a[$at++] = scalar @plans;
     for my $p (@plans) {
         $a[$at++] = $p->[0];
-        $a[$at++] = "$p->[1] " . ($p->[3] // '0 0 0 0 0');
+        # "GRACE" alone for a plan without rate and concurrency, as C sends
+        $a[$at++] = defined $p->[3] ? "$p->[1] $p->[3]" : $p->[1];
         $a[$at++] = join ' ', @{ $p->[2] };
     }
     die "charge: argument $_ missing\n" for grep { !defined $a[$_] } 1 .. $#a;

@@ -16,8 +16,9 @@
 -- ARGV: ARG_* of protocol.def, then from ARG_METRICS k x (METRIC, COST,
 -- "m"|"d"), then the plan table (built per rule at configuration time):
 -- the number of plans, and per plan: NAME, "GRACE RATE RATE_MS BURST
--- CONCURRENCY LEASE_MS", then k x "LIMIT PER_SEAT PRICE" (LIMIT -1: none,
--- PRICE in micro-USD, -1: no overage).
+-- CONCURRENCY LEASE_MS" (only "GRACE" when RATE and CONCURRENCY are 0),
+-- then k x "LIMIT PER_SEAT PRICE" (LIMIT -1: none, PRICE in micro-USD, -1:
+-- no overage).
 --
 -- ARGV[ARG_CALENDAR] = "PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS
 -- BEFORE_1ST BEFORE_DAYS BEFORE_YM TODAY_END" (BEFORE: the month before
@@ -72,7 +73,9 @@ end
 local used, limits = {}, {}
 local p_idx, pstart, pend, slot, granted = 0, 0, 0, 0, 1
 local function finish(code, idx, retry)
-  local r = {}
+  -- presized (no regrowth); the nils past the last element are no part
+  -- of the reply
+  local r = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
   r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_PLAN] = code, idx, p_idx
   r[REPLY_START], r[REPLY_END] = pstart, pend
   r[REPLY_RETRY], r[REPLY_SLOT] = retry, slot
@@ -108,12 +111,6 @@ local function counter(key, field)
 end
 -- integers as digits: Lua would print 1e+17
 local function int(n) return string.format('%d', n) end
--- cjson prints 14 digits (1.2345678901235e+17): numbers of events travel as
--- marked digit strings, unquoted after encoding (S5)
-local function num(n) return '\1' .. int(n) end
-local function json(e)
-  return (string.gsub(cjson.encode(e), '"\\u0001(%-?%d+)"', '%1'))
-end
 -- the charge's record: a tombstone there means its gateway gave up on it
 -- and voided it (the void script) before it ran: it must do nothing.  A
 -- forced charge (MODE_FORCE) finds its own record when it is a resend.
@@ -126,10 +123,16 @@ if (mode == MODE_CHARGE or force) and ARGV[ARG_CHARGE_ID] ~= '' then
   end
 end
 -- the account: one read for everything the decision needs
-local fields = {'plan', 'seats', 'status', 'overage', 'cap', 'anchor',
-                'next_plan', 'next_plan_at'}
-for i = 1, k do fields[8 + i] = 'limit:' .. names[i] end
-local a = redis.call('HMGET', acct, unpack(fields))
+local a
+if k == 1 then
+  a = redis.call('HMGET', acct, 'plan', 'seats', 'status', 'overage', 'cap',
+                 'anchor', 'next_plan', 'next_plan_at', 'limit:' .. names[1])
+else
+  local fields = {'plan', 'seats', 'status', 'overage', 'cap', 'anchor',
+                  'next_plan', 'next_plan_at'}
+  for i = 1, k do fields[8 + i] = 'limit:' .. names[i] end
+  a = redis.call('HMGET', acct, unpack(fields))
+end
 if ARGV[ARG_REQUIRE_ACCOUNT] == '1' and redis.call('EXISTS', acct) == 0 then
   return finish(CODE_UNKNOWN, 0, 0)
 end
@@ -155,10 +158,15 @@ if not p_at and tonumber(ARGV[ARG_DEFAULT_PLAN]) > 0 then
 end
 local grace, rate, rate_ms, burst, conc, lease = 0, 0, 0, 0, 0, 0
 if p_at then
-  local g, r, rm, b, c, l = string.match(ARGV[p_at + 1],
-    '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-  grace, rate, rate_ms = tonumber(g), tonumber(r), tonumber(rm)
-  burst, conc, lease = tonumber(b), tonumber(c), tonumber(l)
+  local head = ARGV[p_at + 1]
+  if not string.find(head, ' ', 1, true) then
+    grace = tonumber(head)
+  else
+    local g, r, rm, b, c, l = string.match(head,
+      '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    grace, rate, rate_ms = tonumber(g), tonumber(r), tonumber(rm)
+    burst, conc, lease = tonumber(b), tonumber(c), tonumber(l)
+  end
 end
 -- the billing month of the account's anchor (quota_period_from_calendar);
 -- anchor 1, the calendar month, is the common case and needs no arithmetic
@@ -200,22 +208,10 @@ else
     pend, end_date = here, here_date
   end
 end
--- the start of the period before this one, for quota_reset only
-local function previous_start()
-  local _, p
-  local c = calendar()
-  if in_here then _, p = clamped(c[1], c[2], c[3])
-  else _, p = clamped(c[6], c[7], c[8]) end
-  return p
-end
 -- a period=day metric counts in its daily field (SPEC 6's daily hash):
 -- a "usage:" key named by the day would be the month's on its first day
 local usage_key = base .. 'usage:' .. start
 local daily_key = base .. 'daily:' .. start
-local function where(i)
-  if daily[i] then return daily_key, names[i] .. ':' .. ARGV[ARG_TODAY] end
-  return usage_key, names[i]
-end
 local ttl = pend - now + KEEP
 -- limits and usage
 local seats = number(a[2])
@@ -226,11 +222,14 @@ local trial = a[3] == 'trial'
 local overage = a[4] == '1'
 local enforce, price, over = {}, {}, {}
 for i = 1, k do
-  local key, field = where(i)
+  local key, field = usage_key, names[i]
+  if daily[i] then
+    key, field = daily_key, names[i] .. ':' .. ARGV[ARG_TODAY]
+  end
   used[i] = counter(key, field)
   if not used[i] then return corrupt(key, field) end
   local custom = number(a[8 + i])
-  if custom == nil then return corrupt(acct, fields[8 + i]) end
+  if custom == nil then return corrupt(acct, 'limit:' .. names[i]) end
   local lim = -1
   price[i] = -1
   if p_at then
@@ -286,6 +285,9 @@ local function notify(kind, i, is_alert)
                'used', used[i] or 0, 'limit', limits[i] or -1, 'at', n)
     if events == EVENTS_OFF then return end
   end
+  -- cjson prints 14 digits (1.2345678901235e+17): numbers of events
+  -- travel as marked digit strings, unquoted after encoding (S5)
+  local function num(n) return '\1' .. int(n) end
   local l = limits[i]
   local e = {type = is_alert and 'alert' or kind, tenant_id = t,
              metric = names[i] or cjson.null, used = num(used[i] or 0),
@@ -304,7 +306,8 @@ local function notify(kind, i, is_alert)
   else
     e.quota_reset_date = end_date .. 'T00:00:00Z'
   end
-  redis.call('PUBLISH', ch, json(e))
+  redis.call('PUBLISH', ch, (string.gsub(cjson.encode(e),
+                                        '"\\u0001(%-?%d+)"', '%1')))
 end
 -- the alerts of a line crossed by the usage of metric i, from "before"
 local function crossed(i, before, threshold)
@@ -385,47 +388,6 @@ if not trial then
     end
   end
 end
--- the overage units of n request units of metric i (0 when not billed)
-local function lease_over(i, n)
-  if trial or limits[i] < 0 or not overage or price[i] < 0 or daily[i] then
-    return 0
-  end
-  return math.max(0, used[i] + n * costs[i] - limits[i])
-         - math.max(0, used[i] - limits[i])
-end
--- n request units fit: counters and cost within 2^53 - 1, cost within cap
-local function lease_fits(n)
-  local cost = 0
-  for i = 1, k do
-    if costs[i] > 0 then
-      if used[i] + n * costs[i] > MAXI then return false end
-      cost = cost + lease_over(i, n) * price[i]
-    end
-  end
-  if spent + cost > MAXI then return false end
-  return not cap_left or cost <= cap_left
-end
--- the lease's size: at most n, a quarter of the headroom before the
--- first enforcement point, and what fits; below 2 it is an exact charge
-local function lease_size(n)
-  if not trial then
-    for i = 1, k do
-      if costs[i] > 0 and limits[i] >= 0
-         and not (overage and price[i] >= 0 and not daily[i]) then
-        n = math.min(n, math.floor((enforce[i] - used[i]) / costs[i] / 4))
-      end
-    end
-  end
-  if n < 2 then return 1 end
-  if lease_fits(n) then return n end
-  local lo, hi = 1, n
-  while hi - lo > 1 do
-    local mid = math.floor((lo + hi) / 2)
-    if lease_fits(mid) then lo = mid else hi = mid end
-  end
-  if lo < 2 then return 1 end
-  return lo
-end
 -- counters stay exact integers (2^53 - 1 at most): a charge that would
 -- pass that cannot be charged (400 BAD_COST); quota refusals come first
 for i = 1, k do
@@ -441,16 +403,57 @@ end
 local asked = tonumber(ARGV[ARG_LEASE_N]) or 1
 if asked >= 2 and mode == MODE_CHARGE and charged and rate == 0
    and conc == 0 then
+  -- the overage units of n request units of metric i (0 when not billed)
+  local function lease_over(i, n)
+    if trial or limits[i] < 0 or not overage or price[i] < 0 or daily[i] then
+      return 0
+    end
+    return math.max(0, used[i] + n * costs[i] - limits[i])
+           - math.max(0, used[i] - limits[i])
+  end
+  -- n request units fit: counters and cost within 2^53 - 1, cost within cap
+  local function lease_fits(n)
+    local cost = 0
+    for i = 1, k do
+      if costs[i] > 0 then
+        if used[i] + n * costs[i] > MAXI then return false end
+        cost = cost + lease_over(i, n) * price[i]
+      end
+    end
+    if spent + cost > MAXI then return false end
+    return not cap_left or cost <= cap_left
+  end
+  -- the lease's size: at most n, a quarter of the headroom before the
+  -- first enforcement point, and what fits; below 2 it is an exact charge
+  local function lease_size(n)
+    if not trial then
+      for i = 1, k do
+        if costs[i] > 0 and limits[i] >= 0
+           and not (overage and price[i] >= 0 and not daily[i]) then
+          n = math.min(n, math.floor((enforce[i] - used[i]) / costs[i] / 4))
+        end
+      end
+    end
+    if n < 2 then return 1 end
+    if lease_fits(n) then return n end
+    local lo, hi = 1, n
+    while hi - lo > 1 do
+      local mid = math.floor((lo + hi) / 2)
+      if lease_fits(mid) then lo = mid else hi = mid end
+    end
+    if lo < 2 then return 1 end
+    return lo
+  end
   granted = lease_size(asked)
-end
-if granted >= 2 then
-  add_cost = 0
-  for i = 1, k do
-    if costs[i] > 0 then
-      over[i] = lease_over(i, granted)
-      add_cost = add_cost + over[i] * price[i]
-      costs[i] = costs[i] * granted
-      argcost[i] = int(costs[i])
+  if granted >= 2 then
+    add_cost = 0
+    for i = 1, k do
+      if costs[i] > 0 then
+        over[i] = lease_over(i, granted)
+        add_cost = add_cost + over[i] * price[i]
+        costs[i] = costs[i] * granted
+        argcost[i] = int(costs[i])
+      end
     end
   end
 end
@@ -477,18 +480,18 @@ for i = 1, k do
   end
 end
 if rec_key and (charged or tat_new or take_slot) then
-  local rec = {start, ARGV[ARG_TODAY],
-               tat_new and string.format('%.17g', interval) or '0',
-               int(add_cost), granted}
+  local rec = start .. ' ' .. ARGV[ARG_TODAY] .. ' '
+              .. (tat_new and string.format('%.17g', interval) or '0') .. ' '
+              .. int(add_cost) .. ' ' .. granted
   for i = 1, k do
     if costs[i] > 0 then
-      rec[#rec + 1] = names[i] .. ' ' .. argcost[i] .. ' '
-                      .. (daily[i] and 'd ' or 'm ') .. int(over[i]) .. ' '
-                      .. int(price[i])
+      rec = rec .. ' ' .. names[i] .. ' ' .. argcost[i]
+            .. (daily[i] and ' d ' or ' m ') .. int(over[i]) .. ' '
+            .. int(price[i])
     end
   end
   if granted >= 2 or force then
-    redis.call('SET', rec_key, table.concat(rec, ' '), 'EX',
+    redis.call('SET', rec_key, rec, 'EX',
                force and FORCE_RECORD_TTL
                or tonumber(ARGV[ARG_LEASE_TTL]) + LEASE_RECORD_EXTRA)
   else
@@ -497,7 +500,7 @@ if rec_key and (charged or tat_new or take_slot) then
     -- key and its expiry, then its deletion); the hash expires RECORD_TTL
     -- after the bucket ends
     local bucket = base .. 'r:' .. math.floor(now_ms / RECORD_BUCKET_MS)
-    redis.call('HSET', bucket, ARGV[ARG_CHARGE_ID], table.concat(rec, ' '))
+    redis.call('HSET', bucket, ARGV[ARG_CHARGE_ID], rec)
     if redis.call('HLEN', bucket) == 1 then
       redis.call('PEXPIRE', bucket, RECORD_BUCKET_MS + RECORD_TTL * 1000)
     end
@@ -525,10 +528,15 @@ for i = 1, k do
       redis.call('HINCRBY', usage_key, names[i] .. ':overage', int(over[i]))
     end
 -- the first units of a new period, after usage in the previous one
-    if used[i] == costs[i] and not daily[i] and (tonumber(redis.call(
-         'HGET', base .. 'usage:' .. previous_start(), names[i])) or 0) > 0
-    then
-      notify('quota_reset', i, true)
+    if used[i] == costs[i] and not daily[i] then
+      -- the start of the period before this one
+      local c, _, before = calendar()
+      if in_here then _, before = clamped(c[1], c[2], c[3])
+      else _, before = clamped(c[6], c[7], c[8]) end
+      if (tonumber(redis.call('HGET', base .. 'usage:' .. before,
+                              names[i])) or 0) > 0 then
+        notify('quota_reset', i, true)
+      end
     end
 -- alerts fire when a charge crosses a line, so a tenant past it costs no
 -- extra write per request
