@@ -288,7 +288,7 @@ _EOC_
                 my ($port) = @_;
                 QuotaTest::http_request($port, 'POST', '/api/x', { 'X-T' => 'd18' }, '');
                 # the charge's record: field ID of P{T}:r:BUCKET (10 s+)
-                push @ids, map { "quota:{d18}:c:$_" }
+                push @ids, map { "quota:{d18}:c:$_" } grep { $_ ne '_' }
                            map { @{ $rs->cmd('HKEYS', $_) } }
                            @{ $rs->cmd('KEYS', 'quota:{d18}:r:*') };
             },

@@ -110,7 +110,10 @@ local function counter(key, field)
   return tonumber(v)
 end
 -- integers as digits: Lua would print 1e+17
-local function int(n) return string.format('%d', n) end
+local function int(n)
+  if n == 0 then return '0' elseif n == -1 then return '-1' end
+  return string.format('%d', n)
+end
 -- the charge's record: a tombstone there means its gateway gave up on it
 -- and voided it (the void script) before it ran: it must do nothing.  A
 -- forced charge (MODE_FORCE) finds its own record when it is a resend.
@@ -341,9 +344,10 @@ if rate > 0 and not force then
   tat_new = tat + interval
 end
 -- concurrency: slots expire by themselves when a worker dies
-local ckey = base .. 'inflight'
+local ckey
 local take_slot = false
 if conc > 0 and ARGV[ARG_CHARGE_ID] ~= '' and not force then
+  ckey = base .. 'inflight'
   redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now_ms)
   if redis.call('ZCARD', ckey) >= conc then
     return finish(CODE_CONCURRENCY, 0, 1000)
@@ -500,8 +504,9 @@ if rec_key and (charged or tat_new or take_slot) then
     -- key and its expiry, then its deletion); the hash expires RECORD_TTL
     -- after the bucket ends
     local bucket = base .. 'r:' .. math.floor(now_ms / RECORD_BUCKET_MS)
-    redis.call('HSET', bucket, ARGV[ARG_CHARGE_ID], rec)
-    if redis.call('HLEN', bucket) == 1 then
+    -- the field "_" is there from the bucket's first record on: HSET
+    -- answers 2 new fields exactly when it creates the bucket
+    if redis.call('HSET', bucket, '_', 1, ARGV[ARG_CHARGE_ID], rec) == 2 then
       redis.call('PEXPIRE', bucket, RECORD_BUCKET_MS + RECORD_TTL * 1000)
     end
   end
