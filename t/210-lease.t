@@ -371,6 +371,37 @@ sub read_until {
     cmp_ok($events, '>=', 1, 'events: the first one is published');
 }
 
+# ------------ plans with a rate or a concurrency limit stay exact ----
+
+{
+    my (%runs, %st, $text);
+    my $http = http_conf(limit => 1000000) . <<'_EOC_';
+    quota_plan rated { limit a 1000000; rate 1000r/s burst=1000; }
+    quota_plan slots { limit a 1000000; concurrency 50; }
+_EOC_
+    redis('HSET', 'quota:{rated}:account', plan => 'rated');
+    redis('HSET', 'quota:{slots}:account', plan => 'slots');
+    nginx_run(workers => 2, no_root_location => 1, http_config => $http,
+              config => server_conf('auto ttl=1s'), code => sub {
+        my ($port) = @_;
+        for my $t (qw(rated slots)) {
+            redis('CONFIG', 'RESETSTAT');
+            my ($s) = hammer($port, $t, 100, '/a', 4);
+            $st{$t} = $s;
+            $runs{$t} = scripts_run();
+        }
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+    is_deeply(\%st, { rated => { 200 => 100 }, slots => { 200 => 100 } },
+              'rate, concurrency: admitted');
+    cmp_ok($runs{rated}, '>=', 100, "rate: one script run per request ($runs{rated})");
+    cmp_ok($runs{slots}, '>=', 100, "concurrency: one script run per request ($runs{slots})");
+    is(metric($text, 'quota_local_decisions_total{kind="lease"}'), 0,
+       'rate, concurrency: nothing decided from a lease');
+    is(usage('rated'), 100, 'rate: charged exactly');
+    is(usage('slots'), 100, 'concurrency: charged exactly');
+}
+
 # -------------------------------- shadow traffic and dry run stay exact ----
 
 {
