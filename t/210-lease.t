@@ -109,6 +109,7 @@ sub http_conf {
     my $zone = $o{zone} || 'q:1m';
     return <<"_EOC_";
     quota_redis 127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT} timeout=5s;
+    quota_failure_mode closed;    # an undecided request shows as a 503
     quota_zone $zone;
     quota_metric a;
     quota_plan p { limit a $o{limit}; }
@@ -268,6 +269,8 @@ sub memcheck {
     print $fh $conf;
     close $fh;
     kill 'HUP', $h->{pid};
+    # under valgrind the new workers need a while for their Redis handshake
+    QuotaTest::wait_module_ready($root, $conf, 4);
 
     my $deadline = time + 20;
     sleep 0.1 while usage('reload') != 230 && time < $deadline;
