@@ -374,6 +374,43 @@ sub read_until {
     cmp_ok($events, '>=', 1, 'events: the first one is published');
 }
 
+# -------------------- an account change applies within the ttl ----
+
+{
+    my (@before, @during, @after, $t_susp, $t_refused);
+    nginx_run(workers => 1, no_root_location => 1,
+              http_config => http_conf(limit => 1000000),
+              config => server_conf('1000 ttl=1s'), code => sub {
+        my ($port) = @_;
+        my $post = sub {
+            http_request($port, 'POST', '/a', { 'X-T' => 'susp' }, '', 10)->{status};
+        };
+        push @before, $post->() for 1 .. 5;
+        redis('HSET', 'quota:{susp}:account', status => 'suspended');
+        $t_susp = time;
+        # the lease taken before the suspension is spent until its ttl
+        push @during, $post->() for 1 .. 5;
+        my $deadline = time + 10;
+        while (time < $deadline) {
+            my $st = $post->();
+            if ($st ne '200') {
+                $t_refused = time;
+                push @after, $st;
+                last;
+            }
+            sleep 0.05;
+        }
+        push @after, $post->() for 1 .. 3;
+    });
+    is("@before", '200 200 200 200 200', 'account change: admitted before');
+    is("@during", '200 200 200 200 200', 'account change: the live lease is spent');
+    is("@after", '402 402 402 402', 'account change: suspended once the lease ended');
+    ok(defined $t_refused && $t_refused - $t_susp < 1.0 + 1.0,
+       sprintf('account change: applied within the ttl (%.2f s)',
+               ($t_refused // 99) - $t_susp));
+    redis('DEL', 'quota:{susp}:account');
+}
+
 # ------------ plans with a rate or a concurrency limit stay exact ----
 
 {
