@@ -832,6 +832,7 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
     uint32_t                       hash;
     ngx_str_t                      tenant, type;
     yajl_val                       root, v;
+    ngx_uint_t                     daily;
     ngx_queue_t                   *q, *next;
     ngx_http_request_t            *templated;
     ngx_http_quota_live_tenant_t  *t;
@@ -878,6 +879,7 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
     }
 
     templated = NULL;
+    daily = 0;
 
     for (q = ngx_queue_head(&t->clients);
          q != ngx_queue_sentinel(&t->clients);
@@ -894,6 +896,7 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
         if (lc->tpl) {
             /* its frame waits for the tenant's usage report */
             templated = lc->request;
+            daily |= lc->tpl->daily;
             continue;
         }
 
@@ -909,7 +912,7 @@ ngx_http_quota_live_publish(ngx_http_quota_main_conf_t *qmcf, u_char *msg,
 
     if (templated) {
         (void) ngx_http_quota_live_body_event(&t->fetch, t, &t->sn.str,
-                                              templated, root);
+                                              templated, daily, root);
     }
 
 done:
@@ -952,6 +955,12 @@ ngx_http_quota_live_fanout(void *tenant, ngx_http_quota_view_t *view,
         lc = ngx_queue_data(q, ngx_http_quota_live_client_t, queue);
 
         if (lc->tpl == NULL || lc->closing) {
+            continue;
+        }
+
+        if (lc->tpl->daily && view->report->daily == NULL) {
+            /* joined after this report was sent without the daily
+               counters: these events predate it, its snapshot has them */
             continue;
         }
 

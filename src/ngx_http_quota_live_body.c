@@ -50,7 +50,8 @@ struct ngx_http_quota_live_fetch_s {
     void                       **main_conf;
     void                       **srv_conf;
     void                       **loc_conf;
-    unsigned                     daily:1;     /* a template names daily */
+    unsigned                     daily:1;     /* a client's template names
+                                                 $quota_daily_* */
 
     ngx_pool_t                  *pool;        /* the report's; NULL: idle */
     ngx_http_quota_ctx_t         ctx;         /* its Redis part */
@@ -80,15 +81,16 @@ static void ngx_http_quota_live_body_lost(ngx_http_quota_live_fetch_t *f,
 
 
 /*
- * An event for a tenant with templated clients (r is one of them): kept
- * until a report is in.  The caller's fetch pointer is the tenant's.
+ * An event for a tenant with templated clients (r is one of them; daily:
+ * one of their templates names $quota_daily_*): kept until a report is
+ * in.  The caller's fetch pointer is the tenant's.
  */
 ngx_int_t
 ngx_http_quota_live_body_event(ngx_http_quota_live_fetch_t **fetch,
-    void *tenant, ngx_str_t *tenant_id, ngx_http_request_t *r, void *event)
+    void *tenant, ngx_str_t *tenant_id, ngx_http_request_t *r,
+    ngx_uint_t daily, void *event)
 {
     ngx_http_quota_event_t        e;
-    ngx_http_quota_loc_conf_t    *qlcf;
     ngx_http_quota_live_fetch_t  *f;
     ngx_http_quota_main_conf_t   *qmcf;
 
@@ -117,11 +119,8 @@ ngx_http_quota_live_body_event(ngx_http_quota_live_fetch_t **fetch,
         *fetch = f;
     }
 
-    qlcf = ngx_http_get_module_loc_conf(r, ngx_http_quota_module);
-
-    if (qlcf->live_body && qlcf->live_body->daily) {
-        f->daily = 1;
-    }
+    /* the next report reads the daily counters if a client needs them */
+    f->daily = daily;
 
     ngx_http_quota_live_body_add(f, qmcf, &e);
 

@@ -835,7 +835,8 @@ void ngx_http_quota_live_fanout(void *tenant, ngx_http_quota_view_t *view,
 typedef struct ngx_http_quota_live_fetch_s  ngx_http_quota_live_fetch_t;
 
 ngx_int_t ngx_http_quota_live_body_event(ngx_http_quota_live_fetch_t **fetch,
-    void *tenant, ngx_str_t *tenant_id, ngx_http_request_t *r, void *event);
+    void *tenant, ngx_str_t *tenant_id, ngx_http_request_t *r,
+    ngx_uint_t daily, void *event);
 void ngx_http_quota_live_body_free(ngx_http_quota_live_fetch_t *fetch);
 ngx_int_t ngx_http_quota_live_body_render(ngx_http_request_t *r,
     ngx_http_quota_body_tpl_t *tpl, ngx_http_quota_view_t *view,

@@ -314,6 +314,7 @@ sub server_config {
     }
     location = /ws/plain { quota_live; }
     location = /ws/tpl { quota_live; quota_live_body $TPL; }
+    location = /ws/daily { quota_live; quota_live_body '{"d":\$quota_daily_a}'; }
     location = /ws/bad {
         quota_live;
         quota_live_body '{"t":"\$quota_tenant","a":\$quota_used_a}';
@@ -339,6 +340,8 @@ _EOC_
             my ($port) = @_;
             my $key = uri_escape($t);
             my $plain = live("ws://127.0.0.1:$port/ws/plain?api_key=$key");
+            # before /ws/tpl: it is not the last templated client joined
+            my $daily = live("ws://127.0.0.1:$port/ws/daily?api_key=$key");
             my $tpl = live("ws://127.0.0.1:$port/ws/tpl?api_key=$key");
 
             is(post($port, '/ab', 'X-API-Key' => $t), 200, 'charge a=1 b=2');
@@ -371,6 +374,13 @@ _EOC_
                 unlike($f ? $f->{text} : '', qr/[\x00-\x1f]/, "template ($m): one line, no raw control byte");
             }
 
+            # $quota_daily_*: the report reads the daily counters for one
+            # client's template, whichever client the event found last
+            for my $m (qw(a b)) {
+                doc_is(frame($daily), { d => [{ date => today(), a => 1 }] },
+                       "daily template ($m): the day's usage");
+            }
+
             # invalid UTF-8 in Redis: null, still JSON
             account($t, status => "bad\xff\xfe");
             is(post($port, '/a', 'X-API-Key' => $t), 200, 'charge a=1');
@@ -379,7 +389,10 @@ _EOC_
             ok($f && exists $f->{doc}{status} && !defined $f->{doc}{status},
                'not UTF-8: status null');
             is($f && $f->{doc}{a}, 2, 'not UTF-8: a 2');
+            doc_is(frame($daily), { d => [{ date => today(), a => 2 }] },
+                   'daily template: 2 after the next charge');
 
+            close_client($daily);
             close_client($plain);
             close_client($tpl);
         });
