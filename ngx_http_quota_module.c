@@ -366,6 +366,13 @@ static ngx_command_t  ngx_http_quota_commands[] = {
       0,
       NULL },
 
+    { ngx_string("quota_fallback"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_quota_fallback_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("quota_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_quota_endpoint_directive,
@@ -501,6 +508,7 @@ ngx_http_quota_create_main_conf(ngx_conf_t *cf)
     qmcf->redis_connect_timeout = 1000;
     qmcf->redis_pool = 1;
     qmcf->default_plan = -1;
+    qmcf->fallback_nodes = NGX_CONF_UNSET_UINT;
     qmcf->events = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&qmcf->metrics, cf->pool, 4,
@@ -557,7 +565,9 @@ ngx_http_quota_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_quota_zone_check(cf, qmcf) != NGX_OK) {
+    if (ngx_http_quota_zone_check(cf, qmcf) != NGX_OK
+        || ngx_http_quota_fallback_init_conf(cf, qmcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -789,7 +799,11 @@ ngx_http_quota_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    return ngx_http_quota_redis_init_worker(cycle, qmcf);
+    if (ngx_http_quota_redis_init_worker(cycle, qmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_quota_fallback_init_worker(cycle, qmcf);
 }
 
 

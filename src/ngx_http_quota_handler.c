@@ -171,6 +171,14 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
 
     /* quota_lease: one unit of a live lease, no Redis trip */
     if (ngx_http_quota_lease_spend(r, ctx, qlcf) == NGX_OK) {
+        ctx->local = 1;
+        return ngx_http_quota_act(r, ctx, qlcf);
+    }
+
+    /* quota_fallback: the circuit is open, Redis is not called */
+    if (ngx_http_quota_fallback_open(r)) {
+        ctx->local = 1;
+        ctx->redis_failed = 1;
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
@@ -287,7 +295,13 @@ static ngx_int_t
 ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf)
 {
+    ngx_int_t               rc;
     ngx_http_quota_error_e  error;
+
+    /* quota_fallback's circuit breaker counts what Redis did */
+    if (!ctx->local) {
+        ngx_http_quota_fallback_outcome(r, ctx);
+    }
 
     if (ctx->bypass) {
         /* shadow traffic is never refused, not even by a Redis failure */
@@ -296,10 +310,20 @@ ngx_http_quota_act(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     }
 
     if (ctx->redis_failed) {
+        /* quota_fallback: a tenant the zone knows spends its share */
+        rc = ctx->data_error ? NGX_DECLINED
+                             : ngx_http_quota_fallback_admit(r, ctx);
+
+        if (rc == NGX_OK) {
+            ctx->status = NGX_HTTP_QUOTA_FALLBACK;
+            return NGX_DECLINED;
+        }
+
         /* corrupt data or a failing script is no outage: never a free
-           admit (the void undoes whatever the script wrote) */
+           admit (the void undoes whatever the script wrote); nor is a
+           tenant past its fallback share (NGX_ABORT) let through */
         if (qlcf->failure_mode == NGX_HTTP_QUOTA_FAIL_CLOSED
-            || ctx->data_error)
+            || ctx->data_error || rc == NGX_ABORT)
         {
             ctx->status = NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS;
             return ngx_http_quota_send_rejection(r, ctx, qlcf,

@@ -168,7 +168,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
     len = 4096 + 1024 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_LATENCY_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN)
-          + 1024 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN)
+          + 1536 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + ngx_http_quota_redis_stats_size(qmcf, &servers);
 
     b = ngx_create_temp_buf(r->pool, len);
@@ -317,6 +317,13 @@ ngx_http_quota_metrics_ledger(u_char *p, ngx_http_quota_stats_t *st,
         p = ngx_sprintf(p, "quota_local_decisions_total{kind=\"%s\"} %uA\n",
                         ngx_http_quota_local_kinds[i], st->local[i]);
     }
+
+    p = ngx_sprintf(p, "# HELP quota_redis_circuit_open 1 while "
+                       "quota_fallback's circuit breaker keeps requests "
+                       "away from redis.\n"
+                       "# TYPE quota_redis_circuit_open gauge\n"
+                       "quota_redis_circuit_open %ui\n",
+                    ngx_http_quota_fallback_circuit(qmcf));
 
     return p;
 }

@@ -19,8 +19,12 @@
  *                                eviction); API in ngx_http_quota_zone.h
  *   ngx_http_quota_reject.c      quota_reject_cache: refusals answered
  *                                again from the zone, learned from replies
- *   ngx_http_quota_breaker.c     quota_fallback's circuit breaker, the
- *                                enforcement point (pure, unit-tested)
+ *   ngx_http_quota_fallback.c    quota_fallback: circuit breaker, probe,
+ *                                local admission while Redis is down and
+ *                                the charge of it when Redis is back
+ *   ngx_http_quota_breaker.c     the breaker's state machine, fallback
+ *                                share, enforcement point (pure,
+ *                                unit-tested)
  *   ngx_http_quota_lease.c       quota_lease: spending leased units from
  *                                the zone, grants, expiry sweep, settles
  *                                (quit and reload included)
@@ -139,6 +143,7 @@ typedef enum {
     NGX_HTTP_QUOTA_FAIL_OPEN_STATUS,
     NGX_HTTP_QUOTA_FAIL_CLOSED_STATUS,
     NGX_HTTP_QUOTA_ABORTED,           /* client gone before the decision */
+    NGX_HTTP_QUOTA_FALLBACK,          /* Redis down: admitted from the zone */
     NGX_HTTP_QUOTA_STATUS_COUNT
 } ngx_http_quota_status_e;
 
@@ -400,6 +405,9 @@ typedef struct {
 
     /* some location has quota_reject_cache (_reject.c) */
     ngx_flag_t                   reject_cache;
+
+    /* quota_fallback local [nodes=N] (_fallback.c); 0: off */
+    ngx_uint_t                   fallback_nodes;
 } ngx_http_quota_main_conf_t;
 
 
@@ -738,6 +746,20 @@ ngx_int_t ngx_http_quota_lease_spend(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
 void ngx_http_quota_lease_reply(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
+
+/* ngx_http_quota_fallback.c */
+char *ngx_http_quota_fallback_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_quota_fallback_init_conf(ngx_conf_t *cf,
+    ngx_http_quota_main_conf_t *qmcf);
+ngx_int_t ngx_http_quota_fallback_open(ngx_http_request_t *r);
+void ngx_http_quota_fallback_outcome(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+ngx_int_t ngx_http_quota_fallback_admit(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
+ngx_int_t ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
+    ngx_http_quota_main_conf_t *qmcf);
+ngx_uint_t ngx_http_quota_fallback_circuit(ngx_http_quota_main_conf_t *qmcf);
 
 /* ngx_http_quota_redis.c */
 ngx_int_t ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,

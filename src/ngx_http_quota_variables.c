@@ -47,6 +47,7 @@ ngx_str_t  ngx_http_quota_status_names[] = {
     ngx_string("FAIL_OPEN"),
     ngx_string("FAIL_CLOSED"),
     ngx_string("ABORTED"),
+    ngx_string("FALLBACK"),
     ngx_null_string
 };
 

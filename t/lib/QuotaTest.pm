@@ -159,14 +159,16 @@ sub free_port {
 
 my %redis_servers;    # pid => 1, killed at END
 
-# start_redis(port => P, args => [...], bin => 'redis-server')
+# start_redis(port => P, args => [...], bin => 'redis-server', keep => 1)
 # returns { port => P, pid => PID, dir => DIR }; $h->cmd(@cmd) talks to it.
+# keep: the directory of an earlier server on this port is not emptied (a
+# restart that loads its dump.rdb, after SHUTDOWN SAVE)
 sub start_redis {
     my (%opts) = @_;
     my $bin = $opts{bin} || 'redis-server';
     my $port = $opts{port} || free_port();
     my $dir = _servroot_base() . "_redis-$port";
-    File::Path::rmtree($dir);
+    File::Path::rmtree($dir) unless $opts{keep};
     File::Path::mkpath($dir);
 
     my @argv = ($bin, '--save', '', '--appendonly', 'no',

@@ -1,0 +1,246 @@
+# quota_fallback local nodes=N (SPEC 9): while Redis is unreachable a
+# circuit breaker stops calling it and the zone decides in well under a
+# millisecond: tenants it knows spend (limit - used) / N ($quota_status
+# FALLBACK), past that 503, unknown tenants follow quota_failure_mode; a
+# background probe closes the circuit when Redis is back and what fallback
+# admitted is charged once (FORCE mode).  Three outages, Redis' data kept
+# in each: the process stopped (SIGSTOP), a slow reply (DEBUG SLEEP longer
+# than timeout=: the timed-out charges are voided, never counted as well),
+# and a restart (SHUTDOWN SAVE, the same directory).  After each, Redis'
+# usage is exactly what was admitted.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+my $start = month_start();
+
+my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+my $rport = $rs->{port};
+
+sub usage {
+    my ($t) = @_;
+    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
+}
+
+sub daily {
+    my ($t) = @_;
+    return $rs->cmd('HGET', "quota:{$t}:daily:$start", 'api:' . today()) // 0;
+}
+
+sub post {
+    my ($port, $tenant, $timeout) = @_;
+    my $t0 = time;
+    my $r = http_request($port, 'POST', '/api/x', { 'X-API-Key' => $tenant },
+                         '', $timeout || 10);
+    $r->{elapsed} = time - $t0;
+    $r->{qs} = $r->{headers}{'x-quota-status'} // '';
+    return $r;
+}
+
+sub metric {
+    my ($port, $name) = @_;
+    my $r = http_request($port, 'GET', '/metrics', {}, undef, 10);
+    return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
+}
+
+sub wait_for {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->();
+}
+
+# DEBUG SLEEP from a child with its own connection, so the test goes on
+sub redis_sleep {
+    my ($secs) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $rport) or POSIX::_exit(1);
+        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+                 . "\r\n$secs\r\n";
+        my $line = <$s>;
+        POSIX::_exit(0);
+    }
+    sleep 0.05;
+    return $pid;
+}
+
+# n requests of a tenant, one after the other: the statuses and latencies
+sub burst {
+    my ($port, $tenant, $n) = @_;
+    my @r;
+    push @r, post($port, $tenant) for 1 .. $n;
+    return @r;
+}
+
+sub count {
+    my ($rs, $qs) = @_;
+    return scalar grep { $_->{qs} eq $qs } @$rs;
+}
+
+# the latency of the requests answered once the circuit was open: every one
+# far below timeout= (300 ms), the median in the few milliseconds
+sub fast {
+    my ($name, @r) = @_;
+    my @e = sort { $a <=> $b } map { $_->{elapsed} } @r;
+    my $median = $e[int(@e / 2)];
+    my $max = $e[-1];
+    my $limit = $valgrind ? 0.15 : 0.05;
+    ok($median < $limit, sprintf("%s: median %.1f ms < %d ms", $name,
+                                 $median * 1000, $limit * 1000));
+    ok($max < 0.2, sprintf("%s: every answer under 200 ms (max %.1f ms), "
+                           . "none waited for redis", $name, $max * 1000));
+}
+
+my $log = nginx_run(
+    workers => 2,
+    no_root_location => 1,
+    http_config => <<"_EOC_",
+    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
+    quota_zone ledger:1m;
+    quota_fallback local nodes=2;
+    quota_failure_mode open;
+    quota_metric api;
+    quota_plan p { limit api 100; }
+    quota_default_plan p;
+_EOC_
+    config => <<'_EOC_',
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api=1;
+
+    location / {
+        add_header X-Quota-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+
+    location = /metrics { quota_metrics; }
+_EOC_
+    code => sub {
+        my ($port) = @_;
+        my @r;
+
+        # the zone learns: a at 20 of 100, b at 96 of 100
+        @r = burst($port, 'fb-a', 20);
+        is(count(\@r, 'ALLOWED'), 20, 'a: 20 admitted by redis');
+        $rs->cmd('HSET', "quota:{fb-b}:usage:$start", 'api', 95);
+        @r = burst($port, 'fb-b', 1);
+        is(count(\@r, 'ALLOWED'), 1, 'b: 96 of 100');
+        is(metric($port, 'quota_redis_circuit_open'), 0, 'circuit closed');
+
+        # 1. the process stopped (its data in memory)
+        $rs->cmd('SAVE');
+        kill 'STOP', $rs->{pid};
+
+        my @slow = burst($port, 'fb-a', 3);
+        is(count(\@slow, 'FALLBACK'), 3,
+           'stopped: the first 3 wait for timeout= and are admitted in '
+           . 'fallback');
+        ok(!grep({ $_->{elapsed} < 0.25 } @slow), '... after waiting');
+        is(metric($port, 'quota_redis_circuit_open'), 1,
+           'after 3 consecutive failures the circuit is open');
+
+        # a's share: (100 - 20) / 2 = 40, 3 spent already
+        @r = burst($port, 'fb-a', 45);
+        fast('circuit open', @r);
+        is(count(\@r, 'FALLBACK'), 37, 'a: 40 admitted in all, its share');
+        is(count(\@r, 'FAIL_CLOSED'), 8, 'a: then 503 (past the share)');
+        is($r[-1]{status}, 503, '... QUOTA_UNAVAILABLE');
+
+        # b's share: (100 - 96) / 2 = 2
+        @r = burst($port, 'fb-b', 4);
+        is(count(\@r, 'FALLBACK'), 2, 'b: its share of 2');
+        is(count(\@r, 'FAIL_CLOSED'), 2, 'b: then 503');
+
+        # unknown to the zone: quota_failure_mode open
+        @r = burst($port, 'fb-new', 3);
+        is(count(\@r, 'FAIL_OPEN'), 3, 'an unknown tenant: FAIL_OPEN');
+        fast('unknown tenant', @r);
+
+        is(metric($port, 'quota_local_decisions_total{kind="fallback"}'), 42,
+           'quota_local_decisions_total{kind="fallback"}: 40 + 2');
+
+        kill 'CONT', $rs->{pid};
+
+        ok(wait_for(10, sub {
+               (metric($port, 'quota_redis_circuit_open') // 1) == 0
+           }), 'continued: the probe closes the circuit');
+        ok(wait_for(10, sub { usage('fb-a') == 60 && usage('fb-b') == 98 }),
+           'what fallback admitted is charged once: a 20 + 40, b 96 + 2')
+            or diag('a ' . usage('fb-a') . ', b ' . usage('fb-b'));
+        is(daily('fb-a'), 60, 'a: the daily counter too');
+
+        @r = burst($port, 'fb-a', 1);
+        is($r[0]{qs}, 'ALLOWED', 'then redis decides again');
+        is(usage('fb-a'), 61, 'a: 61');
+
+        # 2. a slow reply: DEBUG SLEEP 1.5 s > timeout= 300 ms
+        my $sleeper = redis_sleep(1.5);
+        @slow = burst($port, 'fb-a', 3);
+        is(count(\@slow, 'FALLBACK'), 3,
+           'redis asleep: 3 timed out, admitted in fallback');
+        @r = burst($port, 'fb-a', 10);
+        is(count(\@r, 'FALLBACK'), 10, '10 more from the zone');
+        fast('asleep', @r);
+        waitpid($sleeper, 0);
+
+        # a: 61 + (100 - 61) / 2 = 19 allowed this outage, 13 admitted
+        ok(wait_for(10, sub {
+               (metric($port, 'quota_redis_circuit_open') // 1) == 0
+           }), 'awake: the circuit closes');
+        ok(wait_for(10, sub { usage('fb-a') == 74 }),
+           'the 3 timed-out charges ran late and were voided; the 13 '
+           . 'fallback units are charged once: 61 + 13 = 74')
+            or diag('a ' . usage('fb-a'));
+        sleep 0.5;
+        is(usage('fb-a'), 74, '... and stay 74 (never counted twice)');
+        is(daily('fb-a'), 74, '... daily 74');
+
+        # 3. a restart: SHUTDOWN SAVE, then the same directory again
+        eval { $rs->cmd('SHUTDOWN', 'SAVE') };    # no reply: it is gone
+        waitpid($rs->{pid}, 0);
+
+        @r = burst($port, 'fb-a', 8);
+        is(count(\@r, 'FALLBACK'), 8, 'redis gone: 8 in fallback');
+
+        $rs = start_redis(port => $rport, keep => 1,
+                          args => ['--enable-debug-command', 'yes']);
+        is(usage('fb-a'), 74, 'restarted with its data: 74');
+
+        ok(wait_for(15, sub { usage('fb-a') == 82 }),
+           'back: the 8 are charged once: 82')
+            or diag('a ' . usage('fb-a'));
+        @r = burst($port, 'fb-a', 1);
+        is($r[0]{qs}, 'ALLOWED', 'redis decides again');
+        is(usage('fb-a'), 83, 'a: 83 at rest');
+    },
+);
+
+like($log, qr/redis circuit open after 3 consecutive failures/,
+     'the opening is logged');
+like($log, qr/redis circuit closed by/, 'the closing is logged');
+like($log, qr/voiding charge/, 'timed-out charges are voided');
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
+
+stop_redis($rs);
+
+done_testing();
