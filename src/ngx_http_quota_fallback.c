@@ -12,8 +12,10 @@
  *
  *   a tenant the zone knows (a snapshot of each metric the request
  *   charges, of this period and, for period=day metrics, of this day)
- *   spends up to (limit - used) / N of each metric during the outage
- *   ($quota_status FALLBACK); past that share it gets 503
+ *   spends up to (limit - used) / N of each metric since that snapshot
+ *   ($quota_status FALLBACK): if each of N gateways keeps to its share of
+ *   what it last knew, together they stay within the limit; past that
+ *   share it gets 503
  *   QUOTA_UNAVAILABLE whatever quota_failure_mode says (an exhausted
  *   tenant must not become unlimited because Redis is down);
  *
@@ -22,7 +24,9 @@
  * Requests whose own Redis trip fails are decided the same way, before the
  * breaker opens as after.  Their charge, if it ran, is voided as always
  * (ngx_http_quota_script_void): what fallback admits is charged once, by
- * the flush below, never also by the timed-out charge.
+ * the flush below, never also by the timed-out charge.  Units admitted
+ * while the circuit is closed (one failure) are charged within
+ * NGX_HTTP_QUOTA_FLUSH_DELAY, not at the next outage.
  *
  * While the circuit is open, the workers that see requests keep a probe
  * timer; one of them at a time (the breaker's probe lock) sends PING.  The
@@ -30,8 +34,8 @@
  * the circuit, and the worker that closed it charges what was admitted:
  * per tenant, the units admitted in fallback, with the charge script in
  * FORCE mode (no checks, never refused; its charge id makes a resend a
- * no-op), sent as a reliable command.  The admitted units are then added
- * to the snapshot, so the next outage's share starts from them.
+ * no-op), sent as a reliable command.  They stay spent against the share
+ * until a newer snapshot (a reply) includes them.
  */
 
 
@@ -46,6 +50,9 @@
 #define NGX_HTTP_QUOTA_PROBE_MIN         100     /* ms */
 #define NGX_HTTP_QUOTA_PROBE_MAX         1000    /* ms */
 
+/* units admitted while the circuit is closed wait this long, batched */
+#define NGX_HTTP_QUOTA_FLUSH_DELAY       100     /* ms */
+
 
 /* this worker's probe */
 typedef struct {
@@ -53,17 +60,16 @@ typedef struct {
     ngx_event_t                  timer;       /* the next probe */
     ngx_event_t                  timeout;     /* the PING's */
     ngx_http_quota_op_t         *op;          /* the PING in flight */
+    ngx_event_t                  flush;       /* units admitted while the
+                                                 circuit was closed */
 } ngx_http_quota_probe_t;
 
 
 /* what the flush charges for one tenant, collected under the lock */
-typedef struct ngx_http_quota_flush_s  ngx_http_quota_flush_t;
-
-struct ngx_http_quota_flush_s {
-    ngx_http_quota_flush_t      *next;
+typedef struct {
     ngx_str_t                    tenant;
-    int64_t                     *costs;       /* per declared metric */
-};
+    int64_t                     *units;       /* per declared metric */
+} ngx_http_quota_flush_t;
 
 
 static ngx_uint_t ngx_http_quota_fallback_enabled(
@@ -80,9 +86,10 @@ static void ngx_http_quota_probe_reply(void *data, redisReply *reply);
 static void ngx_http_quota_probe_timeout(ngx_event_t *ev);
 static void ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
     const char *by);
+static void ngx_http_quota_fallback_flush_handler(ngx_event_t *ev);
 static void ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf);
-static ngx_http_quota_flush_t *ngx_http_quota_fallback_take(
-    ngx_http_quota_zone_t *z, ngx_http_quota_zone_node_t *qn);
+static ngx_uint_t ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
+    ngx_http_quota_flush_t *f, ngx_uint_t n, u_char *p, size_t *size);
 static ngx_int_t ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node);
 
@@ -271,6 +278,19 @@ ngx_http_quota_fallback_admit(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     if (rc == NGX_OK) {
         ngx_http_quota_count(qmcf, local[NGX_HTTP_QUOTA_LOCAL_FALLBACK]);
 
+        /*
+         * Read after the unlock: if it is open now, the close (whose walk
+         * takes the lock after its flip) charges these units; if it is
+         * closed, nobody else will: charge them soon, batched.
+         */
+        if (!quota_breaker_is_open(&z->sh->breaker)
+            && ngx_http_quota_probe.qmcf == qmcf
+            && !ngx_http_quota_probe.flush.timer_set)
+        {
+            ngx_add_timer(&ngx_http_quota_probe.flush,
+                          NGX_HTTP_QUOTA_FLUSH_DELAY);
+        }
+
     } else if (rc == NGX_ABORT) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "quota: tenant \"%V\" spent its quota_fallback share",
@@ -327,6 +347,13 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
     for (i = 0; i < ctx->ncharges; i++) {
         sm = &m[ctx->rule->charges[i].metric];
 
+        /* a newer snapshot: what fallback spent before is in its numbers
+           (or on its way there), the share starts again from them */
+        if (sm->fb_learned != sm->learned) {
+            sm->fb_learned = sm->learned;
+            sm->fb_spent = 0;
+        }
+
         if (ctx->costs[i] <= 0) {
             continue;
         }
@@ -334,21 +361,23 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
         share = quota_fallback_share(sm->limit, sm->used,
                                      qmcf->fallback_nodes);
 
-        if (share >= 0 && ctx->costs[i] > share - sm->fb_pending) {
+        if (share >= 0 && ctx->costs[i] > share - sm->fb_spent) {
             return NGX_ABORT;
         }
     }
 
     /* a metric charged twice by one rule is counted twice, as in Redis */
     for (i = 0; i < ctx->ncharges; i++) {
-        m[ctx->rule->charges[i].metric].fb_pending += ctx->costs[i];
+        sm = &m[ctx->rule->charges[i].metric];
+        sm->fb_spent += ctx->costs[i];
+        sm->fb_pending += ctx->costs[i];
     }
 
     /* the headers: the snapshot plus what fallback admitted since */
     ngx_http_quota_zone_recall(ctx, qn);
 
     for (i = 0; i < ctx->ncharges; i++) {
-        ctx->used[i] += m[ctx->rule->charges[i].metric].fb_pending;
+        ctx->used[i] += m[ctx->rule->charges[i].metric].fb_spent;
     }
 
     ctx->code = NGX_HTTP_QUOTA_CODE_CHARGED;
@@ -425,6 +454,11 @@ ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
     p->timeout.data = p;
     p->timeout.log = cycle->log;
     p->timeout.cancelable = 1;
+
+    p->flush.handler = ngx_http_quota_fallback_flush_handler;
+    p->flush.data = p;
+    p->flush.log = cycle->log;
+    p->flush.cancelable = 1;
 
     /* a reload while Redis is down: the new workers go on probing */
     if (quota_breaker_is_open(&qmcf->zone->sh->breaker)) {
@@ -563,23 +597,86 @@ ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
 
 
 /*
- * The circuit just closed (this worker closed it): charge every tenant's
- * fallback units once.  Collected under the lock, sent after it.
+ * Charge every tenant's fallback units once: the circuit just closed (this
+ * worker closed it), or units were admitted while it was closed (a request
+ * whose own trip failed).  What to charge is moved out of the zone under
+ * the lock, in two passes so that nothing is allocated under it; the
+ * charges are sent after it.
  */
 static void
 ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
 {
-    ngx_uint_t                   n;
-    ngx_queue_t                 *q;
-    ngx_http_quota_zone_t       *z;
-    ngx_http_quota_flush_t      *list, *f;
-    ngx_http_quota_zone_node_t  *qn;
+    u_char                  *block;
+    size_t                   size;
+    ngx_uint_t               i, n;
+    ngx_http_quota_zone_t   *z;
+    ngx_http_quota_flush_t  *f;
 
     z = qmcf->zone;
-    list = NULL;
-    n = 0;
+
+    /* how much: tenants, and the bytes of their ids */
+    size = 0;
 
     ngx_http_quota_zone_lock(z);
+    n = ngx_http_quota_fallback_collect(z, NULL, 0, NULL, &size);
+    ngx_http_quota_zone_unlock(z);
+
+    if (n == 0) {
+        return;
+    }
+
+    /* a tenant admitted meanwhile waits for the next flush */
+    block = ngx_alloc(n * (sizeof(ngx_http_quota_flush_t)
+                           + z->nmetrics * sizeof(int64_t)) + size,
+                      ngx_cycle->log);
+    if (block == NULL) {
+        /* kept in the zone for the next flush */
+        return;
+    }
+
+    f = (ngx_http_quota_flush_t *) block;
+
+    ngx_http_quota_zone_lock(z);
+    n = ngx_http_quota_fallback_collect(z, f, n, (u_char *) &f[n], &size);
+    ngx_http_quota_zone_unlock(z);
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_quota_script_force(qmcf, &f[i].tenant, f[i].units)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "quota: the fallback charge of tenant \"%V\" "
+                          "was not sent to redis", &f[i].tenant);
+        }
+    }
+
+    ngx_free(block);
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "quota: fallback charges of %ui tenants sent", n);
+}
+
+
+/*
+ * Under the lock.  Without f: counts the tenants with fallback units and
+ * the bytes of their ids (*size).  With f: moves the units of at most n of
+ * them into f (they stay spent against the share until a newer snapshot);
+ * p has room for n x nmetrics units, then the ids.
+ */
+static ngx_uint_t
+ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
+    ngx_http_quota_flush_t *f, ngx_uint_t n, u_char *p, size_t *size)
+{
+    u_char                        *ids;
+    int64_t                       *units;
+    ngx_uint_t                     i, k, found;
+    ngx_queue_t                   *q;
+    ngx_http_quota_zone_node_t    *qn;
+    ngx_http_quota_zone_metric_t  *m;
+
+    found = 0;
+    units = (int64_t *) p;
+    ids = p + n * z->nmetrics * sizeof(int64_t);
 
     for (q = ngx_queue_head(&z->sh->lru);
          q != ngx_queue_sentinel(&z->sh->lru);
@@ -587,88 +684,56 @@ ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
     {
         qn = ngx_queue_data(q, ngx_http_quota_zone_node_t, queue);
 
-        if (qn->sig != z->sig) {
+        if (qn->sig != z->sig || (f != NULL && found == n)) {
             continue;
         }
 
-        f = ngx_http_quota_fallback_take(z, qn);
+        m = ngx_http_quota_zone_metrics(qn);
 
-        if (f != NULL) {
-            f->next = list;
-            list = f;
-            n++;
-        }
-    }
-
-    ngx_http_quota_zone_unlock(z);
-
-    while (list) {
-        f = list;
-        list = f->next;
-
-        if (ngx_http_quota_script_force(qmcf, &f->tenant, f->costs) != NGX_OK)
-        {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "quota: the fallback charge of tenant \"%V\" "
-                          "was not sent to redis", &f->tenant);
+        for (i = 0; i < qn->nmetrics; i++) {
+            if (m[i].fb_pending != 0) {
+                break;
+            }
         }
 
-        ngx_free(f);
+        if (i == qn->nmetrics) {
+            continue;
+        }
+
+        if (f == NULL) {
+            *size += qn->len;
+            found++;
+            continue;
+        }
+
+        k = found++;
+
+        f[k].units = units + k * z->nmetrics;
+
+        for (i = 0; i < qn->nmetrics; i++) {
+            f[k].units[i] = m[i].fb_pending;
+            m[i].fb_pending = 0;
+        }
+
+        f[k].tenant.data = ids;
+        f[k].tenant.len = qn->len;
+        ids = ngx_cpymem(ids, ngx_http_quota_zone_tenant(qn), qn->len);
     }
 
-    if (n) {
-        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                      "quota: fallback charges of %ui tenants sent", n);
-    }
+    return found;
 }
 
 
-/* under the lock: a node's fallback units, moved into its snapshot */
-static ngx_http_quota_flush_t *
-ngx_http_quota_fallback_take(ngx_http_quota_zone_t *z,
-    ngx_http_quota_zone_node_t *qn)
+/* units admitted while the circuit was closed: charged right away */
+static void
+ngx_http_quota_fallback_flush_handler(ngx_event_t *ev)
 {
-    u_char                        *p;
-    ngx_uint_t                     i;
-    ngx_http_quota_flush_t        *f;
-    ngx_http_quota_zone_metric_t  *m;
+    ngx_http_quota_probe_t *p = ev->data;
 
-    m = ngx_http_quota_zone_metrics(qn);
-
-    for (i = 0; i < qn->nmetrics; i++) {
-        if (m[i].fb_pending != 0) {
-            break;
-        }
+    /* while open, the close charges them */
+    if (!quota_breaker_is_open(&p->qmcf->zone->sh->breaker)) {
+        ngx_http_quota_fallback_flush(p->qmcf);
     }
-
-    if (i == qn->nmetrics) {
-        return NULL;
-    }
-
-    f = ngx_alloc(sizeof(ngx_http_quota_flush_t)
-                  + qn->nmetrics * sizeof(int64_t) + qn->len,
-                  ngx_cycle->log);
-    if (f == NULL) {
-        /* kept for the next close */
-        return NULL;
-    }
-
-    f->costs = (int64_t *) (f + 1);
-    p = (u_char *) (f->costs + qn->nmetrics);
-
-    for (i = 0; i < qn->nmetrics; i++) {
-        f->costs[i] = m[i].fb_pending;
-
-        /* the next outage's share starts from what this one admitted */
-        m[i].used += m[i].fb_pending;
-        m[i].fb_pending = 0;
-    }
-
-    f->tenant.data = p;
-    f->tenant.len = qn->len;
-    ngx_memcpy(p, ngx_http_quota_zone_tenant(qn), qn->len);
-
-    return f;
 }
 
 

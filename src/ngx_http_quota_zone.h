@@ -59,9 +59,12 @@ typedef struct {
     ngx_msec_t                   learned;     /* ngx_current_msec, 0: never */
     ngx_uint_t                   plan;        /* 1-based, 0: none */
 
-    /* quota_fallback (ngx_http_quota_fallback.c): admitted while Redis
-       was down, charged when it is back */
+    /* quota_fallback (ngx_http_quota_fallback.c): units admitted while
+       Redis was down since the snapshot was learned at fb_learned (they
+       count against the share), and those not charged yet */
+    int64_t                      fb_spent;
     int64_t                      fb_pending;
+    ngx_msec_t                   fb_learned;
 } ngx_http_quota_zone_metric_t;
 
 

@@ -215,23 +215,41 @@ _EOC_
         is(usage('fb-a'), 74, '... and stay 74 (never counted twice)');
         is(daily('fb-a'), 74, '... daily 74');
 
+        @r = burst($port, 'fb-a', 1);
+        is($r[0]{qs}, 'ALLOWED', 'redis decides again: 75');
+
+        # a single slow reply, the circuit stays closed: the request is
+        # admitted in fallback and its unit charged at once, not at the
+        # next outage
+        $sleeper = redis_sleep(0.8);
+        @r = burst($port, 'fb-a', 1);
+        is($r[0]{qs}, 'FALLBACK', 'one timed-out request: FALLBACK');
+        waitpid($sleeper, 0);
+        is(metric($port, 'quota_redis_circuit_open'), 0,
+           '... one failure: the circuit stays closed');
+        ok(wait_for(10, sub { usage('fb-a') == 76 }),
+           '... its unit is charged once all the same: 76')
+            or diag('a ' . usage('fb-a'));
+
         # 3. a restart: SHUTDOWN SAVE, then the same directory again
         eval { $rs->cmd('SHUTDOWN', 'SAVE') };    # no reply: it is gone
         waitpid($rs->{pid}, 0);
 
+        # a: (100 - 75) / 2 = 12 since the last reply, 1 spent
         @r = burst($port, 'fb-a', 8);
         is(count(\@r, 'FALLBACK'), 8, 'redis gone: 8 in fallback');
 
         $rs = start_redis(port => $rport, keep => 1,
                           args => ['--enable-debug-command', 'yes']);
-        is(usage('fb-a'), 74, 'restarted with its data: 74');
+        is(usage('fb-a'), 76, 'restarted with its data: 76');
 
-        ok(wait_for(15, sub { usage('fb-a') == 82 }),
-           'back: the 8 are charged once: 82')
+        ok(wait_for(15, sub { usage('fb-a') == 84 }),
+           'back: the 8 are charged once: 84')
             or diag('a ' . usage('fb-a'));
         @r = burst($port, 'fb-a', 1);
         is($r[0]{qs}, 'ALLOWED', 'redis decides again');
-        is(usage('fb-a'), 83, 'a: 83 at rest');
+        is(usage('fb-a'), 85, 'a: 85 at rest');
+        is(daily('fb-a'), 85, 'a: daily 85');
     },
 );
 
