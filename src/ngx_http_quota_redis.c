@@ -50,8 +50,6 @@ static ngx_http_quota_op_t *ngx_http_quota_redis_hold(
 static void ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w);
 static void ngx_http_quota_redis_fail_held(ngx_http_quota_worker_t *w);
 static void ngx_http_quota_redis_hold_handler(ngx_event_t *ev);
-static void ngx_http_quota_redis_dispatch_held(ngx_http_quota_worker_t *w,
-    ngx_http_quota_op_t *op);
 
 
 ngx_int_t
@@ -149,6 +147,11 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
     }
 
     ngx_http_quota_redis_fail_held(w);
+
+    if (w->parked) {
+        /* every connection is closed: each parked op fails */
+        ngx_http_quota_redis_cluster_unpark(w);
+    }
 
     if (w->nreliable) {
         ngx_log_error(NGX_LOG_WARN, w->log, 0,
@@ -515,6 +518,11 @@ ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc)
 
 flush:
 
+    if (w->parked) {
+        /* redirected ops wait for their node's connection */
+        ngx_http_quota_redis_cluster_unpark(w);
+    }
+
     ngx_http_quota_redis_flush_reliable(w);
 }
 
@@ -591,7 +599,7 @@ ngx_http_quota_redis_release_held(ngx_http_quota_worker_t *w)
         {
             /* given up (never sent), or no room: a NULL reply */
             op->conn = NULL;
-            ngx_http_quota_redis_dispatch_held(w, op);
+            ngx_http_quota_redis_dispatch_lost(w, op);
             continue;
         }
 
@@ -627,7 +635,7 @@ ngx_http_quota_redis_fail_held(ngx_http_quota_worker_t *w)
                                  errors[NGX_HTTP_QUOTA_ERR_UNAVAILABLE]);
         }
 
-        ngx_http_quota_redis_dispatch_held(w, op);
+        ngx_http_quota_redis_dispatch_lost(w, op);
     }
 }
 
@@ -645,13 +653,24 @@ ngx_http_quota_redis_hold_handler(ngx_event_t *ev)
 }
 
 
-/* a held op that will never be sent: its caller gets a NULL reply */
-static void
-ngx_http_quota_redis_dispatch_held(ngx_http_quota_worker_t *w,
+/* an op out of every FIFO that will never be sent (held, parked): a REPLY
+   op's caller gets a NULL reply, a reliable one is kept for a connection */
+void
+ngx_http_quota_redis_dispatch_lost(ngx_http_quota_worker_t *w,
     ngx_http_quota_op_t *op)
 {
     void                     *data;
     ngx_http_quota_reply_pt   handler;
+
+    if (op->kind != NGX_HTTP_QUOTA_OP_REPLY) {
+        if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && op->cmd.data) {
+            (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len,
+                                             op->route);
+        }
+
+        ngx_http_quota_redis_op_free(w, op);
+        return;
+    }
 
     if (w->qmcf->stats) {
         (void) ngx_atomic_fetch_add(&w->qmcf->stats->inflight, -1);

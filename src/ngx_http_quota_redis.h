@@ -87,7 +87,9 @@ struct ngx_http_quota_op_s {
     ngx_str_t                    cmd;         /* RELIABLE, cluster: RESP */
     ngx_uint_t                   route;       /* cluster: slot + 1, 0: none */
     ngx_http_quota_op_kind_e     kind;
+    u_char                       node;        /* cluster: parked for it */
     unsigned                     redirected:1;    /* MOVED/ASK followed */
+    unsigned                     ask:1;       /* parked after an ASK */
 };
 
 
@@ -180,6 +182,11 @@ struct ngx_http_quota_worker_s {
     u_char                      *new_slots;   /* CLUSTER SLOTS parsed here */
     unsigned                     asking_map:1;
 
+    /* ops redirected to a node whose connections are not ready yet */
+    ngx_http_quota_op_t         *parked;
+    ngx_http_quota_op_t         *parked_tail;
+    ngx_uint_t                   nparked;
+
     ngx_msec_t                   dead_after;  /* the dead-peer threshold */
     unsigned                     ever_ready:1;
     unsigned                     exiting:1;
@@ -209,6 +216,8 @@ void ngx_http_quota_redis_op_free(ngx_http_quota_worker_t *w,
 void ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, redisReply *reply);
 void ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc);
+void ngx_http_quota_redis_dispatch_lost(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *cmd,
     size_t len, ngx_uint_t route);
 ngx_uint_t ngx_http_quota_redis_route(ngx_http_quota_worker_t *w, int argc,
@@ -252,6 +261,7 @@ ngx_int_t ngx_http_quota_redis_cluster_slots(ngx_http_quota_redis_conn_t *rc,
 void ngx_http_quota_redis_cluster_lost(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_cluster_refresh(ngx_http_quota_worker_t *w);
 ngx_uint_t ngx_http_quota_redis_cluster_ready(ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_cluster_unpark(ngx_http_quota_worker_t *w);
 ngx_http_quota_redis_conn_t *ngx_http_quota_redis_cluster_pick(
     ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity,
     ngx_uint_t route);

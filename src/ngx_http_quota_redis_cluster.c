@@ -23,6 +23,13 @@
  * MOVED also updates the slot at once, ASK sends ASKING first (the slot is
  * being imported there).  A second redirection is given to the caller as
  * the error it is (quota_failure_mode).
+ *
+ * A redirection to a node just learned (a replica promoted at a failover)
+ * finds its connections still connecting: the op is parked in the worker
+ * (not sent anywhere, so nothing to undo) and sent as soon as one of them
+ * is ready.  It fails when none of them is still trying (connect_timeout=
+ * at most); a caller that gave up meanwhile (its timeout=) leaves an op
+ * that is dropped unsent.
  */
 
 
@@ -36,6 +43,13 @@ static ngx_uint_t ngx_http_quota_redis_cluster_node(
 static ngx_http_quota_redis_conn_t *ngx_http_quota_redis_cluster_pick_node(
     ngx_http_quota_worker_t *w, ngx_uint_t node, ngx_uint_t affinity,
     size_t len);
+static ngx_int_t ngx_http_quota_redis_cluster_send(ngx_http_quota_worker_t *w,
+    ngx_http_quota_redis_conn_t *to, ngx_http_quota_op_t *op,
+    ngx_uint_t ask);
+static void ngx_http_quota_redis_cluster_park(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op);
+static ngx_uint_t ngx_http_quota_redis_cluster_trying(
+    ngx_http_quota_worker_t *w, ngx_uint_t node);
 
 
 static const char  ngx_http_quota_redis_asking[] =
@@ -469,7 +483,6 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
     ngx_int_t                     slot, port;
     ngx_uint_t                    ask, node;
     ngx_sockaddr_t                sa;
-    ngx_http_quota_op_t          *asking;
     ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *to;
 
@@ -539,13 +552,42 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
                                                 op->cmd.len + 32);
 
     if (to == NULL) {
-        return NGX_DECLINED;    /* not connected to it (yet) */
+        if (!ngx_http_quota_redis_cluster_trying(w, node)
+            || w->nparked >= NGX_HTTP_QUOTA_MAX_PENDING)
+        {
+            return NGX_DECLINED;
+        }
+
+        /* a node just learned: wait for its connection */
+        op->node = (u_char) node;
+        op->ask = ask;
+        op->redirected = 1;
+        ngx_http_quota_redis_cluster_park(w, op);
+
+        return NGX_OK;
     }
+
+    if (ngx_http_quota_redis_cluster_send(w, to, op, ask) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    op->redirected = 1;
+
+    return NGX_OK;
+}
+
+
+/* op to the connection of the node named, after ASKING for an ASK */
+static ngx_int_t
+ngx_http_quota_redis_cluster_send(ngx_http_quota_worker_t *w,
+    ngx_http_quota_redis_conn_t *to, ngx_http_quota_op_t *op, ngx_uint_t ask)
+{
+    ngx_http_quota_op_t  *asking;
 
     if (ask) {
         asking = ngx_http_quota_redis_op_alloc(w);
         if (asking == NULL) {
-            return NGX_DECLINED;
+            return NGX_ERROR;
         }
 
         asking->kind = NGX_HTTP_QUOTA_OP_ONEWAY;
@@ -557,19 +599,105 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
             != NGX_OK)
         {
             ngx_http_quota_redis_op_free(w, asking);
-            return NGX_DECLINED;
+            return NGX_ERROR;
         }
     }
 
-    if (ngx_http_quota_redis_append(to, op, op->cmd.data, op->cmd.len)
-        != NGX_OK)
-    {
-        return NGX_DECLINED;
+    return ngx_http_quota_redis_append(to, op, op->cmd.data, op->cmd.len);
+}
+
+
+/* out of every FIFO: cancel() finds no connection, so sends no undo */
+static void
+ngx_http_quota_redis_cluster_park(ngx_http_quota_worker_t *w,
+    ngx_http_quota_op_t *op)
+{
+    op->conn = NULL;
+    op->next = NULL;
+
+    if (w->parked_tail) {
+        w->parked_tail->next = op;
+
+    } else {
+        w->parked = op;
     }
 
-    op->redirected = 1;
+    w->parked_tail = op;
+    w->nparked++;
+}
 
-    return NGX_OK;
+
+/*
+ * A connection became ready or was lost: each parked op goes to its
+ * node's ready connection, waits on if one is still connecting, else
+ * fails; an op whose caller gave up is dropped unsent.  In order, so a
+ * tenant's release still follows its charge.
+ */
+void
+ngx_http_quota_redis_cluster_unpark(ngx_http_quota_worker_t *w)
+{
+    ngx_http_quota_op_t          *op, *next;
+    ngx_http_quota_redis_conn_t  *to;
+
+    op = w->parked;
+
+    w->parked = NULL;
+    w->parked_tail = NULL;
+    w->nparked = 0;
+
+    for ( /* void */ ; op; op = next) {
+        next = op->next;
+
+        if (op->kind == NGX_HTTP_QUOTA_OP_REPLY && op->handler == NULL) {
+            ngx_http_quota_redis_dispatch_lost(w, op);
+            continue;
+        }
+
+        to = w->exiting ? NULL
+             : ngx_http_quota_redis_cluster_pick_node(w, op->node, 0,
+                                                      op->cmd.len + 32);
+
+        if (to != NULL) {
+            if (ngx_http_quota_redis_cluster_send(w, to, op, op->ask)
+                != NGX_OK)
+            {
+                ngx_http_quota_redis_dispatch_lost(w, op);
+            }
+
+            continue;
+        }
+
+        if (!w->exiting && ngx_http_quota_redis_cluster_trying(w, op->node)) {
+            ngx_http_quota_redis_cluster_park(w, op);
+            continue;
+        }
+
+        ngx_http_quota_redis_dispatch_lost(w, op);
+    }
+}
+
+
+/* a connection of the node is on its way to ready */
+static ngx_uint_t
+ngx_http_quota_redis_cluster_trying(ngx_http_quota_worker_t *w,
+    ngx_uint_t node)
+{
+    ngx_uint_t                    i, pool;
+    ngx_http_quota_redis_conn_t  *rc;
+
+    pool = w->qmcf->redis_pool;
+
+    for (i = 0; i < pool; i++) {
+        rc = &w->conns[node * pool + i];
+
+        if (rc->state != NGX_HTTP_QUOTA_REDIS_DOWN
+            && rc->state != NGX_HTTP_QUOTA_REDIS_READY)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

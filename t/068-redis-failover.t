@@ -9,9 +9,10 @@
 #    for two workers.
 # 2. Redis Cluster with replicas: 3 masters + 3 replicas on loopback;
 #    CLUSTER FAILOVER on the replica of one tenant's master while requests
-#    flow (two workers): charging resumes on the promoted node, every
-#    tenant's count equals its admitted requests (none charged twice,
-#    none lost), and quota_redis_failovers_total is 1.
+#    flow (two workers): the charges redirected (MOVED) to the promoted
+#    node wait for its connection instead of failing open, every tenant's
+#    count equals its admitted requests (none charged twice, none lost),
+#    and quota_redis_failovers_total is 1.
 
 use strict;
 use warnings;
@@ -299,8 +300,9 @@ SKIP: {
                         $by_port{$new}->cmd('ROLE')->[0] eq 'master' } ? time : undef;
                 }
                 # 20 in a row charged after the promotion
-                $after = status($res{$victim}[-1]) eq 'ALLOWED' ? $after + 1 : 0;
-                last if $promoted && $after >= 20;
+                $after = $promoted && status($res{$victim}[-1]) eq 'ALLOWED'
+                         ? $after + 1 : 0;
+                last if $after >= 20;
             }
             sleep 1;
             $metrics = http_get($port, '/metrics')->{body};
@@ -323,8 +325,11 @@ SKIP: {
                                  qw(ALLOWED FAIL_OPEN)));
     is_deeply([ @v[-20 .. -1] ], [ ('ALLOWED') x 20 ],
               'cluster: charging resumed on the promoted node');
-    ok(scalar(grep { $_ eq 'FAIL_OPEN' } @v) <= 4 * $slack,
-       'cluster: at most a request or two per worker met the failover');
+    # the first MOVED names the promoted node, whose connections are still
+    # being made: the charge waits for them instead of failing open
+    # (valgrind: a connection may take longer than timeout=)
+    ok(scalar(grep { $_ eq 'FAIL_OPEN' } @v) <= ($valgrind ? 4 : 0),
+       'cluster: no request failed open at the failover');
     like($log, qr/quota: redis cluster master 127\.0\.0\.1:$new/,
          'cluster: the promoted node learned as a master');
     unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'cluster: no alert, no crash');
@@ -335,7 +340,8 @@ SKIP: {
        'cluster: one failover (a slot map with new owners), two workers');
     ok((QuotaProm::value($p, 'quota_redis_server_latency_seconds_count',
                          server => "127.0.0.1:$new") // 0) >= 20,
-       'cluster: round trips on the promoted node\'s label');
+       'cluster: round trips on the promoted node\'s label')
+        or diag(join "\n", grep { /latency_seconds_count/ } split /\n/, $metrics);
 
     stop_redis($_) for @nodes;
 }
