@@ -137,7 +137,10 @@ my $log = nginx_run(
         push @before, post($port, 'fo') for 1 .. 20;
         $m0 = http_get($port, '/metrics')->{body};
 
-        $m->cmd('WAIT', 1, 2000);
+        # the replica has every charge before it is promoted (a busy
+        # machine may take longer than one WAIT)
+        ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+           'the replica acknowledged every write');
         is(QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing'), 'OK',
            'SENTINEL FAILOVER accepted');
         $moved = wait_until(20, sub {

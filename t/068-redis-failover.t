@@ -158,7 +158,10 @@ SKIP: {
             wait_until(10 * $slack, sub { status(post($port, 'warm-up')) eq 'ALLOWED' });
             push @before, post($port, 'tls') for 1 .. 20;
 
-            $m->cmd('WAIT', 1, 2000);
+            # the replica has every charge before it is promoted (a busy
+            # machine may take longer than one WAIT)
+            ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+               'the replica acknowledged every write');
             QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing');
             $moved = wait_until(20, sub {
                 QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',

@@ -162,7 +162,10 @@ sub start_sentinel {
             });
             $ok{before} = $c->{until}->(qr/event: usage_update/);
 
-            $m->cmd('WAIT', 1, 2000);
+            # the replica has every charge before it is promoted (a busy
+            # machine may take longer than one WAIT)
+            ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+               'the replica acknowledged every write');
             QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing');
             $ok{moved} = wait_until(20, sub {
                 QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
