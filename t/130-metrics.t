@@ -185,6 +185,32 @@ _EOC_
     is(metric($text, 'quota_redis_errors_total{kind="timeout"}'), 1, 'per server: ... and in the total');
 }
 
+# 8. a unix socket is server="unix:PATH"
+{
+    my $text;
+    my $port = free_port();
+    my $sock = QuotaTest::_servroot_base() . "_redis-$port/redis.sock";
+    my $rd = QuotaTest::start_redis(port => $port, args => ['--unixsocket', $sock]);
+    nginx_run(no_root_location => 1, http_config => <<"_EOC_", config => server(), code => sub {
+    quota_redis unix:$sock timeout=3s;
+    quota_metric a;
+_EOC_
+        my ($port) = @_;
+        for (1 .. 100) {
+            http_request($port, 'POST', '/a', { 'X-T' => 'ux' }, '');
+            last if $rd->cmd('DBSIZE') > 0;
+            select(undef, undef, undef, 0.05);
+        }
+        $text = http_get($port, '/quota/metrics')->{body};
+    });
+    QuotaTest::stop_redis($rd);
+    my $m = eval { QuotaProm::parse($text) };
+    ok($m, 'unix: valid Prometheus text') or diag($@);
+    ok((QuotaProm::value($m, 'quota_redis_server_latency_seconds_count',
+                         server => "unix:$sock") // 0) >= 1,
+       'unix: the round trips on server="unix:PATH"');
+}
+
 # 6. the parser itself rejects what Prometheus would
 for my $bad (
     [ "a 1", 'no final newline' ],
