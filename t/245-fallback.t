@@ -3,11 +3,12 @@
 # millisecond: tenants it knows spend (limit - used) / N ($quota_status
 # FALLBACK), past that 503, unknown tenants follow quota_failure_mode; a
 # background probe closes the circuit when Redis is back and what fallback
-# admitted is charged once (FORCE mode).  Three outages, Redis' data kept
+# admitted is charged once (FORCE mode).  Four outages, Redis' data kept
 # in each: the process stopped (SIGSTOP), a slow reply (DEBUG SLEEP longer
 # than timeout=: the timed-out charges are voided, never counted as well),
-# and a restart (SHUTDOWN SAVE, the same directory).  After each, Redis'
-# usage is exactly what was admitted.
+# a restart (SHUTDOWN SAVE, the same directory), and a reload of nginx
+# while Redis is stopped.  After each, Redis' usage is exactly what was
+# admitted.
 
 use strict;
 use warnings;
@@ -136,7 +137,7 @@ _EOC_
     location = /metrics { quota_metrics; }
 _EOC_
     code => sub {
-        my ($port) = @_;
+        my ($port, $root) = @_;
         my @r;
 
         # the zone learns: a at 20 of 100, b at 96 of 100
@@ -250,6 +251,34 @@ _EOC_
         is($r[0]{qs}, 'ALLOWED', 'redis decides again');
         is(usage('fb-a'), 85, 'a: 85 at rest');
         is(daily('fb-a'), 85, 'a: daily 85');
+
+        # 4. a reload while Redis is stopped: the zone (with the breaker
+        # and the units not charged yet) outlives the old workers, the new
+        # ones probe and charge them
+        kill 'STOP', $rs->{pid};
+        @r = burst($port, 'fb-a', 5);
+        is(count(\@r, 'FALLBACK'), 5, 'stopped again: 5 in fallback');
+        is(metric($port, 'quota_redis_circuit_open'), 1, 'circuit open');
+
+        my ($master) = QuotaTest::_slurp("$root/logs/nginx.pid") =~ /(\d+)/;
+        kill 'HUP', $master;
+        ok(wait_for($valgrind ? 30 : 10, sub {
+               QuotaTest::_slurp("$root/logs/error.log")
+                   =~ /reconfiguring/
+           }), 'reloaded');
+        sleep($valgrind ? 5 : 1);
+        is(metric($port, 'quota_redis_circuit_open'), 1,
+           'after the reload: still open');
+        @r = burst($port, 'fb-a', 1);
+        is($r[0]{qs}, 'FALLBACK', 'the new workers decide from the zone');
+
+        kill 'CONT', $rs->{pid};
+        ok(wait_for(15, sub { usage('fb-a') == 91 }),
+           'continued: the circuit closes and the 6 units are charged '
+           . 'once: 91')
+            or diag('a ' . usage('fb-a'));
+        sleep 0.5;
+        is(usage('fb-a'), 91, '... and only once');
     },
 );
 
