@@ -132,19 +132,22 @@ sub charge {
     $a[$P{ARG_NOTIFY}] = "$t\nlt-events\n${today}T00:00:00Z\n$today";
     $a[$P{ARG_LEASE_N}] = $o{lease} // 1;
     $a[$P{ARG_LEASE_TTL}] = $o{ttl} // 1;
-    $a[$P{ARG_NCHARGES}] = 1;
+    my $k = $o{nometric} ? 0 : 1;
+    $a[$P{ARG_NCHARGES}] = $k;
     my $at = $P{ARG_METRICS};
-    $a[$at + $P{METRIC_NAME_OFF}] = 'requests';
-    $a[$at + $P{METRIC_COST_OFF}] = $o{cost} // 1;
-    $a[$at + $P{METRIC_PERIOD_OFF}] = 'm';
-    $at += $P{METRIC_ARGS};
+    if ($k) {
+        $a[$at + $P{METRIC_NAME_OFF}] = 'requests';
+        $a[$at + $P{METRIC_COST_OFF}] = $o{cost} // 1;
+        $a[$at + $P{METRIC_PERIOD_OFF}] = 'm';
+        $at += $P{METRIC_ARGS};
+    }
     my @plans = @{ $o{plans} };
     $a[$at++] = scalar @plans;
     for my $p (@plans) {
         $a[$at++] = $p->[0];
         # "GRACE" alone for a plan without rate and concurrency, as C sends
         $a[$at++] = defined $p->[3] ? "$p->[1] $p->[3]" : $p->[1];
-        $a[$at++] = join ' ', @{ $p->[2] };
+        $a[$at++] = join ' ', @{ $p->[2] } if $k;
     }
     die "charge: argument $_ missing\n" for grep { !defined $a[$_] } 1 .. $#a;
     my $r = run_script('charge', ["lt{$t}:account"], [@a[1 .. $#a]]);
@@ -198,6 +201,13 @@ is($r->{n}, $P{REPLY_METRICS} + 1, 'reply: the head and one (used, limit)');
 is(usage('a', 'requests'), 5, 'Redis holds 5');
 is(QuotaTest::redis('HGET', "lt{a}:daily:$start", "requests:$today"), 5,
    'the daily field holds 5');
+
+# no charged metric (a rate-only request): the reply is the head alone
+fresh('k', plan => 'basic');
+$r = charge(tenant => 'k', plans => [['basic', 0, [5, 0, -1], '2 60000 2 0 0']],
+            id => 'k1', nometric => 1);
+is($r->{code}, $P{CODE_CHARGED}, 'no metric: charged (rate)');
+is($r->{n}, $P{REPLY_METRICS} - 1, 'no metric: the reply has no (used, limit)');
 
 # grace 20 %: enforcement at 6
 fresh('g', plan => 'basic');
@@ -438,6 +448,6 @@ is(charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
 is(usage('f', 'requests'), 9, 'force resent: still 9');
 is(usage('f', 'overage_cost'), 3000, 'force resent: still 3000');
 
-fresh($_) for qw(a g o s u p v r l h x q c d e f w);
+fresh($_) for qw(a g o s u p v r l h x q c d e f w k);
 
 done_testing();
