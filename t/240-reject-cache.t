@@ -218,9 +218,24 @@ nginx_run(
            'a zero-cost request at the cap is admitted');
         is(scripts() - $before, 1, '... by Redis (one script run)');
 
+        # a raised cap lifts it within T too
+        redis('HSET', 'quota:{rc-c}:account', 'cap', 10);
+        is(post($port, '/reports', 'rc-c', 'X-Cost' => 1)->{status}, 402,
+           'right after the cap is raised: still the cached 402');
+        $t0 = time;
+        undef $lifted;
+        while (time - $t0 < 4) {
+            $r = post($port, '/reports', 'rc-c', 'X-Cost' => 1);
+            if ($r->{status} == 200) { $lifted = time - $t0; last }
+            sleep 0.05;
+        }
+        ok(defined $lifted && $lifted <= 2.5,
+           'admitted again within T (2 s) of the raised cap')
+            or diag("lifted after " . ($lifted // 'never'));
+
         my $n = metric($port,
                        'quota_local_decisions_total{kind="reject_cache"}');
-        ok(defined $n && $n >= 29,
+        ok(defined $n && $n >= 30,
            'quota_local_decisions_total{kind="reject_cache"} counts them')
             or diag("got " . ($n // 'none'));
     },
