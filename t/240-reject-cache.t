@@ -17,6 +17,9 @@ redis_flush();
 
 my $start = month_start();
 
+# how late a request may be on a loaded machine (valgrind: slower still)
+my $margin = $ENV{TEST_NGINX_USE_VALGRIND} ? 3 : 1.5;
+
 sub scripts {
     my %s;
     for (split /\r?\n/, redis('INFO', 'commandstats')) {
@@ -157,12 +160,12 @@ nginx_run(
         is($r->{status}, 402, 'right after the raise: still the cached 402');
         my $t0 = time;
         my $lifted;
-        while (time - $t0 < 4) {
+        while (time - $t0 < 2 + 3 * $margin) {
             $r = post($port, '/one', 'rc-q');
             if ($r->{status} == 200) { $lifted = time - $t0; last }
             sleep 0.05;
         }
-        ok(defined $lifted && $lifted <= 2.5,
+        ok(defined $lifted && $lifted <= 2 + $margin,
            'admitted again within T (2 s) of the raise')
             or diag("lifted after " . ($lifted // 'never'));
 
@@ -224,12 +227,12 @@ nginx_run(
            'right after the cap is raised: still the cached 402');
         $t0 = time;
         undef $lifted;
-        while (time - $t0 < 4) {
+        while (time - $t0 < 2 + 3 * $margin) {
             $r = post($port, '/reports', 'rc-c', 'X-Cost' => 1);
             if ($r->{status} == 200) { $lifted = time - $t0; last }
             sleep 0.05;
         }
-        ok(defined $lifted && $lifted <= 2.5,
+        ok(defined $lifted && $lifted <= 2 + $margin,
            'admitted again within T (2 s) of the raised cap')
             or diag("lifted after " . ($lifted // 'never'));
 
