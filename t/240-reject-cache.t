@@ -89,6 +89,18 @@ my $config = <<'_EOC_';
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
     }
 
+    location /dry/ {
+        quota_dry_run on;
+        add_header X-Quota-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /shadow/ {
+        quota_bypass $http_x_shadow;
+        add_header X-Quota-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
     location /origin {
         quota off;
         return 200 "ok\n";
@@ -97,9 +109,11 @@ my $config = <<'_EOC_';
     location = /metrics { quota_metrics; }
 _EOC_
 
-# the config's own /strict/ and /nocache/ rules: the same routes below them
+# the same routes below /strict/, /nocache/, /dry/ and /shadow/
 $config =~ s{(quota_route POST )/(\w+)(\s+[^;]+;)}
-            {$1/$2$3\n    quota_route POST /strict/$2$3\n    quota_route POST /nocache/$2$3}g;
+            {join "\n    ", "$1/$2$3",
+                 map { "quota_route POST /$_/$2$3" }
+                     qw(strict nocache dry shadow)}ge;
 
 nginx_run(
     workers => 2,
@@ -177,6 +191,25 @@ nginx_run(
             for 5 .. 7;
         is(scripts() - $before, 7, 'quota_reject_cache 0: a script run each');
 
+        # dry run: a cached refusal passes as DRY_RUN_REJECT, as Redis'
+        # would; bypass (shadow) requests always ask Redis
+        is(post($port, '/one', 'rc-d')->{status}, 200, "rc-d $_")
+            for 1 .. 4;
+        $r = post($port, '/dry/one', 'rc-d');
+        is($r->{headers}{'x-quota-status'}, 'DRY_RUN_REJECT',
+           'dry run: refused by Redis, passed');
+        $before = scripts();
+        $r = post($port, '/dry/one', 'rc-d');
+        is("$r->{status} $r->{headers}{'x-quota-status'}",
+           '200 DRY_RUN_REJECT', 'dry run again: the cached refusal passes');
+        is(post($port, '/one', 'rc-d')->{status}, 402,
+           'and is refused where dry run is off');
+        is(scripts() - $before, 0, '... both from the zone');
+        $r = post($port, '/shadow/one', 'rc-d', 'X-Shadow' => 1);
+        is("$r->{status} $r->{headers}{'x-quota-status'}", '200 BYPASS',
+           'shadow traffic of the refused tenant: BYPASS');
+        is(scripts() - $before, 1, '... asked Redis (its numbers)');
+
         # ACCOUNT_SUSPENDED: every metered request, zero cost included
         redis('HSET', 'quota:{rc-s}:account', 'status', 'suspended');
         my $s1 = post($port, '/one', 'rc-s');
@@ -238,7 +271,7 @@ nginx_run(
 
         my $n = metric($port,
                        'quota_local_decisions_total{kind="reject_cache"}');
-        ok(defined $n && $n >= 30,
+        ok(defined $n && $n >= 32,
            'quota_local_decisions_total{kind="reject_cache"} counts them')
             or diag("got " . ($n // 'none'));
     },
