@@ -292,6 +292,52 @@ _EOC_
     },
 );
 
+# quota_failure_mode closed, Redis never there: the circuit opens on
+# refused connections, and a tenant the zone never saw gets 503 at once
+{
+    my $dead = free_port();
+    nginx_run(
+        workers => 1,
+        no_root_location => 1,
+        http_config => <<"_EOC_",
+    quota_redis 127.0.0.1:$dead timeout=300ms connect_timeout=300ms;
+    quota_zone ledger:1m;
+    quota_fallback local;
+    quota_failure_mode closed;
+    quota_metric api;
+    quota_plan p { limit api 100; }
+    quota_default_plan p;
+_EOC_
+        config => <<'_EOC_',
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api=1;
+
+    location / {
+        add_header X-Quota-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+
+    location = /metrics { quota_metrics; }
+_EOC_
+        code => sub {
+            my ($port) = @_;
+            sleep 0.4;    # the first connection attempt has failed
+            my @r = burst($port, 'fb-closed', 6);
+            is(join(' ', map { "$_->{status} $_->{qs}" } @r[3 .. 5]),
+               join(' ', ('503 FAIL_CLOSED') x 3),
+               'closed, unknown tenant: 503 FAIL_CLOSED');
+            is(metric($port, 'quota_redis_circuit_open'), 1,
+               'refused connections open the circuit too');
+        },
+    );
+}
+
 like($log, qr/redis circuit open after 3 consecutive failures/,
      'the opening is logged');
 like($log, qr/redis circuit closed by/, 'the closing is logged');
