@@ -1,0 +1,103 @@
+# quota_fallback with quota_lease: while Redis is stopped, a tenant's
+# leased units (charged already) are spent first, as ALLOWED, then the
+# fallback share; the grant that timed out is voided, the fallback units
+# are charged once when Redis is back, and at rest Redis' usage is exactly
+# what was admitted.
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest;
+use QuotaTime;
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $rs = start_redis();
+my $rport = $rs->{port};
+
+sub usage {
+    return $rs->cmd('HGET', "quota:{fl}:usage:$start", 'api') // 0;
+}
+
+sub post {
+    my ($port) = @_;
+    my $r = http_request($port, 'POST', '/api/x', { 'X-API-Key' => 'fl' },
+                         '', 10);
+    return $r->{headers}{'x-quota-status'} // "none $r->{status}";
+}
+
+sub metric {
+    my ($port, $name) = @_;
+    my $r = http_request($port, 'GET', '/metrics', {}, undef, 10);
+    return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
+}
+
+my $log = nginx_run(
+    workers => 1,
+    no_root_location => 1,
+    http_config => <<"_EOC_",
+    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
+    quota_zone ledger:1m;
+    quota_lease 10 ttl=5s;
+    quota_fallback local;
+    quota_metric api;
+    quota_plan p { limit api 1000; }
+    quota_default_plan p;
+_EOC_
+    config => <<'_EOC_',
+    quota on;
+    quota_tenant $http_x_api_key;
+    quota_route POST /api/** api=1;
+
+    location / {
+        add_header X-Quota-Status $quota_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\n";
+    }
+
+    location = /metrics { quota_metrics; }
+_EOC_
+    code => sub {
+        my ($port) = @_;
+
+        my @s = map { post($port) } 1 .. 3;
+        is("@s", 'ALLOWED ALLOWED ALLOWED', '3 admitted');
+        is(usage(), 10, 'a lease of 10 units is charged');
+
+        kill 'STOP', $rs->{pid};
+
+        @s = map { post($port) } 1 .. 12;
+        is("@s[0 .. 6]", join(' ', ('ALLOWED') x 7),
+           'redis stopped: the 7 leased units left are spent first');
+        is("@s[7 .. 11]", join(' ', ('FALLBACK') x 5),
+           'then the fallback share');
+        is(metric($port, 'quota_redis_circuit_open'), 1, 'circuit open');
+
+        kill 'CONT', $rs->{pid};
+
+        my $deadline = time + 20;
+        sleep 0.1 while time < $deadline
+                        && (metric($port, 'quota_redis_circuit_open') // 1);
+        is(metric($port, 'quota_redis_circuit_open'), 0, 'circuit closed');
+
+        # the lease (ttl 5 s) is spent; the fallback units charged once
+        $deadline = time + 20;
+        sleep 0.1 while time < $deadline && usage() != 15;
+        is(usage(), 15, 'at rest: 10 leased + 5 fallback = 15 admitted');
+        sleep 6;
+        is(usage(), 15, 'and still 15 once the lease expired');
+    },
+);
+
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
+like($log, qr/voiding charge/, 'the timed-out grant was voided');
+
+stop_redis($rs);
+
+done_testing();
