@@ -465,9 +465,12 @@ end
 -- record of what is written, so that a void (the gateway gave up waiting,
 -- the script failed) can undo exactly that:
 -- "START TODAY GCRA_STEP OVERAGE_COST N" + per charged metric
--- "NAME COST m|d OVERAGE_UNITS PRICE" (COST: of the N request units, N >= 2
--- for a lease, whose settle gives back unspent units; PRICE: micro-USD per
--- overage unit, -1: none).  An exact charge's record is the field ID of
+-- "NAME COST m|d OVERAGE_UNITS PRICE LIMIT" (COST: of the N request units,
+-- N >= 2 for a lease, whose settle gives back unspent units; PRICE:
+-- micro-USD per overage unit, -1: none; LIMIT: the limit past which units
+-- were billed as overage, -1: not billed).  A settle or a void gives
+-- overage back against the counter as it is then, from LIMIT: what is
+-- past the limit at rest stays billed, whichever charge put it there.  An exact charge's record is the field ID of
 -- the hash P{T}:r:BUCKET (BUCKET: ARG_NOW_MS / RECORD_BUCKET_MS), living at
 -- least RECORD_TTL; a lease's is the key P{T}:c:ID (its ttl + 60 s, for
 -- its settle), a forced charge's too (FORCE_RECORD_TTL: its resends find
@@ -489,9 +492,11 @@ if rec_key and (charged or tat_new or take_slot) then
               .. int(add_cost) .. ' ' .. granted
   for i = 1, k do
     if costs[i] > 0 then
+      local billed = not trial and limits[i] >= 0 and overage
+                     and price[i] >= 0 and not daily[i]
       rec = rec .. ' ' .. names[i] .. ' ' .. argcost[i]
             .. (daily[i] and ' d ' or ' m ') .. int(over[i]) .. ' '
-            .. int(price[i])
+            .. int(price[i]) .. ' ' .. (billed and int(limits[i]) or '-1')
     end
   end
   if granted >= 2 or force then

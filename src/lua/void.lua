@@ -11,8 +11,11 @@
 -- VOID_NOW_MS the charge's ARG_NOW_MS.  The record is KEYS[1] for a lease
 -- or a forced charge, else the field ID of P{T}:r:BUCKET (charge.lua).
 -- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST N", then
--- per charged metric "NAME COST m|d OVERAGE_UNITS PRICE"; a settled
--- lease's record is already the tombstone: nothing to undo.
+-- per charged metric "NAME COST m|d OVERAGE_UNITS PRICE LIMIT"; a settled
+-- lease's record is already the tombstone: nothing to undo.  As in the
+-- settle, overage goes back against the counter as it is now (LIMIT >= 0:
+-- max(0, U - LIMIT) - max(0, U - COST - LIMIT) units at PRICE), so that a
+-- late void leaves overage = max(0, used - LIMIT) at rest.
 local rec = redis.call('GET', KEYS[1])
 local base = ARGV[VOID_BASE]
 redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
@@ -35,15 +38,32 @@ if w[3] ~= '0' then
     redis.pcall('SET', base .. 'rate', tat - tonumber(w[3]), 'KEEPTTL')
   end
 end
-if w[4] ~= '0' then
-  redis.pcall('HINCRBY', usage_key, 'overage_cost', '-' .. w[4])
-end
-for j = 6, #w - 4, 5 do
-  local name, cost = w[j], '-' .. w[j + 1]
-  if w[j + 2] ~= 'd' then redis.pcall('HINCRBY', usage_key, name, cost) end
-  redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], cost)
-  if w[j + 3] ~= '0' then
-    redis.pcall('HINCRBY', usage_key, name .. ':overage', '-' .. w[j + 3])
+local cost_back = 0
+for j = 6, #w - 5, 6 do
+  local name, cost = w[j], tonumber(w[j + 1])
+  local lim = tonumber(w[j + 5])
+  if lim >= 0 then
+    local u = tonumber(redis.pcall('HGET', usage_key, name)) or 0
+    local over = math.max(0, u - lim) - math.max(0, u - cost - lim)
+    over = math.min(over, tonumber(redis.pcall('HGET', usage_key,
+                                               name .. ':overage')) or 0)
+    if over > 0 then
+      redis.pcall('HINCRBY', usage_key, name .. ':overage',
+                  string.format('%d', -over))
+      cost_back = cost_back + over * tonumber(w[j + 4])
+    end
   end
+  if w[j + 2] ~= 'd' then
+    redis.pcall('HINCRBY', usage_key, name, '-' .. w[j + 1])
+  end
+  redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], '-' .. w[j + 1])
+end
+if cost_back > 0 then
+  cost_back = math.min(cost_back, tonumber(redis.pcall('HGET', usage_key,
+                                                       'overage_cost')) or 0)
+end
+if cost_back > 0 then
+  redis.pcall('HINCRBY', usage_key, 'overage_cost',
+              string.format('%d', -cost_back))
 end
 return 1
