@@ -24,7 +24,10 @@
  * have run, and running it again would charge twice.  The exception is
  * what callers mark reliable (voids, slot releases): idempotent commands,
  * kept in a bounded per-worker queue while no connection is ready, and
- * resent when the connection that carried them is lost.
+ * resent when the connection that carried them is lost, for at most
+ * NGX_HTTP_QUOTA_RELIABLE_HORIZON seconds (protocol.def): the records that
+ * make a resend a no-op (a charge's for its void, a forced charge's)
+ * live that long, so a later resend could charge twice or undo nothing.
  */
 
 
@@ -40,7 +43,9 @@ static ngx_int_t ngx_http_quota_redis_format(ngx_http_quota_worker_t *w,
     int argc, const char **argv, const size_t *argvlen, ngx_str_t *cmd);
 static ngx_int_t ngx_http_quota_redis_reliable_on(
     ngx_http_quota_redis_conn_t *rc, u_char *cmd, size_t len,
-    ngx_uint_t route);
+    ngx_uint_t route, time_t since);
+static ngx_int_t ngx_http_quota_redis_too_late(ngx_http_quota_worker_t *w,
+    u_char *cmd, size_t len, time_t since);
 static void ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w);
 static void ngx_http_quota_redis_oneway_reply(
     ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
@@ -323,10 +328,12 @@ ngx_http_quota_redis_send_reliable(ngx_http_quota_main_conf_t *qmcf,
     rc = ngx_http_quota_redis_pick(w, cmd.len, affinity, route);
 
     if (rc == NULL
-        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route)
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route,
+                                            ngx_time())
            != NGX_OK)
     {
-        rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route);
+        rv = ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route,
+                                       ngx_time());
 
     } else {
         ngx_http_quota_redis_write_now(rc);
@@ -404,10 +411,12 @@ ngx_http_quota_redis_cancel(ngx_http_quota_op_t *op, int argc,
     route = ngx_http_quota_redis_route(w, argc, argv, argvlen, &affinity);
 
     if (rc->state != NGX_HTTP_QUOTA_REDIS_READY
-        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route)
+        || ngx_http_quota_redis_reliable_on(rc, cmd.data, cmd.len, route,
+                                            ngx_time())
            != NGX_OK)
     {
-        (void) ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route);
+        (void) ngx_http_quota_redis_keep(w, cmd.data, cmd.len, route,
+                                         ngx_time());
     }
 
     redisFreeCommand((char *) cmd.data);
@@ -484,7 +493,7 @@ ngx_http_quota_redis_oneway_reply(ngx_http_quota_redis_conn_t *rc,
     if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && reply == NULL) {
         /* lost with its connection: it is idempotent, send it again */
         (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len,
-                                         op->route);
+                                         op->route, op->since);
     }
 
     ngx_http_quota_redis_op_free(w, op);
@@ -665,7 +674,7 @@ ngx_http_quota_redis_dispatch_lost(ngx_http_quota_worker_t *w,
     if (op->kind != NGX_HTTP_QUOTA_OP_REPLY) {
         if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE && op->cmd.data) {
             (void) ngx_http_quota_redis_keep(w, op->cmd.data, op->cmd.len,
-                                             op->route);
+                                             op->route, op->since);
         }
 
         ngx_http_quota_redis_op_free(w, op);
@@ -696,13 +705,17 @@ ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
     while (w->reliable && !w->exiting) {
         cmd = w->reliable;
 
-        rc = ngx_http_quota_redis_pick(w, cmd->len, 0, cmd->route);
-        if (rc == NULL
-            || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len,
-                                                cmd->route)
-               != NGX_OK)
+        if (ngx_http_quota_redis_too_late(w, cmd->data, cmd->len, cmd->since)
+            == NGX_OK)
         {
-            return;
+            rc = ngx_http_quota_redis_pick(w, cmd->len, 0, cmd->route);
+            if (rc == NULL
+                || ngx_http_quota_redis_reliable_on(rc, cmd->data, cmd->len,
+                                                    cmd->route, cmd->since)
+                   != NGX_OK)
+            {
+                return;
+            }
         }
 
         w->reliable = cmd->next;
@@ -719,11 +732,13 @@ ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w)
 /* keep a copy of a command for the next ready connection (bounded) */
 ngx_int_t
 ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
-    size_t len, ngx_uint_t route)
+    size_t len, ngx_uint_t route, time_t since)
 {
     ngx_http_quota_redis_cmd_t  *cmd;
 
-    if (w->exiting) {
+    if (w->exiting
+        || ngx_http_quota_redis_too_late(w, data, len, since) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -741,6 +756,7 @@ ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
 
     cmd->next = NULL;
     cmd->route = route;
+    cmd->since = since;
     cmd->len = len;
     ngx_memcpy(cmd->data, data, len);
 
@@ -761,7 +777,7 @@ ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
 /* a reliable command on rc; it keeps its own copy to be resent if lost */
 static ngx_int_t
 ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
-    u_char *cmd, size_t len, ngx_uint_t route)
+    u_char *cmd, size_t len, ngx_uint_t route, time_t since)
 {
     ngx_http_quota_op_t      *op;
     ngx_http_quota_worker_t  *w;
@@ -783,6 +799,7 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
     op->cmd.len = len;
     op->kind = NGX_HTTP_QUOTA_OP_RELIABLE;
     op->route = route;
+    op->since = since;
 
     if (ngx_http_quota_redis_append(rc, op, cmd, len) != NGX_OK) {
         ngx_http_quota_redis_op_free(w, op);
@@ -790,6 +807,71 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * NGX_DECLINED (and an error log naming the command's first key, e.g. the
+ * P{T}:c:ID of a void: that charge may stay counted) when a reliable
+ * command was first sent longer than the horizon ago: what would make its
+ * resend a no-op may be gone from Redis.
+ */
+static ngx_int_t
+ngx_http_quota_redis_too_late(ngx_http_quota_worker_t *w, u_char *cmd,
+    size_t len, time_t since)
+{
+    u_char      *p, *q, *last, *key;
+    size_t       n;
+    ngx_int_t    v;
+    ngx_uint_t   i;
+
+    if (ngx_time() - since < NGX_HTTP_QUOTA_RELIABLE_HORIZON) {
+        return NGX_OK;
+    }
+
+    /* RESP "*N\r\n", then "$LEN\r\nDATA\r\n" per argument: the 4th
+       of EVAL/EVALSHA SCRIPT NUMKEYS KEY ... is the key */
+    key = NULL;
+    n = 0;
+    p = cmd;
+    last = cmd + len;
+
+    for (i = 0; i < 4; i++) {
+        p = ngx_strlchr(p, last, '\n');
+        if (p == NULL || ++p == last || *p != '$') {
+            break;
+        }
+
+        q = ngx_strlchr(p, last, '\r');
+        if (q == NULL || last - q < 2) {
+            break;
+        }
+
+        v = ngx_atoi(p + 1, q - p - 1);
+        p = q + 2;
+        if (v == NGX_ERROR || last - p < v) {
+            break;
+        }
+
+        n = v;
+
+        if (i == 3) {
+            key = p;
+            break;
+        }
+
+        p += n;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                  "quota: a reliable redis command unsent for %T s is "
+                  "dropped (past %d s), its effect may be missing or "
+                  "applied twice: \"%*s\"",
+                  ngx_time() - since, NGX_HTTP_QUOTA_RELIABLE_HORIZON,
+                  key ? ngx_min(n, 256) : ngx_min(len, 64),
+                  key ? key : cmd);
+
+    return NGX_DECLINED;
 }
 
 

@@ -86,6 +86,7 @@ struct ngx_http_quota_op_s {
     uint64_t                     sent_us;     /* for the latency histogram */
     ngx_str_t                    cmd;         /* RELIABLE, cluster: RESP */
     ngx_uint_t                   route;       /* cluster: slot + 1, 0: none */
+    time_t                       since;       /* RELIABLE: first sent */
     ngx_http_quota_op_kind_e     kind;
     u_char                       node;        /* cluster: parked for it */
     unsigned                     redirected:1;    /* MOVED/ASK followed */
@@ -99,6 +100,7 @@ typedef struct ngx_http_quota_redis_cmd_s  ngx_http_quota_redis_cmd_t;
 struct ngx_http_quota_redis_cmd_s {
     ngx_http_quota_redis_cmd_t  *next;
     ngx_uint_t                   route;       /* cluster: slot + 1, 0: none */
+    time_t                       since;       /* first sent: the horizon */
     size_t                       len;
     u_char                       data[1];
 };
@@ -219,7 +221,7 @@ void ngx_http_quota_redis_on_ready(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_dispatch_lost(ngx_http_quota_worker_t *w,
     ngx_http_quota_op_t *op);
 ngx_int_t ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *cmd,
-    size_t len, ngx_uint_t route);
+    size_t len, ngx_uint_t route, time_t since);
 ngx_uint_t ngx_http_quota_redis_route(ngx_http_quota_worker_t *w, int argc,
     const char **argv, const size_t *argvlen, ngx_uint_t *affinity);
 

@@ -251,12 +251,17 @@ is(usage('v', 'requests'), 4, 'void: 4 charged');
 my $bucket = "lt{v}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS});
 is(QuotaTest::redis('EXISTS', 'lt{v}:c:v2'), 0,
    'an exact charge has no record key of its own');
-like(QuotaTest::redis('HGET', $bucket, 'v2'), qr/^\S+ \S+ 0 750 1 requests 3 m 3 250$/,
-     "its record is a field of the tenant's bucket hash");
+like(QuotaTest::redis('HGET', $bucket, 'v2'), qr/^\S+ \S+ 0 750 1 requests 3 m 3 250 1$/,
+     "its record is a field of the tenant's bucket hash (limit 1 last)");
 my $bttl = QuotaTest::redis('PTTL', $bucket);
 ok($bttl > $P{RECORD_TTL} * 1000
    && $bttl <= $P{RECORD_BUCKET_MS} + $P{RECORD_TTL} * 1000,
    "the bucket lives its RECORD_BUCKET_MS + RECORD_TTL ($bttl ms)");
+# a void is resent for RELIABLE_HORIZON (300 s, as long as a tombstone):
+# the record it undoes must live that long (review L8)
+ok(($P{RELIABLE_HORIZON} // 0) >= $P{TOMBSTONE_TTL}
+   && $bttl > ($P{RELIABLE_HORIZON} // 1e9) * 1000 - 5000,
+   "the record lives the whole reliable horizon ($bttl ms)");
 is(usage('v', 'overage_cost'), 750, 'void: 3 overage units, 750');
 is(void('v', 'v2'), 1, 'the void found the record');
 is(usage('v', 'requests'), 1, 'void: back to 1');
@@ -323,8 +328,10 @@ is(daily('l'), 50, 'lease: daily 50');
 my $ttl = QuotaTest::redis('TTL', 'lt{l}:c:l1');
 ok($ttl > 2 && $ttl <= 2 + $P{LEASE_RECORD_EXTRA},
    "lease: the record lives ttl + $P{LEASE_RECORD_EXTRA} s ($ttl)");
-like(QuotaTest::redis('GET', 'lt{l}:c:l1'), qr/^\S+ \S+ 0 0 50 requests 50 m 0 -1$/,
-     'lease: the record holds n, the cost of n, overage 0, no price');
+# its settle is resent through a Redis outage: an hour (review L6)
+ok($ttl > 3600, "lease: the record outlives an outage of an hour ($ttl)");
+like(QuotaTest::redis('GET', 'lt{l}:c:l1'), qr/^\S+ \S+ 0 0 50 requests 50 m 0 -1 -1$/,
+     'lease: the record holds n, the cost of n, overage 0, no price, no limit');
 $r = charge(tenant => 'l', plans => \@big, id => 'l2');
 is($r->{n_granted}, 1, 'LEASE_N 1: exact, 1 granted');
 
@@ -401,6 +408,38 @@ is(usage('d', 'overage_cost'), 15000, 'overage cost 15000');
 is(settle('d', 'd1', 99), 0, 'the record is settled: a resend is a no-op');
 is(usage('d', 'requests'), 25, 'still 25');
 
+# overage at rest with interleaved leases (review L1): limit 100 at 1000
+# per unit, used 90; a lease of 20 x 1 (10 of it overage), then a lease of
+# 10 x 2 (all 20 overage); the first settles 19 unspent: 9 of them are
+# inside the limit, but at rest 111 used = 11 overage units, 11000
+fresh('i', plan => 'basic', overage => 1);
+my @i = (['basic', 0, [100, 0, 1000]]);
+charge(tenant => 'i', plans => \@i, id => 'i0', cost => 90);
+is(charge(tenant => 'i', plans => \@i, id => 'i1', lease => 20)->{n_granted},
+   20, 'interleaved: a lease of 20 x 1 from 90');
+is(charge(tenant => 'i', plans => \@i, id => 'i2', lease => 10,
+          cost => 2)->{n_granted}, 10, 'interleaved: a lease of 10 x 2 from 110');
+is(usage('i', 'requests:overage'), 30, 'interleaved: 30 overage units');
+is(settle('i', 'i1', 19), 19, 'interleaved: the first lease settles 19');
+is(usage('i', 'requests'), 111, 'interleaved: usage 111');
+is(usage('i', 'requests:overage'), 11, 'interleaved: overage = used - limit');
+is(usage('i', 'overage_cost'), 11000, 'interleaved: overage cost 11 x 1000');
+is(settle('i', 'i2', 10), 10, 'interleaved: the second settles 10');
+is(usage('i', 'requests'), 91, 'interleaved: usage 91');
+is(usage('i', 'requests:overage'), 0, 'interleaved: no overage left');
+is(usage('i', 'overage_cost'), 0, 'interleaved: no overage cost left');
+
+# the same for a void out of order: used 98, z1 +5 (3 overage), z2 +5 (5),
+# z1 voided: at rest 103, 3 overage units
+fresh('z', plan => 'basic', overage => 1);
+charge(tenant => 'z', plans => \@i, id => 'z0', cost => 98);
+charge(tenant => 'z', plans => \@i, id => "z$_", cost => 5) for 1 .. 2;
+is(usage('z', 'requests:overage'), 8, 'void out of order: 8 overage units');
+is(void('z', 'z1'), 1, 'void out of order: the first is voided');
+is(usage('z', 'requests'), 103, 'void out of order: usage 103');
+is(usage('z', 'requests:overage'), 3, 'void out of order: overage = used - limit');
+is(usage('z', 'overage_cost'), 3000, 'void out of order: cost 3 x 1000');
+
 # the void of a grant whose outcome was unknown undoes the n units
 fresh('w', plan => 'basic');
 charge(tenant => 'w', plans => \@big, id => 'w1', cost => 1);
@@ -448,6 +487,6 @@ is(charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
 is(usage('f', 'requests'), 9, 'force resent: still 9');
 is(usage('f', 'overage_cost'), 3000, 'force resent: still 3000');
 
-fresh($_) for qw(a g o s u p v r l h x q c d e f w k);
+fresh($_) for qw(a g o s u p v r l h x q c d e f w k i z);
 
 done_testing();
