@@ -1,0 +1,151 @@
+# The reliable horizon (review L8): a void (any reliable command) is resent
+# until Redis answers it, but for RELIABLE_HORIZON (300 s) at most, the
+# life of the records that make its resend mean something.  nginx runs
+# under libfaketime with its wall clock read from a file (the monotonic
+# clock, hence timers, is real).  A charge is in flight when its Redis is
+# killed: the lost reply makes the gateway queue the charge's void (no
+# connection is ready); the clock then jumps 400 s and Redis comes back:
+# the void is dropped with an error log naming the charge's key instead
+# of being sent.  A control run jumps 10 s: the void reaches Redis (its
+# tombstone).
+
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+my ($faketime) = grep { -e } map { "$_/faketime/libfaketime.so.1" }
+                 '/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu',
+                 '/usr/lib';
+ok($faketime, 'libfaketime is installed (apt-get install faketime)')
+    or do { done_testing(); exit 1 };
+
+my $rport = free_port();
+my $rdir = tempdir('t217-redis-XXXX', TMPDIR => 1, CLEANUP => 1);
+
+sub redis_up {
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        POSIX::setpgid(0, 0);
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$rdir/redis.out";
+        open STDERR, '>&', \*STDOUT;
+        exec 'redis-server', '--bind', '127.0.0.1', '--port', $rport,
+             '--dir', $rdir, '--save', '', '--appendonly', 'no'
+            or POSIX::_exit(127);
+    }
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my $pong = eval { QuotaTest::redis_at($rport, 'PING') };
+        return $pid if defined $pong && $pong eq 'PONG';
+        sleep 0.02;
+    }
+    die "redis-server on $rport did not start\n";
+}
+
+sub r { QuotaTest::redis_at($rport, @_) }
+
+sub set_clock {
+    my ($file, $offset) = @_;
+    open my $f, '>', $file or die "$file: $!";
+    print $f "$offset\n";
+    close $f;
+}
+
+sub run {
+    my ($jump) = @_;
+    my $rpid = redis_up();
+    my $port = free_port();
+    my $root = tempdir('t217-XXXX', TMPDIR => 1, CLEANUP => 1);
+    my $clock = "$root/clock";
+    set_clock($clock, '+0');
+    my $http = <<"_EOC_";
+    quota_redis 127.0.0.1:$rport timeout=5s connect_timeout=1s;
+    quota_failure_mode open;
+    quota_metric a;
+    quota_plan p { limit a 1000; }
+    quota_default_plan p;
+_EOC_
+    my $h;
+    {
+        local $ENV{LD_PRELOAD} = $faketime;
+        local $ENV{FAKETIME_TIMESTAMP_FILE} = $clock;
+        local $ENV{FAKETIME_NO_CACHE} = 1;
+        local $ENV{FAKETIME_DONT_FAKE_MONOTONIC} = 1;
+        $h = nginx_start(servroot => $root, port => $port, workers => 1,
+                         master => 1, no_root_location => 1,
+                         env => [qw(LD_PRELOAD FAKETIME_TIMESTAMP_FILE
+                                    FAKETIME_NO_CACHE
+                                    FAKETIME_DONT_FAKE_MONOTONIC)],
+                         http_config => $http, config => <<"_EOC_");
+    quota on;
+    quota_tenant \$http_x_t;
+    quota_route POST /a a=1;
+    location / { proxy_pass http://127.0.0.1:$port/origin; }
+    location /origin { quota off; return 200 "ok\\n"; }
+_EOC_
+    }
+    die "nginx: $h->{error}\n" if $h->{error};
+    QuotaTest::wait_module_ready($root, $http, 1);
+
+    my $r = http_request($port, 'POST', '/a', { 'X-T' => 'h' }, '', 10);
+    is($r->{status}, 200, "jump $jump: a first charge");
+
+    # a charge in flight when Redis dies: its reply is lost, its void queued
+    kill 'STOP', $rpid;
+    my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        or die "connect: $!";
+    print $c "POST /a HTTP/1.1\r\nHost: x\r\nX-T: h\r\nContent-Length: 0\r\n"
+             . "Connection: close\r\n\r\n";
+    sleep 0.5;
+    kill 'KILL', $rpid;
+    waitpid $rpid, 0;
+    my $reply = do { local $/; <$c> } // '';
+    like($reply, qr{^HTTP/1\.1 200}, "jump $jump: answered (fail open)");
+    my $log = QuotaTest::_slurp("$root/logs/error.log");
+    my ($id) = $log =~ /voiding charge (\S+) of tenant "h"/;
+    ok($id, "jump $jump: the charge is voided");
+
+    set_clock($clock, "+$jump");
+    sleep 0.5;
+    $rpid = redis_up();
+    my $deadline = time + 15;
+    my $done;
+    while (time < $deadline) {
+        $log = QuotaTest::_slurp("$root/logs/error.log");
+        $done = 1, last if $log =~ /reliable redis command unsent/;
+        $done = 1, last if $id && (r('EXISTS', "quota:{h}:c:$id") // 0);
+        sleep 0.1;
+    }
+    sleep 0.5;
+    nginx_stop($h, master => 1);
+    $log = QuotaTest::_slurp("$root/logs/error.log");
+    my $tomb = $id ? r('GET', "quota:{h}:c:$id") // '' : '';
+    kill 'TERM', $rpid;
+    waitpid $rpid, 0;
+    return ($log, $id // 'none', $tomb, $h, $root);
+}
+
+my ($log, $id, $tomb) = run(10);
+is($tomb, 'v', 'jump 10 s: the void reached Redis (its tombstone)');
+unlike($log, qr/reliable redis command unsent/, 'jump 10 s: nothing dropped');
+
+my ($h, $root);
+($log, $id, $tomb, $h, $root) = run(400);
+is($tomb, '', 'jump 400 s: the void was not sent (no tombstone)');
+like($log, qr/\[error\].*reliable redis command unsent for \d+ s is dropped \(past 300 s\).*"quota:\{h\}:c:\Q$id\E"/,
+     'jump 400 s: dropped with an error log naming the charge');
+unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert');
+if ($h->{valgrind}) {
+    my @p = valgrind_problems($root);
+    is(scalar @p, 0, 'valgrind clean') or diag(join "\n", @p);
+}
+
+done_testing();
