@@ -1,6 +1,6 @@
 # The reliable horizon (review L8): a void (any reliable command) is resent
-# until Redis answers it, but for RELIABLE_HORIZON (300 s) at most, the
-# life of the records that make its resend mean something.  nginx runs
+# until Redis answers it, but for RELIABLE_HORIZON (240 s) at most, less
+# than the life of the records that make its resend mean something.  nginx runs
 # under libfaketime with its wall clock read from a file (the monotonic
 # clock, hence timers, is real).  A charge is in flight when its Redis is
 # killed: the lost reply makes the gateway queue the charge's void (no
@@ -140,7 +140,7 @@ unlike($log, qr/reliable redis command unsent/, 'jump 10 s: nothing dropped');
 my ($h, $root);
 ($log, $id, $tomb, $h, $root) = run(400);
 is($tomb, '', 'jump 400 s: the void was not sent (no tombstone)');
-like($log, qr/\[error\].*reliable redis command unsent for \d+ s is dropped \(past 300 s\).*"quota:\{h\}:c:\Q$id\E"/,
+like($log, qr/\[error\].*reliable redis command unsent for \d+ s is dropped \(past 240 s\).*"quota:\{h\}:c:\Q$id\E"/,
      'jump 400 s: dropped with an error log naming the charge');
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert');
 if ($h->{valgrind}) {

@@ -17,53 +17,43 @@
 -- max(0, U - LIMIT) - max(0, U - COST - LIMIT) units at PRICE), so that a
 -- late void leaves overage = max(0, used - LIMIT) at rest.
 local rec = redis.call('GET', KEYS[1])
-local base = ARGV[VOID_BASE]
+local b = ARGV[VOID_BASE]
 redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
-redis.call('ZREM', base .. 'inflight', ARGV[VOID_ID])
+redis.call('ZREM', b .. 'inflight', ARGV[VOID_ID])
 if rec == 'v' then return 0 end
+local id = ARGV[VOID_ID]
 if not rec then
-  local bucket = base .. 'r:'
-                 .. math.floor(tonumber(ARGV[VOID_NOW_MS]) / RECORD_BUCKET_MS)
-  rec = redis.call('HGET', bucket, ARGV[VOID_ID])
+  local h = b .. 'r:' .. math.floor(ARGV[VOID_NOW_MS] / RECORD_BUCKET_MS)
+  rec = redis.call('HGET', h, id)
   if not rec then return 0 end
-  redis.call('HDEL', bucket, ARGV[VOID_ID])
+  redis.call('HDEL', h, id)
 end
+-- sent with every void (EVAL): kept short
 local w = {}
-for x in string.gmatch(rec, '%S+') do w[#w + 1] = x end
-local usage_key = base .. 'usage:' .. w[1]
-local daily_key = base .. 'daily:' .. w[1]
-if w[3] ~= '0' then
-  local tat = tonumber(redis.pcall('GET', base .. 'rate'))
-  if tat then
-    redis.pcall('SET', base .. 'rate', tat - tonumber(w[3]), 'KEEPTTL')
-  end
+for x in rec:gmatch('%S+') do w[#w + 1] = x end
+local u = b .. 'usage:' .. w[1]
+local function add(k, f, v)
+  redis.pcall('HINCRBY', k, f, ('%d'):format(v))
 end
-local cost_back = 0
+local function get(f) return tonumber(redis.pcall('HGET', u, f)) or 0 end
+if w[3] ~= '0' then
+  local t = tonumber(redis.pcall('GET', b .. 'rate'))
+  if t then redis.pcall('SET', b .. 'rate', t - w[3], 'KEEPTTL') end
+end
+local back = 0
 for j = 6, #w - 5, 6 do
-  local name, cost = w[j], tonumber(w[j + 1])
-  local lim = tonumber(w[j + 5])
-  if lim >= 0 then
-    local u = tonumber(redis.pcall('HGET', usage_key, name)) or 0
-    local over = math.max(0, u - lim) - math.max(0, u - cost - lim)
-    over = math.min(over, tonumber(redis.pcall('HGET', usage_key,
-                                               name .. ':overage')) or 0)
-    if over > 0 then
-      redis.pcall('HINCRBY', usage_key, name .. ':overage',
-                  string.format('%d', -over))
-      cost_back = cost_back + over * tonumber(w[j + 4])
+  local m, c, l = w[j], tonumber(w[j + 1]), tonumber(w[j + 5])
+  if l >= 0 then
+    local n = get(m)
+    local o = math.min(math.max(0, n - l) - math.max(0, n - c - l),
+                       get(m .. ':overage'))
+    if o > 0 then
+      add(u, m .. ':overage', -o)
+      back = back + o * w[j + 4]
     end
   end
-  if w[j + 2] ~= 'd' then
-    redis.pcall('HINCRBY', usage_key, name, '-' .. w[j + 1])
-  end
-  redis.pcall('HINCRBY', daily_key, name .. ':' .. w[2], '-' .. w[j + 1])
+  if w[j + 2] ~= 'd' then add(u, m, -c) end
+  add(b .. 'daily:' .. w[1], m .. ':' .. w[2], -c)
 end
-if cost_back > 0 then
-  cost_back = math.min(cost_back, tonumber(redis.pcall('HGET', usage_key,
-                                                       'overage_cost')) or 0)
-end
-if cost_back > 0 then
-  redis.pcall('HINCRBY', usage_key, 'overage_cost',
-              string.format('%d', -cost_back))
-end
+if back > 0 then add(u, 'overage_cost', -back) end
 return 1
