@@ -466,13 +466,13 @@ end
 -- the script failed) can undo exactly that:
 -- "START TODAY GCRA_STEP OVERAGE_COST N" + per charged metric
 -- "NAME COST m|d OVERAGE_UNITS PRICE LIMIT" (COST: of the N request units,
--- N >= 2 for a lease, whose settle gives back unspent units; PRICE:
--- micro-USD per overage unit, -1: none; LIMIT: the limit past which units
--- were billed as overage, -1: not billed).  A settle or a void gives
--- overage back against the counter as it is then, from LIMIT: what is
--- past the limit at rest stays billed, whichever charge put it there.  An exact charge's record is the field ID of
+-- N >= 2 for a lease, whose settle gives back unspent units; PRICE: micro-
+-- USD per overage unit, -1: none; LIMIT: past it units were billed as
+-- overage, -1: not billed; a settle or a void gives overage back against
+-- the counter as it is then: overage = max(0, used - LIMIT) at rest, as
+-- charges leave it).  An exact charge's record is the field ID of
 -- the hash P{T}:r:BUCKET (BUCKET: ARG_NOW_MS / RECORD_BUCKET_MS), living at
--- least RECORD_TTL; a lease's is the key P{T}:c:ID (its ttl + 60 s, for
+-- least RECORD_TTL; a lease's is the key P{T}:c:ID (its ttl + 1 h, for
 -- its settle), a forced charge's too (FORCE_RECORD_TTL: its resends find
 -- it).  P{T}:c:ID is also where a void leaves its tombstone.
 -- the daily hash first: the one key no read above has type-checked, so a
