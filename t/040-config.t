@@ -4,27 +4,10 @@
 
 use strict;
 use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use File::Temp qw(tempdir);
-
-my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
-my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
-
-sub nginx_t {
-    my ($http) = @_;
-    my $dir = tempdir(CLEANUP => 1);
-    mkdir "$dir/conf"; mkdir "$dir/logs";
-    my $conf = join('', map { "load_module $_;\n" } @modules)
-        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
-        . "events { worker_connections 64; }\n"
-        . "http {\n$http\n}\n";
-    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
-    print $fh $conf;
-    close $fh;
-    my ($line) = grep { (split /\n/, $conf)[$_ - 1] =~ /#HERE/ } 1 .. scalar(split /\n/, $conf);
-    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
-    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
-}
+use QuotaTest ();
 
 my $base = <<'_EOC_';
     quota_redis 127.0.0.1:6379;
@@ -157,7 +140,7 @@ my @cases = (
 
 for my $c (@cases) {
     my ($name, $http, $re, $own) = @$c;
-    my ($rc, $out, $file, $line) = nginx_t($http);
+    my ($rc, $out, $file, $line) = QuotaTest::nginx_t($http);
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: clear message");
     if ($own) {
@@ -169,7 +152,7 @@ for my $c (@cases) {
 }
 
 # and a good configuration passes
-my ($rc, $out) = nginx_t($base . <<'_EOC_');
+my ($rc, $out) = QuotaTest::nginx_t($base . <<'_EOC_');
     quota_plan free { limit api_requests 5; rate 30r/m; concurrency 1; }
     quota_plan pro {
         limit api_requests 5000 per_seat;

@@ -10,30 +10,8 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
-use File::Temp qw(tempdir);
 
 redis_flush();
-
-my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
-my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
-
-# nginx -t on an http{} body; returns (exit code, output, file, line of #HERE)
-sub nginx_t {
-    my ($http) = @_;
-    my $dir = tempdir(CLEANUP => 1);
-    mkdir "$dir/conf"; mkdir "$dir/logs";
-    my $conf = join('', map { "load_module $_;\n" } @modules)
-        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
-        . "events { worker_connections 64; }\n"
-        . "http {\n$http\n}\n";
-    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
-    print $fh $conf;
-    close $fh;
-    my @lines = split /\n/, $conf;
-    my ($line) = grep { $lines[$_ - 1] =~ /#HERE/ } 1 .. @lines;
-    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
-    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
-}
 
 my $base = "quota_redis 127.0.0.1:1;\nquota_metric a;\n";
 
@@ -50,14 +28,14 @@ my @cases = (
 
 for my $c (@cases) {
     my ($name, $http, $re) = @$c;
-    my ($rc, $out, $file, $line) = nginx_t($base . $http);
+    my ($rc, $out, $file, $line) = QuotaTest::nginx_t($base . $http);
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: message");
     like($out, qr/\Q$file\E:$line\b/, "$name: points at $file:$line");
 }
 
 {
-    my ($rc, $out) = nginx_t($base . "quota_zone q:1m;");
+    my ($rc, $out) = QuotaTest::nginx_t($base . "quota_zone q:1m;");
     is($rc, 0, 'a good quota_zone passes nginx -t') or diag($out);
 }
 

@@ -23,27 +23,8 @@ redis_flush();
 
 my $start = month_start();
 my $today = today();
-my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
-my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
 
 # ------------------------------------------------------------ nginx -t ----
-
-sub nginx_t {
-    my ($http) = @_;
-    my $dir = tempdir(CLEANUP => 1);
-    mkdir "$dir/conf"; mkdir "$dir/logs";
-    my $conf = join('', map { "load_module $_;\n" } @modules)
-        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
-        . "events { worker_connections 64; }\n"
-        . "http {\n$http\n}\n";
-    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
-    print $fh $conf;
-    close $fh;
-    my @lines = split /\n/, $conf;
-    my ($line) = grep { $lines[$_ - 1] =~ /#HERE/ } 1 .. @lines;
-    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
-    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
-}
 
 my $base = "quota_redis 127.0.0.1:1;\nquota_metric a;\n";
 
@@ -72,7 +53,7 @@ my @cases = (
 
 for my $c (@cases) {
     my ($name, $http, $re, $own) = @$c;
-    my ($rc, $out, $file, $line) = nginx_t($base . $http);
+    my ($rc, $out, $file, $line) = QuotaTest::nginx_t($base . $http);
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: message");
     if ($own) {
@@ -85,7 +66,7 @@ for my $c (@cases) {
 
 for my $ok ("quota_lease off;", "quota_zone q:1m;\nquota_lease auto;",
             "quota_zone q:1m;\nserver { listen 127.0.0.1:1; quota_lease 10 ttl=250ms; }") {
-    my ($rc, $out) = nginx_t($base . $ok);
+    my ($rc, $out) = QuotaTest::nginx_t($base . $ok);
     is($rc, 0, "passes nginx -t: $ok") or diag($out);
 }
 

@@ -3,29 +3,10 @@
 
 use strict;
 use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use File::Temp qw(tempdir);
-
-my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
-my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
-
-# nginx -t on an http{} body; returns (exit code, output, file, line of #HERE)
-sub nginx_t {
-    my ($http) = @_;
-    my $dir = tempdir(CLEANUP => 1);
-    mkdir "$dir/conf"; mkdir "$dir/logs";
-    my $conf = join('', map { "load_module $_;\n" } @modules)
-        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
-        . "events { worker_connections 64; }\n"
-        . "http {\n$http\n}\n";
-    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
-    print $fh $conf;
-    close $fh;
-    my @lines = split /\n/, $conf;
-    my ($line) = grep { $lines[$_ - 1] =~ /#HERE/ } 1 .. @lines;
-    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
-    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
-}
+use QuotaTest ();
 
 my $base = "quota_redis 127.0.0.1:1;\nquota_metric a;\n";
 my $zone = "quota_zone q:1m;\n";
@@ -61,7 +42,7 @@ my @cases = (
 
 for my $c (@cases) {
     my ($name, $http, $re, $own) = @$c;
-    my ($rc, $out, $file, $line) = nginx_t($base . $http);
+    my ($rc, $out, $file, $line) = QuotaTest::nginx_t($base . $http);
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: message");
     if ($own) {
@@ -79,7 +60,7 @@ for my $good (
     [ 'off needs no quota_zone', "quota_fallback off;" ],
     [ 'local without nodes=', $zone . "quota_fallback local;" ],
 ) {
-    my ($rc, $out) = nginx_t($base . $good->[1]);
+    my ($rc, $out) = QuotaTest::nginx_t($base . $good->[1]);
     is($rc, 0, "$good->[0]: nginx -t passes") or diag($out);
 }
 

@@ -14,6 +14,7 @@ use Cwd ();
 use Errno ();
 use Fcntl ();
 use File::Path ();
+use File::Temp ();
 use IO::Select;
 use IO::Socket::INET;
 use POSIX ();
@@ -645,6 +646,31 @@ END {
         }
     }
     $? = $exit;
+}
+
+# ----------------------------------------------------------- nginx -t ----
+
+# QuotaTest::nginx_t($http): "nginx -t" on a configuration whose http{}
+# block is $http (the modules of TEST_NGINX_LOAD_MODULES loaded). Returns
+# (exit code, output, the conf file, the number of the line marked #HERE).
+# Not exported: call it fully qualified.
+sub nginx_t {
+    my ($http) = @_;
+    my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    my @modules = split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    mkdir "$dir/conf"; mkdir "$dir/logs";
+    my $conf = join('', map { "load_module $_;\n" } @modules)
+        . "error_log logs/error.log;\npid logs/nginx.pid;\n"
+        . "events { worker_connections 64; }\n"
+        . "http {\n$http\n}\n";
+    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
+    print $fh $conf;
+    close $fh;
+    my @lines = split /\n/, $conf;
+    my ($line) = grep { $lines[$_ - 1] =~ /#HERE/ } 1 .. @lines;
+    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
+    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
 }
 
 # nginx_run(http_config => TEXT (alias conf), config => SERVER_TEXT,
