@@ -53,6 +53,16 @@
 /* units admitted while the circuit is closed wait this long, batched */
 #define NGX_HTTP_QUOTA_FLUSH_DELAY       100     /* ms */
 
+/* tenants charged per flush (one lock); more: the flush runs again */
+#define NGX_HTTP_QUOTA_FLUSH_BATCH       64
+
+
+/* what the flush charges for one tenant, collected under the lock */
+typedef struct {
+    ngx_str_t                    tenant;
+    int64_t                     *units;       /* per declared metric */
+} ngx_http_quota_flush_t;
+
 
 /* this worker's probe */
 typedef struct {
@@ -62,14 +72,10 @@ typedef struct {
     ngx_http_quota_op_t         *op;          /* the PING in flight */
     ngx_event_t                  flush;       /* units admitted while the
                                                  circuit was closed */
+    ngx_http_quota_flush_t      *batch;       /* FLUSH_BATCH tenants, with
+                                                 room for their units and
+                                                 ids: sized at init */
 } ngx_http_quota_probe_t;
-
-
-/* what the flush charges for one tenant, collected under the lock */
-typedef struct {
-    ngx_str_t                    tenant;
-    int64_t                     *units;       /* per declared metric */
-} ngx_http_quota_flush_t;
 
 
 static ngx_uint_t ngx_http_quota_fallback_enabled(
@@ -89,7 +95,9 @@ static void ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
 static void ngx_http_quota_fallback_flush_handler(ngx_event_t *ev);
 static void ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf);
 static ngx_uint_t ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
-    ngx_http_quota_flush_t *f, ngx_uint_t n, u_char *p, size_t *size);
+    ngx_http_quota_flush_t *f, ngx_uint_t *more);
+static void ngx_http_quota_fallback_pending(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *qn);
 static ngx_int_t ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node);
 
@@ -373,6 +381,8 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
         sm->fb_pending += ctx->costs[i];
     }
 
+    ngx_http_quota_fallback_pending(qmcf->zone, qn);
+
     /* the headers: the snapshot plus what fallback admitted since */
     ngx_http_quota_zone_recall(ctx, qn);
 
@@ -443,6 +453,16 @@ ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
     }
 
     p->qmcf = qmcf;
+
+    /* the flush's batch: tenants, their units, their ids (each at most
+       QUOTA_TENANT_MAX): what one flush collects always fits */
+    p->batch = ngx_palloc(cycle->pool, NGX_HTTP_QUOTA_FLUSH_BATCH
+                          * (sizeof(ngx_http_quota_flush_t)
+                             + qmcf->zone->nmetrics * sizeof(int64_t)
+                             + QUOTA_TENANT_MAX));
+    if (p->batch == NULL) {
+        return NGX_ERROR;
+    }
 
     /* the probe never keeps a worker from quitting */
     p->timer.handler = ngx_http_quota_probe_handler;
@@ -599,45 +619,29 @@ ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
 /*
  * Charge every tenant's fallback units once: the circuit just closed (this
  * worker closed it), or units were admitted while it was closed (a request
- * whose own trip failed).  What to charge is moved out of the zone under
- * the lock, in two passes so that nothing is allocated under it; the
- * charges are sent after it.
+ * whose own trip failed).  Tenants with units to charge are queued in the
+ * zone (sh->fb_queue); at most NGX_HTTP_QUOTA_FLUSH_BATCH of them are
+ * moved out under the lock into this worker's batch, sent after it, and
+ * the flush runs again at once while some are left.
  */
 static void
 ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
 {
-    u_char                  *block;
-    size_t                   size;
-    ngx_uint_t               i, n;
+    ngx_uint_t               i, n, more;
     ngx_http_quota_zone_t   *z;
     ngx_http_quota_flush_t  *f;
+    ngx_http_quota_probe_t  *p;
 
+    p = &ngx_http_quota_probe;
     z = qmcf->zone;
+    f = p->batch;
 
-    /* how much: tenants, and the bytes of their ids */
-    size = 0;
-
-    ngx_http_quota_zone_lock(z);
-    n = ngx_http_quota_fallback_collect(z, NULL, 0, NULL, &size);
-    ngx_http_quota_zone_unlock(z);
-
-    if (n == 0) {
+    if (p->qmcf != qmcf || f == NULL) {
         return;
     }
 
-    /* a tenant admitted meanwhile waits for the next flush */
-    block = ngx_alloc(n * (sizeof(ngx_http_quota_flush_t)
-                           + z->nmetrics * sizeof(int64_t)) + size,
-                      ngx_cycle->log);
-    if (block == NULL) {
-        /* kept in the zone for the next flush */
-        return;
-    }
-
-    f = (ngx_http_quota_flush_t *) block;
-
     ngx_http_quota_zone_lock(z);
-    n = ngx_http_quota_fallback_collect(z, f, n, (u_char *) &f[n], &size);
+    n = ngx_http_quota_fallback_collect(z, f, &more);
     ngx_http_quota_zone_unlock(z);
 
     for (i = 0; i < n; i++) {
@@ -650,77 +654,103 @@ ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
         }
     }
 
-    ngx_free(block);
+    if (n) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "quota: fallback charges of %ui tenants sent", n);
+    }
 
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "quota: fallback charges of %ui tenants sent", n);
+    if (more && !p->flush.timer_set) {
+        ngx_add_timer(&p->flush, 1);
+    }
+}
+
+
+/* under the lock: the queue of nodes with units to charge */
+static ngx_queue_t *
+ngx_http_quota_fallback_queue(ngx_http_quota_zone_t *z)
+{
+    /* the shared header is zeroed when the zone is made */
+    if (z->sh->fb_queue.next == NULL) {
+        ngx_queue_init(&z->sh->fb_queue);
+    }
+
+    return &z->sh->fb_queue;
+}
+
+
+/* under the lock: qn has units to charge now, queue it (once) */
+static void
+ngx_http_quota_fallback_pending(ngx_http_quota_zone_t *z,
+    ngx_http_quota_zone_node_t *qn)
+{
+    if (qn->fb_queue.next == NULL) {
+        ngx_queue_insert_tail(ngx_http_quota_fallback_queue(z),
+                              &qn->fb_queue);
+    }
 }
 
 
 /*
- * Under the lock.  Without f: counts the tenants with fallback units and
- * the bytes of their ids (*size).  With f: moves the units of at most n of
- * them into f (they stay spent against the share until a newer snapshot);
- * p has room for n x nmetrics units, then the ids.
+ * Under the lock: moves the units of at most NGX_HTTP_QUOTA_FLUSH_BATCH
+ * queued tenants into f (they stay spent against the share until a newer
+ * snapshot) and unqueues them; *more: some are left.  Nodes of another
+ * configuration's metric set (a reload) are left to its workers, moved
+ * to the tail, and count against the batch so that a pass stays bounded.
  */
 static ngx_uint_t
 ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
-    ngx_http_quota_flush_t *f, ngx_uint_t n, u_char *p, size_t *size)
+    ngx_http_quota_flush_t *f, ngx_uint_t *more)
 {
     u_char                        *ids;
     int64_t                       *units;
-    ngx_uint_t                     i, k, found;
-    ngx_queue_t                   *q;
+    ngx_uint_t                     i, n, seen;
+    ngx_queue_t                   *q, *queue;
     ngx_http_quota_zone_node_t    *qn;
     ngx_http_quota_zone_metric_t  *m;
 
-    found = 0;
-    units = (int64_t *) p;
-    ids = p + n * z->nmetrics * sizeof(int64_t);
+    units = (int64_t *) &f[NGX_HTTP_QUOTA_FLUSH_BATCH];
+    ids = (u_char *) (units + NGX_HTTP_QUOTA_FLUSH_BATCH * z->nmetrics);
 
-    for (q = ngx_queue_head(&z->sh->lru);
-         q != ngx_queue_sentinel(&z->sh->lru);
-         q = ngx_queue_next(q))
+    queue = ngx_http_quota_fallback_queue(z);
+    n = 0;
+
+    for (seen = 0;
+         seen < NGX_HTTP_QUOTA_FLUSH_BATCH && !ngx_queue_empty(queue);
+         seen++)
     {
-        qn = ngx_queue_data(q, ngx_http_quota_zone_node_t, queue);
+        q = ngx_queue_head(queue);
+        qn = ngx_queue_data(q, ngx_http_quota_zone_node_t, fb_queue);
 
-        if (qn->sig != z->sig || (f != NULL && found == n)) {
+        ngx_queue_remove(q);
+
+        if (qn->sig != z->sig || qn->len > QUOTA_TENANT_MAX) {
+            ngx_queue_insert_tail(queue, q);
             continue;
         }
+
+        q->next = NULL;
+        q->prev = NULL;
 
         m = ngx_http_quota_zone_metrics(qn);
 
-        for (i = 0; i < qn->nmetrics; i++) {
-            if (m[i].fb_pending != 0) {
-                break;
-            }
-        }
-
-        if (i == qn->nmetrics) {
-            continue;
-        }
-
-        if (f == NULL) {
-            *size += qn->len;
-            found++;
-            continue;
-        }
-
-        k = found++;
-
-        f[k].units = units + k * z->nmetrics;
+        f[n].units = units + n * z->nmetrics;
 
         for (i = 0; i < qn->nmetrics; i++) {
-            f[k].units[i] = m[i].fb_pending;
+            f[n].units[i] = m[i].fb_pending;
             m[i].fb_pending = 0;
         }
 
-        f[k].tenant.data = ids;
-        f[k].tenant.len = qn->len;
-        ids = ngx_cpymem(ids, ngx_http_quota_zone_tenant(qn), qn->len);
+        f[n].tenant.data = ids + n * QUOTA_TENANT_MAX;
+        f[n].tenant.len = qn->len;
+        ngx_memcpy(f[n].tenant.data, ngx_http_quota_zone_tenant(qn), qn->len);
+
+        n++;
     }
 
-    return found;
+    /* only nodes of another configuration left: their workers flush them */
+    *more = (n != 0 && !ngx_queue_empty(queue));
+
+    return n;
 }
 
 
@@ -742,17 +772,6 @@ static ngx_int_t
 ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node)
 {
-    ngx_uint_t                     i;
-    ngx_http_quota_zone_metric_t  *m;
-
-    m = ngx_http_quota_zone_metrics(node);
-
-    for (i = 0; i < node->nmetrics; i++) {
-        if (m[i].fb_pending != 0) {
-            return NGX_DECLINED;
-        }
-    }
-
-    return NGX_OK;
+    return node->fb_queue.next != NULL ? NGX_DECLINED : NGX_OK;
 }
 

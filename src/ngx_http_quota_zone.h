@@ -91,6 +91,9 @@ struct ngx_http_quota_zone_node_s {
 
     ngx_http_quota_lkey_t       *lkeys;       /* lease keys (_lease.c) */
     ngx_http_quota_zone_reject_t reject;      /* _reject.c */
+    ngx_queue_t                  fb_queue;    /* in sh->fb_queue while it
+                                                 has fallback units not
+                                                 charged; next NULL: not */
 };
 
 
@@ -103,6 +106,9 @@ typedef struct {
     ngx_uint_t                   tenants;     /* nodes, all generations */
     ngx_uint_t                   leases;      /* unspent leases */
     quota_breaker_t              breaker;     /* quota_fallback's */
+    ngx_queue_t                  fb_queue;    /* nodes with fallback units
+                                                 to charge (_fallback.c;
+                                                 next NULL: not set up) */
 } ngx_http_quota_zone_sh_t;
 
 

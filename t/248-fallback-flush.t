@@ -1,0 +1,223 @@
+# quota_fallback's flush (L5, L10 of the ledger review): the tenants with
+# fallback units to charge are queued in the zone and collected in one
+# bounded pass into a per-worker batch sized at init, re-armed while some
+# are left.  1. Two workers race (one flushes while the other admits a
+# tenant with a long id in fallback): the flush used to size a block in a
+# first pass and copy ids in a second one, past its end (heap corruption,
+# worker abort); a malloc of that block's size is slowed by a preloaded
+# shim to widen the race.  2. More tenants than one batch: every one is
+# charged exactly once.
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTime;
+use IO::Socket::INET;
+use POSIX ();
+use File::Path ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+my $rport = $rs->{port};
+my $root = QuotaTest::_servroot_base() . '_248';
+
+sub usage {
+    my ($t) = @_;
+    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
+}
+
+sub conf {
+    my ($port, $workers) = @_;
+    return (servroot => $root, port => $port, workers => $workers,
+            master => 1, no_root_location => 1,
+            http_config => <<"_EOC_", config => <<"_EOC_");
+    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
+    quota_zone ledger:4m;
+    quota_fallback local nodes=1;
+    quota_failure_mode open;
+    quota_metric api;
+    quota_plan p { limit api 1000; }
+    quota_default_plan p;
+_EOC_
+    quota on;
+    quota_tenant \$http_x_api_key;
+    quota_route POST /api/** api=1;
+    location / {
+        add_header X-Quota-Status \$quota_status always;
+        add_header X-Pid \$pid always;
+        proxy_pass http://127.0.0.1:$port/origin;
+    }
+    location /origin { quota off; return 200 "ok"; }
+_EOC_
+}
+
+# one request on a keep-alive connection
+sub req {
+    my ($s, $t) = @_;
+    print $s "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: $t\r\n"
+             . "Content-Length: 0\r\n\r\n";
+    my $head = '';
+    while ($head !~ /\r\n\r\n/) {
+        my $n = sysread($s, my $buf, 1);
+        return { status => 'closed', qs => '' } unless $n;
+        $head .= $buf;
+    }
+    my ($len) = $head =~ /Content-Length: (\d+)/i;
+    my $body = '';
+    sysread($s, $body, $len - length $body, length $body)
+        while length $body < ($len // 0);
+    my ($qs) = $head =~ /X-Quota-Status: (\S+)/i;
+    my ($pid) = $head =~ /X-Pid: (\d+)/i;
+    return { qs => $qs // '', pid => $pid // 0 };
+}
+
+sub redis_sleep {
+    my ($secs) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $rport) or POSIX::_exit(1);
+        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+                 . "\r\n$secs\r\n";
+        my $line = <$s>;
+        POSIX::_exit(0);
+    }
+    sleep 0.05;
+    return $pid;
+}
+
+sub wait_for {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->();
+}
+
+sub logs {
+    return join '', map { QuotaTest::_slurp("$root/logs/$_") // '' }
+                    qw(error.log stderr.log);
+}
+
+# 1. the race, widened by a malloc shim where one can be preloaded
+SKIP: {
+    skip 'the malloc shim does not go with valgrind or sanitizers', 7
+        if $ENV{TEST_NGINX_USE_VALGRIND} || $ENV{TEST_NGINX_USE_SANITIZER};
+
+    my $A = 'a' x 123;    # the old first pass: 1 x (24 + 8) + 123 bytes
+    my $B = 'b' x 256;
+    my $dir = "${root}_shim";
+    File::Path::rmtree($dir);
+    File::Path::mkpath($dir);
+    open my $c, '>', "$dir/slowmalloc.c" or die;
+    print $c <<'_C_';
+#include <stdlib.h>
+#include <unistd.h>
+extern void *__libc_malloc(size_t);
+static long magic = -2, usec;
+void *malloc(size_t n)
+{
+    if (magic == -2) {
+        char *e = getenv("SHIM_MAGIC"), *u = getenv("SHIM_USEC");
+        magic = e ? atol(e) : -1;
+        usec = u ? atol(u) : 0;
+    }
+    if (magic > 0 && (long) n == magic) {
+        usleep(usec);
+    }
+    return __libc_malloc(n);
+}
+_C_
+    close $c;
+    skip 'no C compiler for the malloc shim', 7
+        if system("cc -shared -fPIC -o $dir/slowmalloc.so $dir/slowmalloc.c"
+                  . " 2>/dev/null") != 0;
+
+    my $port = free_port();
+    my $h;
+    {
+        local $ENV{TEST_NGINX_LD_PRELOAD} = "$dir/slowmalloc.so";
+        local $ENV{SHIM_MAGIC} = 155;
+        local $ENV{SHIM_USEC} = 2500000;
+        $h = nginx_start(conf($port, 2));
+    }
+    die $h->{error} if $h->{error};
+    QuotaTest::wait_module_ready($root, "quota_redis", 2);
+
+    # one keep-alive connection on each worker
+    my %conn;
+    for (1 .. 60) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port) or die;
+        my $r = req($s, 'warm');
+        $conn{ $r->{pid} } //= $s;
+        last if keys %conn == 2;
+    }
+    my ($w1, $w2) = values %conn;
+    ok($w1 && $w2, 'a connection on each worker');
+
+    is(req($w1, $A)->{qs}, 'ALLOWED', 'A learned (123-byte id)');
+    is(req($w2, $B)->{qs}, 'ALLOWED', 'B learned (256-byte id)');
+
+    # Redis asleep: worker 1's A times out (FALLBACK, its flush timer
+    # runs while worker 2 opens the circuit and admits B)
+    my $pid = redis_sleep(4);
+    is(req($w1, $A)->{qs}, 'FALLBACK', 'A: fallback on worker 1');
+    sleep 0.15;
+    req($w2, 'unknown1');
+    req($w2, 'unknown2');
+    is(req($w2, $B)->{qs}, 'FALLBACK', 'B: fallback on worker 2');
+    waitpid $pid, 0;
+
+    # the probe closes the circuit, every unit is charged once
+    ok(wait_for(8, sub { usage($A) == 2 && usage($B) == 2 }),
+       'A and B: 1 + 1 fallback unit each charged')
+        or diag("A " . usage($A) . ", B " . usage($B));
+    nginx_stop($h, master => 1);
+
+    unlike(logs(), qr/exited on signal|corrupt|invalid|malloc\(\)|\[alert\]/,
+           'no worker crashed, no heap corruption');
+}
+
+# 2. more tenants than one flush's batch (64), with the longest ids
+{
+    my $port = free_port();
+    my $h = nginx_start(conf($port, 1));
+    die $h->{error} if $h->{error};
+    QuotaTest::wait_module_ready($root, "quota_redis", 1);
+
+    my @t = map { sprintf('%03d', $_) . ('t' x 253) } 1 .. 150;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        or die;
+    my $learned = grep { req($s, $_)->{qs} eq 'ALLOWED' } @t;
+    is($learned, 150, '150 tenants learned');
+
+    $rs->cmd('SAVE');
+    kill 'STOP', $rs->{pid};
+    req($s, "unknown$_") for 1 .. 3;    # the circuit opens
+    my $fb = grep { req($s, $_)->{qs} eq 'FALLBACK' } @t;
+    is($fb, 150, '150 tenants admitted in fallback');
+    kill 'CONT', $rs->{pid};
+
+    ok(wait_for(10, sub { !grep { usage($_) != 2 } @t }),
+       'every tenant charged its fallback unit once')
+        or diag(join ' ', map { usage($_) } @t);
+    sleep 0.5;
+    is(scalar(grep { usage($_) != 2 } @t), 0, 'and not twice');
+
+    nginx_stop($h, master => 1);
+    my $log = logs();
+    my @sent = $log =~ /fallback charges of (\d+) tenants sent/g;
+    ok(!grep({ $_ > 64 } @sent), 'at most 64 tenants per flush: '
+       . join(' ', @sent));
+    unlike($log, qr/\[alert\]|\[crit\]|\[emerg\]/, 'no alert');
+}
+
+stop_redis($rs);
+done_testing();
