@@ -181,8 +181,9 @@ _C_
         or diag("A " . usage($A) . ", B " . usage($B));
     nginx_stop($h, master => 1);
 
-    unlike(logs(), qr/exited on signal|corrupt|invalid|malloc\(\)|\[alert\]/,
-           'no worker crashed, no heap corruption');
+    my $bad = qr/exited on signal|corrupt|invalid|malloc\(\)|\[alert\]/;
+    unlike(logs(), $bad, 'no worker crashed, no heap corruption')
+        or diag(join "\n", grep { /$bad/ } split /\n/, logs());
 }
 
 # 2. more tenants than one flush's batch (64), with the longest ids
