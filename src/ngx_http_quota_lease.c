@@ -63,7 +63,8 @@
 typedef struct {
     ngx_uint_t                   n;           /* 0: slot empty */
     ngx_uint_t                   spent;
-    ngx_msec_t                   expires;     /* ngx_current_msec based */
+    ngx_msec_t                   expires;     /* ngx_current_msec based:
+                                                 the grant's own ttl */
     time_t                       day_end;     /* never spans a day */
     ngx_uint_t                   idlen;
     u_char                       id[NGX_HTTP_QUOTA_ID_LEN];
@@ -82,6 +83,7 @@ struct ngx_http_quota_lkey_s {
     ngx_http_quota_zone_node_t  *node;
     uint32_t                     hash;        /* of the cost vector */
     ngx_uint_t                   ncharges;
+    ngx_flag_t                   require;     /* quota_require_account */
     ngx_msec_t                   ttl;
     ngx_msec_t                   window;      /* start of this ttl window */
     ngx_uint_t                   hits;        /* requests in it */
@@ -96,7 +98,7 @@ struct ngx_http_quota_lkey_s {
 
 static ngx_http_quota_lkey_t *ngx_http_quota_lease_key(
     ngx_http_quota_zone_t *z, ngx_http_quota_zone_node_t *node,
-    ngx_http_quota_ctx_t *ctx, ngx_msec_t ttl);
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
 static void ngx_http_quota_lease_count(ngx_http_quota_lkey_t *key,
     ngx_msec_t now);
 static ngx_http_quota_lease_t *ngx_http_quota_lease_live(
@@ -411,8 +413,7 @@ ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_zone_lock(z);
 
     node = ngx_http_quota_zone_node(z, &ctx->tenant, 1);
-    key = node ? ngx_http_quota_lease_key(z, node, ctx, qlcf->lease_ttl)
-               : NULL;
+    key = node ? ngx_http_quota_lease_key(z, node, ctx, qlcf) : NULL;
 
     if (key == NULL) {
         /* no room in the zone: exact, as without it */
@@ -447,6 +448,10 @@ ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     ctx->lease_ttl = qlcf->lease_ttl;
     ctx->lease_n = ngx_http_quota_lease_units(ctx, qlcf, key);
 
+    /* the second the charge is built in (script_charge runs next, with
+       the same cached clock): the day its ARG_TODAY names */
+    ctx->lease_sec = ngx_time();
+
     /* quota_events on: at most one usage_update per key and ttl */
     if (key->event && now - key->event < key->ttl) {
         ctx->lease_quiet = 1;
@@ -473,18 +478,28 @@ ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 }
 
 
-/* the key of the request's cost vector, made when missing */
+/*
+ * The key of the request's cost vector, made when missing.  Locations
+ * with quota_require_account on have keys of their own: a lease granted
+ * on the default plan to a tenant with no account (where it is off) must
+ * not admit where Redis would answer UNKNOWN_TENANT.
+ */
 static ngx_http_quota_lkey_t *
 ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node, ngx_http_quota_ctx_t *ctx,
-    ngx_msec_t ttl)
+    ngx_http_quota_loc_conf_t *qlcf)
 {
+    ngx_flag_t               require;
+
     size_t                   size;
     uint32_t                 hash;
     ngx_uint_t               i, n;
     ngx_http_quota_lkey_t   *key, *victim, **victim_at, **at;
 
+    require = qlcf->require_account ? 1 : 0;
+
     ngx_crc32_init(hash);
+    ngx_crc32_update(&hash, (u_char *) &require, sizeof(ngx_flag_t));
 
     for (i = 0; i < ctx->ncharges; i++) {
         ngx_crc32_update(&hash, (u_char *) &ctx->rule->charges[i].metric,
@@ -502,7 +517,9 @@ ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
         key = *at;
         n++;
 
-        if (key->hash == hash && key->ncharges == ctx->ncharges) {
+        if (key->hash == hash && key->ncharges == ctx->ncharges
+            && key->require == require)
+        {
             for (i = 0; i < ctx->ncharges; i++) {
                 if (key->cost[i].metric != ctx->rule->charges[i].metric
                     || key->cost[i].cost != ctx->costs[i])
@@ -512,7 +529,7 @@ ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
             }
 
             if (i == ctx->ncharges) {
-                key->ttl = ttl;
+                key->ttl = qlcf->lease_ttl;
                 return key;
             }
         }
@@ -547,7 +564,8 @@ ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
     key->node = node;
     key->hash = hash;
     key->ncharges = ctx->ncharges;
-    key->ttl = ttl;
+    key->require = require;
+    key->ttl = qlcf->lease_ttl;
     key->window = ngx_current_msec;
 
     for (i = 0; i < ctx->ncharges; i++) {
@@ -801,11 +819,26 @@ ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
         (void) ngx_atomic_fetch_add(&z->qmcf->stats->leases, 1);
     }
 
-    /* a quitting worker, no free slot, an id that does not fit: the
-       units go straight back */
+    /*
+     * The grant was charged in the day (and period) of the second the
+     * charge was built, not of the reply: a lease ends with that day.  A
+     * quitting worker, no free slot, an id that does not fit, or a day
+     * already over (a grant sent before midnight, answered after): the
+     * units go straight back.
+     */
+    end = 0;
+
+    if (quota_period_day(ctx->lease_sec, &day) == 0) {
+        end = day.end;
+
+        if (ctx->billing.end > 0 && ctx->billing.end < end) {
+            end = ctx->billing.end;
+        }
+    }
+
     if (lease == NULL || ngx_exiting || ngx_terminate
         || ctx->charge_id.len > NGX_HTTP_QUOTA_ID_LEN
-        || quota_period_day(ngx_time(), &day) != 0)
+        || ngx_time() >= end)
     {
         ngx_http_quota_lease_settle(z, key->node, ctx->charge_id.data,
                                     ctx->charge_id.len,
@@ -813,15 +846,9 @@ ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
         return;
     }
 
-    end = day.end;
-
-    if (ctx->billing.end > 0 && ctx->billing.end < end) {
-        end = ctx->billing.end;
-    }
-
     lease->n = ctx->lease_granted;
     lease->spent = 1;
-    lease->expires = ngx_current_msec + key->ttl;
+    lease->expires = ngx_current_msec + ctx->lease_ttl;
     lease->day_end = end;
     lease->idlen = ctx->charge_id.len;
     ngx_memcpy(lease->id, ctx->charge_id.data, ctx->charge_id.len);

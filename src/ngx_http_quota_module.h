@@ -512,6 +512,8 @@ typedef struct {
     ngx_uint_t                   lease_n;
     ngx_msec_t                   lease_ttl;
     ngx_uint_t                   lease_granted;
+    time_t                       lease_sec;       /* the charge's clock
+                                                     (its ARG_TODAY) */
 
     /* the decoded reply of the charge script */
     ngx_uint_t                   code;

@@ -51,7 +51,11 @@ my (%day, $late);
     local $ENV{LD_PRELOAD} = $faketime;
     local $ENV{FAKETIME} = '@2026-11-14 23:59:55';    # and the clock runs
     local $ENV{FAKETIME_DONT_FAKE_MONOTONIC} = 1;
+    # nginx clears the workers' environment and libfaketime reads FAKETIME
+    # again every 10 s: without "env" the workers fall back to the real
+    # clock (review L2)
     nginx_run(workers => 2, http_config => $http, config => $server,
+              main_config => "env FAKETIME;\nenv FAKETIME_DONT_FAKE_MONOTONIC;",
               no_root_location => 1, code => sub {
         my ($port) = @_;
         my $date = sub { http_get($port, '/origin/')->{headers}{date} // '' };
