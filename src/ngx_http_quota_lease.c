@@ -52,10 +52,22 @@
 /* lease keys per tenant (distinct cost vectors) */
 #define NGX_HTTP_QUOTA_LEASE_KEYS       8
 
-/* settles are resent until Redis answers, for at most this long (the
-   charge record lives ttl + 60 s) */
+/*
+ * Settles are resent until Redis answers (the settle is idempotent): by a
+ * running worker for as long as the lease's record may exist (it lives
+ * the ttl + LEASE_RECORD_EXTRA s after the grant, and a settle is first
+ * sent at the ttl at the earliest, so a Redis outage shorter than that
+ * loses nothing), every 100 ms at first, then every second; by a quitting
+ * worker for at most 50 s after the quit (it must end some day).  At most
+ * SETTLE_MAX settles wait per worker: more are dropped, and said so.
+ */
 #define NGX_HTTP_QUOTA_SETTLE_RETRY     100
+#define NGX_HTTP_QUOTA_SETTLE_SLOW      1000
+#define NGX_HTTP_QUOTA_SETTLE_FAST_FOR  5000
+#define NGX_HTTP_QUOTA_SETTLE_KEEP      (NGX_HTTP_QUOTA_LEASE_RECORD_EXTRA \
+                                         * 1000)
 #define NGX_HTTP_QUOTA_SETTLE_GIVE_UP   50000
+#define NGX_HTTP_QUOTA_SETTLE_MAX       100000
 
 #define NGX_HTTP_QUOTA_ID_LEN           40
 
@@ -136,6 +148,7 @@ static ngx_connection_t           *ngx_http_quota_lease_watcher;
 static ngx_http_quota_main_conf_t *ngx_http_quota_lease_qmcf;
 static ngx_http_quota_zone_cmd_t  *ngx_http_quota_lease_retries;
 static ngx_uint_t                  ngx_http_quota_lease_out;
+static ngx_msec_t                  ngx_http_quota_lease_quit_at;
 
 
 char *
@@ -338,6 +351,8 @@ ngx_http_quota_lease_unwatch(void)
 static void
 ngx_http_quota_lease_quit_handler(ngx_event_t *ev)
 {
+    ngx_http_quota_lease_quit_at = ngx_current_msec | 1;
+
     ngx_http_quota_lease_unwatch();
 
     if (ngx_http_quota_lease_sweep_ev.timer_set) {
@@ -887,8 +902,13 @@ ngx_http_quota_lease_settle(ngx_http_quota_zone_t *z,
     argv[2] = (const char *) num;
     argvlen[2] = ngx_sprintf(num, "%ui", units) - num;
 
-    cmd = ngx_http_quota_zone_defer(z, 3, argv, argvlen,
-                                    ngx_http_quota_lease_send);
+    cmd = NULL;
+
+    if (ngx_http_quota_lease_out < NGX_HTTP_QUOTA_SETTLE_MAX) {
+        cmd = ngx_http_quota_zone_defer(z, 3, argv, argvlen,
+                                        ngx_http_quota_lease_send);
+    }
+
     if (cmd == NULL) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "quota: lease %*s of tenant \"%*s\": %ui units not "
@@ -973,17 +993,31 @@ ngx_http_quota_lease_settled(void *data, redisReply *reply)
 static void
 ngx_http_quota_lease_retry_handler(ngx_event_t *ev)
 {
+    ngx_msec_t                  now, age, delay;
     ngx_http_quota_zone_cmd_t  *cmd, *list;
 
     list = ngx_http_quota_lease_retries;
     ngx_http_quota_lease_retries = NULL;
+
+    now = ngx_current_msec;
+    delay = NGX_HTTP_QUOTA_SETTLE_SLOW;
 
     while (list) {
         cmd = list;
         list = cmd->next;
         cmd->next = NULL;
 
-        if (ngx_current_msec - cmd->since > NGX_HTTP_QUOTA_SETTLE_GIVE_UP) {
+        age = now - cmd->since;
+
+        if (age < NGX_HTTP_QUOTA_SETTLE_FAST_FOR) {
+            delay = NGX_HTTP_QUOTA_SETTLE_RETRY;
+        }
+
+        if (age > NGX_HTTP_QUOTA_SETTLE_KEEP
+            || ((ngx_exiting || ngx_terminate)
+                && now - ngx_max(cmd->since, ngx_http_quota_lease_quit_at)
+                   > NGX_HTTP_QUOTA_SETTLE_GIVE_UP))
+        {
             ngx_log_error(NGX_LOG_ERR, ev->log, 0,
                           "quota: lease %*s of tenant \"%*s\": %ui units "
                           "not returned to redis, giving up",
@@ -1002,8 +1036,17 @@ ngx_http_quota_lease_retry_handler(ngx_event_t *ev)
         }
     }
 
+    if (ngx_exiting || ngx_terminate) {
+        delay = NGX_HTTP_QUOTA_SETTLE_RETRY;
+    }
+
+    /* settles in flight (not in the list) are waited for every 100 ms */
+    if (ngx_http_quota_lease_retries == NULL) {
+        delay = NGX_HTTP_QUOTA_SETTLE_RETRY;
+    }
+
     if (ngx_http_quota_lease_out) {
-        ngx_add_timer(ev, NGX_HTTP_QUOTA_SETTLE_RETRY);
+        ngx_add_timer(ev, delay);
     }
 }
 
