@@ -164,25 +164,37 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
         }
     }
 
-    /* quota_reject_cache: the refusal Redis gave, again, from the zone */
-    if (ngx_http_quota_reject_lookup(r, ctx, qlcf) == NGX_OK) {
-        return ngx_http_quota_act(r, ctx, qlcf);
-    }
-
-    /* quota_lease: one unit of a live lease, no Redis trip */
+    /*
+     * quota_lease: one unit of a live lease, no Redis trip.  Before the
+     * reject cache: a cached QUOTA_EXCEEDED or SPENDING_CAP_REACHED must
+     * not refuse units this node holds reserved (a cached suspension or
+     * unknown tenant still wins: lease_spend declines for those).
+     */
     if (ngx_http_quota_lease_spend(r, ctx, qlcf) == NGX_OK) {
         ctx->local = 1;
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
+    /* quota_reject_cache: the refusal Redis gave, again, from the zone */
+    if (ngx_http_quota_reject_lookup(r, ctx, qlcf) == NGX_OK) {
+        ngx_http_quota_lease_cancel(r, ctx);
+        return ngx_http_quota_act(r, ctx, qlcf);
+    }
+
     /* quota_fallback: the circuit is open, Redis is not called */
     if (ngx_http_quota_fallback_open(r)) {
+        ngx_http_quota_lease_cancel(r, ctx);
         ctx->local = 1;
         ctx->redis_failed = 1;
         return ngx_http_quota_act(r, ctx, qlcf);
     }
 
     rc = ngx_http_quota_script_charge(r, ctx);
+
+    if (rc != NGX_OK) {
+        /* no grant went out */
+        ngx_http_quota_lease_cancel(r, ctx);
+    }
 
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

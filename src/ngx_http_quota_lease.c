@@ -119,6 +119,8 @@ static void ngx_http_quota_lease_claim(ngx_http_quota_zone_t *z,
     ngx_http_quota_lkey_t *key, ngx_http_quota_lease_t *lease);
 static void ngx_http_quota_lease_headers(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_zone_node_t *node);
+static ngx_int_t ngx_http_quota_lease_refused(ngx_http_quota_zone_node_t *node,
+    ngx_http_quota_loc_conf_t *qlcf);
 static ngx_uint_t ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_lkey_t *key);
 static void ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
@@ -430,8 +432,9 @@ ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     node = ngx_http_quota_zone_node(z, &ctx->tenant, 1);
     key = node ? ngx_http_quota_lease_key(z, node, ctx, qlcf) : NULL;
 
-    if (key == NULL) {
-        /* no room in the zone: exact, as without it */
+    if (key == NULL || ngx_http_quota_lease_refused(node, qlcf)) {
+        /* no room in the zone: exact, as without it; a cached suspension
+           or unknown tenant: the reject cache answers */
         ngx_http_quota_zone_unlock(z);
         return NGX_DECLINED;
     }
@@ -593,6 +596,43 @@ ngx_http_quota_lease_key(ngx_http_quota_zone_t *z,
     node->lkeys = key;
 
     return key;
+}
+
+
+/*
+ * Under the lock: quota_reject_cache holds a live ACCOUNT_SUSPENDED or
+ * UNKNOWN_TENANT for the tenant.  Those come before a lease (every metered
+ * request of the tenant meets them); a cached QUOTA_EXCEEDED or
+ * SPENDING_CAP_REACHED does not: the units of a live lease are reserved
+ * in Redis already (and the overage in them paid), so they are spent.
+ */
+static ngx_int_t
+ngx_http_quota_lease_refused(ngx_http_quota_zone_node_t *node,
+    ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_http_quota_zone_reject_t  *e;
+
+    e = &node->reject;
+
+    return qlcf->reject_cache && e->until != 0
+           && (ngx_msec_int_t) (e->until - ngx_current_msec) > 0
+           && e->day == ngx_time() / 86400
+           && (e->code == NGX_HTTP_QUOTA_CODE_SUSPENDED
+               || e->code == NGX_HTTP_QUOTA_CODE_UNKNOWN);
+}
+
+
+/*
+ * A grant was prepared (lease_spend declined) but the request is decided
+ * without a Redis reply (the reject cache, quota_fallback's open circuit,
+ * no connection): the key's pending slot and the node's hold go now, not
+ * when the request ends.
+ */
+void
+ngx_http_quota_lease_cancel(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
+{
+    ngx_http_quota_lease_reply(r, ctx);
+    ngx_http_quota_zone_release(ctx);
 }
 
 

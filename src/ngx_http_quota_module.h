@@ -748,6 +748,8 @@ ngx_int_t ngx_http_quota_lease_spend(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
 void ngx_http_quota_lease_reply(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
+void ngx_http_quota_lease_cancel(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx);
 
 /* ngx_http_quota_fallback.c */
 char *ngx_http_quota_fallback_directive(ngx_conf_t *cf, ngx_command_t *cmd,
