@@ -784,6 +784,16 @@ ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
     }
 
     /*
+     * A key with no history (its first request in the last two ttls) is
+     * charged exactly: with a variable cost nearly every request is a new
+     * key, and a lease per request would run the script twice (grant and
+     * settle) and reserve a multiple of its cost meanwhile.
+     */
+    if (key->prev == 0 && key->hits < 2) {
+        return 1;
+    }
+
+    /*
      * The requests of the last ttl: the window before, or this one's
      * pace when it is faster (a tenant that just started, or sped up):
      * extrapolated over at least a quarter of the ttl, so that a few
