@@ -100,7 +100,6 @@ struct ngx_http_quota_lkey_s {
     ngx_msec_t                   window;      /* start of this ttl window */
     ngx_uint_t                   hits;        /* requests in it */
     ngx_uint_t                   prev;        /* in the window before */
-    ngx_msec_t                   event;       /* last usage_update asked */
     ngx_uint_t                   pending;     /* grants in flight */
     ngx_uint_t                   nleases;     /* live slots */
     ngx_http_quota_lease_t       lease[NGX_HTTP_QUOTA_LEASE_SLOTS];
@@ -121,6 +120,8 @@ static void ngx_http_quota_lease_headers(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_zone_node_t *node);
 static ngx_int_t ngx_http_quota_lease_refused(ngx_http_quota_zone_node_t *node,
     ngx_http_quota_loc_conf_t *qlcf);
+static ngx_uint_t ngx_http_quota_lease_quiet(ngx_http_quota_zone_node_t *node,
+    ngx_http_quota_ctx_t *ctx, ngx_msec_t ttl, ngx_msec_t now);
 static ngx_uint_t ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_loc_conf_t *qlcf, ngx_http_quota_lkey_t *key);
 static void ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
@@ -470,13 +471,8 @@ ngx_http_quota_lease_spend(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
        the same cached clock): the day its ARG_TODAY names */
     ctx->lease_sec = ngx_time();
 
-    /* quota_events on: at most one usage_update per key and ttl */
-    if (key->event && now - key->event < key->ttl) {
-        ctx->lease_quiet = 1;
-
-    } else {
-        key->event = now ? now : 1;
-    }
+    ctx->lease_quiet = ngx_http_quota_lease_quiet(node, ctx,
+                                                  qlcf->lease_ttl, now);
 
     if (ctx->lease_n >= 2) {
         /* the grant's reply makes the lease: hold the node (and so the
@@ -757,6 +753,41 @@ ngx_http_quota_lease_headers(ngx_http_quota_ctx_t *ctx,
 
         ctx->used[i] = ctx->used[i] > unspent ? ctx->used[i] - unspent : 0;
     }
+}
+
+
+/*
+ * quota_events on: at most one usage_update per tenant and metric and ttl
+ * (SPEC 9), whatever the rule or cost vector.  1: every charged metric
+ * had one asked within the ttl, so this charge sends none.
+ */
+static ngx_uint_t
+ngx_http_quota_lease_quiet(ngx_http_quota_zone_node_t *node,
+    ngx_http_quota_ctx_t *ctx, ngx_msec_t ttl, ngx_msec_t now)
+{
+    ngx_uint_t                     i, quiet;
+    ngx_http_quota_zone_metric_t  *m, *metrics;
+
+    metrics = ngx_http_quota_zone_metrics(node);
+    quiet = (ctx->ncharges > 0);
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        m = &metrics[ctx->rule->charges[i].metric];
+
+        if (m->event == 0 || now - m->event >= ttl) {
+            quiet = 0;
+        }
+    }
+
+    if (quiet) {
+        return 1;
+    }
+
+    for (i = 0; i < ctx->ncharges; i++) {
+        metrics[ctx->rule->charges[i].metric].event = now ? now : 1;
+    }
+
+    return 0;
 }
 
 

@@ -58,6 +58,9 @@ typedef struct {
     time_t                       end;         /* period (ctx->billing) */
     ngx_msec_t                   learned;     /* ngx_current_msec, 0: never */
     ngx_uint_t                   plan;        /* 1-based, 0: none */
+    ngx_msec_t                   event;       /* quota_lease: last
+                                                 usage_update asked, 0:
+                                                 none */
 
     /* quota_fallback (ngx_http_quota_fallback.c): units admitted while
        Redis was down since the snapshot was learned at fb_learned (they
