@@ -345,8 +345,13 @@ ngx_http_quota_lease_unwatch(void)
 
     ngx_http_quota_lease_watcher = NULL;
 
-    c->fd = (ngx_socket_t) -1;
+    /* freed with the fd it was taken with: ngx_free_connection() reads
+       files[c->fd] when the event method keeps a files array (poll,
+       select; files[0] was never set to this connection), then marked
+       closed for the exit's "open socket left" check */
+    c->fd = 0;
     ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
 }
 
 
