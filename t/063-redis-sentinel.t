@@ -13,71 +13,14 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaHA ();
 use QuotaProm;
 use QuotaTime;
-use POSIX ();
-use File::Path ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
 my $slack = $valgrind ? 3 : 1;
-
-my @sentinels;
-
-# redis-server --sentinel with its own writable config, stopped at the end
-sub start_sentinel {
-    my ($mport) = @_;
-    my $port = free_port();
-    my $dir = "$FindBin::Bin/servroot_sentinel-$port";
-    File::Path::rmtree($dir);
-    File::Path::mkpath($dir);
-    open my $fh, '>', "$dir/sentinel.conf" or die $!;
-    print $fh "port $port\nbind 127.0.0.1\ndaemonize no\ndir $dir\n"
-              . "logfile $dir/sentinel.log\n"
-              . "sentinel monitor billing 127.0.0.1 $mport 1\n"
-              . "sentinel down-after-milliseconds billing 3000\n"
-              . "sentinel failover-timeout billing 10000\n";
-    close $fh;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$dir/stdout";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', "$dir/sentinel.conf", '--sentinel'
-            or POSIX::_exit(127);
-    }
-    push @sentinels, { pid => $pid, dir => $dir, port => $port };
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        my $pong = eval { QuotaTest::redis_at($port, 'PING') };
-        return $port if defined $pong && $pong eq 'PONG';
-        sleep 0.05;
-    }
-    die "sentinel on $port did not start";
-}
-
-END {
-    local $?;
-    for my $s (@sentinels) {
-        kill 'KILL', $s->{pid};
-        waitpid $s->{pid}, 0;
-        File::Path::rmtree($s->{dir});
-    }
-}
-
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $v = eval { $cond->() };
-        return $v if $v;
-        sleep 0.1;
-    }
-    return undef;
-}
 
 sub post {
     my ($port, $tenant) = @_;
@@ -109,12 +52,12 @@ _EOC_
 
 my $m = start_redis();
 my $r = start_redis(args => ['--replicaof', '127.0.0.1', $m->{port}]);
-ok(wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+ok(QuotaHA::wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
    'the replica follows the master');
 
-my $s1 = start_sentinel($m->{port});
-my $s2 = start_sentinel($m->{port});
-ok(wait_until(20, sub {
+my $s1 = QuotaHA::start_sentinel($m->{port});
+my $s2 = QuotaHA::start_sentinel($m->{port});
+ok(QuotaHA::wait_until(20, sub {
        my $x = QuotaTest::redis_at($s1, 'SENTINEL', 'replicas', 'billing');
        ref $x && @$x;
    }), 'the sentinel knows the replica');
@@ -132,18 +75,18 @@ my $log = nginx_run(
     workers => 2,
     code => sub {
         my ($port) = @_;
-        wait_until(10 * $slack, sub {
+        QuotaHA::wait_until(10 * $slack, sub {
             (post($port, 'warm-up')->{headers}{'x-status'} // '') eq 'ALLOWED' });
         push @before, post($port, 'fo') for 1 .. 20;
         $m0 = http_get($port, '/metrics')->{body};
 
         # the replica has every charge before it is promoted (a busy
         # machine may take longer than one WAIT)
-        ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+        ok(QuotaHA::wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
            'the replica acknowledged every write');
         is(QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing'), 'OK',
            'SENTINEL FAILOVER accepted');
-        $moved = wait_until(20, sub {
+        $moved = QuotaHA::wait_until(20, sub {
             my $a = QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
                                         'billing');
             $a->[1] == $r->{port};
@@ -152,7 +95,7 @@ my $log = nginx_run(
         # +switch-master comes when the sentinel has finished (it answers
         # get-master-addr with the promoted replica a little earlier):
         # until then the old master is the master and takes the charges
-        $failovers = wait_until(20, sub {
+        $failovers = QuotaHA::wait_until(20, sub {
             my $t = http_get($port, '/metrics')->{body};
             $t =~ /^quota_redis_failovers_total ([1-9]\d*)$/m ? $1 : 0;
         });

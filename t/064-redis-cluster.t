@@ -14,6 +14,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaHA ();
 use QuotaProm;
 use QuotaTime;
 use Time::HiRes qw(time sleep);
@@ -23,45 +24,14 @@ my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
 my $slack = $valgrind ? 3 : 1;
 
-# Redis' keyHashSlot: CRC16 (XMODEM) of the hash tag, mod 16384
-sub crc16 {
-    my ($s) = @_;
-    my $crc = 0;
-    for my $b (unpack 'C*', $s) {
-        $crc ^= $b << 8;
-        for (1 .. 8) {
-            $crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
-            $crc &= 0xffff;
-        }
-    }
-    return $crc;
-}
-sub slot { crc16($_[0]) % 16384 }
-
-is(slot('123456789'), 0x31c3 % 16384, 'CRC16 XMODEM check value');
-
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $v = eval { $cond->() };
-        return $v if $v;
-        sleep 0.1;
-    }
-    return undef;
-}
+is(QuotaHA::slot('123456789'), 0x31c3 % 16384, 'CRC16 XMODEM check value');
 
 # three empty cluster nodes, joined by redis-cli --cluster create
-my @nodes = map {
-    start_redis(args => ['--cluster-enabled', 'yes',
-                         '--cluster-config-file', 'nodes.conf',
-                         '--cluster-port', free_port(),
-                         '--cluster-node-timeout', '5000'])
-} 1 .. 3;
+my @nodes = QuotaHA::cluster_nodes(3);
 
 my $out = `redis-cli --cluster create @{[ map { "127.0.0.1:$_->{port}" } @nodes ]} --cluster-replicas 0 --cluster-yes 2>&1`;
 is($?, 0, 'redis-cli --cluster create') or diag($out);
-ok(wait_until(20, sub {
+ok(QuotaHA::wait_until(20, sub {
        3 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @nodes }),
    'the cluster is up');
 
@@ -79,7 +49,7 @@ my %by_port = map { $_->{port} => $_ } @nodes;
 my (%on, @tenants);
 for my $i (0 .. 999) {
     my $t = "t$i";
-    my $p = $owner[slot($t)];
+    my $p = $owner[QuotaHA::slot($t)];
     next if ($on{$p} //= 0) >= 2;
     $on{$p}++;
     push @tenants, $t;
@@ -92,12 +62,12 @@ is(scalar(keys %on), 3, 'the tenants cover all three masters');
 # starts with a request that failed open
 my %warm;
 for my $i (0 .. 999) {
-    $warm{ $owner[slot("w$i")] } //= "w$i";
+    $warm{ $owner[QuotaHA::slot("w$i")] } //= "w$i";
     last if keys %warm == 3;
 }
 
 my $mover = 'mover';
-my $mslot = slot($mover);
+my $mslot = QuotaHA::slot($mover);
 my $src = $by_port{ $owner[$mslot] };
 my ($dst) = grep { $_->{port} != $src->{port} } @nodes;
 
@@ -146,7 +116,7 @@ my $log = nginx_run(
         my ($port) = @_;
 
         for my $w (values %warm) {
-            wait_until(10 * $slack, sub {
+            QuotaHA::wait_until(10 * $slack, sub {
                 (post($port, $w)->{headers}{'x-status'} // '') eq 'ALLOWED' });
         }
 
@@ -177,7 +147,7 @@ my $log = nginx_run(
 
         push @moved, post($port, $mover) for 1 .. 2;
         # MOVED asks for the map again: wait for its answer
-        wait_until(5 * $slack, sub {
+        QuotaHA::wait_until(5 * $slack, sub {
             http_get($port, '/metrics')->{body}
                 =~ /^quota_redis_failovers_total [1-9]/m });
         $m1 = http_get($port, '/metrics')->{body};
@@ -185,9 +155,9 @@ my $log = nginx_run(
 );
 
 for my $t (@tenants) {
-    my $p = $owner[slot($t)];
+    my $p = $owner[QuotaHA::slot($t)];
     is_deeply($codes{$t}, [200, 200, 200, 200, 200, 402],
-              "$t (slot " . slot($t) . ", master $p): five admitted, the sixth 402");
+              "$t (slot " . QuotaHA::slot($t) . ", master $p): five admitted, the sixth 402");
     is($by_port{$p}->cmd('HGET', "quota:{$t}:usage:$start", 'api_requests'), 5,
        "$t: counted on its own master");
     # another node answers MOVED: it holds no such key
@@ -262,7 +232,7 @@ SKIP: {
     } 1 .. 3;
     my $c = `redis-cli --tls --cacert $dir/s.pem --cluster create @{[ map { "127.0.0.1:$_->{tport}" } @tnodes ]} --cluster-replicas 0 --cluster-yes 2>&1`;
     is($?, 0, 'tls: redis-cli --cluster create') or diag($c);
-    wait_until(20, sub {
+    QuotaHA::wait_until(20, sub {
         3 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @tnodes });
     # asked over plain TCP, CLUSTER SLOTS names the plain ports
     my %tby = map { ($_->{tport} => $_, $_->{port} => $_) } @tnodes;
@@ -271,7 +241,7 @@ SKIP: {
         $town[$_] = $r->[2][1] for $r->[0] .. $r->[1];
     }
     my %seen;
-    my @tt = grep { !$seen{ $town[slot($_)] // '' }++ } map { "s$_" } 0 .. 200;
+    my @tt = grep { !$seen{ $town[QuotaHA::slot($_)] // '' }++ } map { "s$_" } 0 .. 200;
     my @st;
     nginx_run(
         no_root_location => 1,
@@ -289,7 +259,7 @@ SKIP: {
     );
     is(scalar(@tt), 3, 'tls: one tenant per master');
     is_deeply(\@st, [('ALLOWED') x 3], 'tls: charged over TLS on every master');
-    is(scalar(grep { ($tby{ $town[slot($_)] }->cmd('HGET', "quota:{$_}:usage:$start",
+    is(scalar(grep { ($tby{ $town[QuotaHA::slot($_)] }->cmd('HGET', "quota:{$_}:usage:$start",
                                                    'api_requests') // 0) == 1 } @tt),
        3, 'tls: each on the master of its slot');
     stop_redis($_) for @tnodes;

@@ -20,27 +20,15 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaHA ();
 use QuotaTime;
 use QuotaProm;
-use POSIX ();
-use File::Path ();
 use File::Temp ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
 my $slack = $valgrind ? 3 : 1;
-
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $v = eval { $cond->() };
-        return $v if $v;
-        sleep 0.1;
-    }
-    return undef;
-}
 
 sub post {
     my ($port, $tenant) = @_;
@@ -72,47 +60,6 @@ my $server = <<'_EOC_';
     }
 _EOC_
 
-my @sentinels;
-
-END {
-    local $?;
-    for my $s (@sentinels) {
-        kill 'KILL', $s->{pid};
-        waitpid $s->{pid}, 0;
-        File::Path::rmtree($s->{dir});
-    }
-}
-
-# redis-server --sentinel; extra config lines (TLS) appended
-sub start_sentinel {
-    my ($mport, $extra) = @_;
-    my $port = free_port();
-    my $dir = "$FindBin::Bin/servroot_sentinel-$port";
-    File::Path::rmtree($dir);
-    File::Path::mkpath($dir);
-    open my $fh, '>', "$dir/sentinel.conf" or die $!;
-    print $fh "port $port\nbind 127.0.0.1\ndaemonize no\ndir $dir\n"
-              . "logfile $dir/sentinel.log\n" . ($extra // '')
-              . "sentinel monitor billing 127.0.0.1 $mport 1\n"
-              . "sentinel down-after-milliseconds billing 3000\n"
-              . "sentinel failover-timeout billing 10000\n";
-    close $fh;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$dir/stdout";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', "$dir/sentinel.conf", '--sentinel'
-            or POSIX::_exit(127);
-    }
-    push @sentinels, { pid => $pid, dir => $dir, port => $port };
-    wait_until(5, sub { QuotaTest::redis_at($port, 'PING') eq 'PONG' })
-        or die "sentinel on $port did not start";
-    return $port;
-}
-
 SKIP: {
     skip 'openssl not found', 14 if system('openssl version >/dev/null 2>&1');
 
@@ -128,13 +75,13 @@ SKIP: {
     my $m = start_redis(args => ['--tls-port', $mt, @tls]);
     my $r = start_redis(args => ['--tls-port', $rt, @tls,
                                  '--replicaof', '127.0.0.1', $mt]);
-    ok(wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+    ok(QuotaHA::wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
        'sentinel+tls: the replica follows the master over TLS');
 
-    my $s1 = start_sentinel($mt, "tls-port $st\ntls-cert-file $dir/s.pem\n"
+    my $s1 = QuotaHA::start_sentinel($mt, "tls-port $st\ntls-cert-file $dir/s.pem\n"
                                  . "tls-key-file $dir/s.key\ntls-ca-cert-file $dir/s.pem\n"
                                  . "tls-auth-clients no\ntls-replication yes\n");
-    ok(wait_until(20, sub {
+    ok(QuotaHA::wait_until(20, sub {
            my $x = QuotaTest::redis_at($s1, 'SENTINEL', 'replicas', 'billing');
            ref $x && @$x && "@{ $x->[0] }" =~ /\b$rt\b/;
        }), 'sentinel+tls: the sentinel knows the replica at its TLS port');
@@ -155,19 +102,19 @@ SKIP: {
         config => $server,
         code => sub {
             my ($port) = @_;
-            wait_until(10 * $slack, sub { status(post($port, 'warm-up')) eq 'ALLOWED' });
+            QuotaHA::wait_until(10 * $slack, sub { status(post($port, 'warm-up')) eq 'ALLOWED' });
             push @before, post($port, 'tls') for 1 .. 20;
 
             # the replica has every charge before it is promoted (a busy
             # machine may take longer than one WAIT)
-            ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+            ok(QuotaHA::wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
                'the replica acknowledged every write');
             QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing');
-            $moved = wait_until(20, sub {
+            $moved = QuotaHA::wait_until(20, sub {
                 QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
                                     'billing')->[1] == $rt;
             });
-            wait_until(20, sub {
+            QuotaHA::wait_until(20, sub {
                 http_get($port, '/metrics')->{body}
                     =~ /^quota_redis_failovers_total [1-9]/m });
 
@@ -217,35 +164,18 @@ SKIP: {
 
 # 2. a cluster with replicas; CLUSTER FAILOVER during traffic
 {
-    # Redis' keyHashSlot: CRC16 (XMODEM) of the hash tag, mod 16384
-    my $slot = sub {
-        my $crc = 0;
-        for my $b (unpack 'C*', $_[0]) {
-            $crc ^= $b << 8;
-            for (1 .. 8) {
-                $crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
-                $crc &= 0xffff;
-            }
-        }
-        return $crc % 16384;
-    };
 
-    my @nodes = map {
-        start_redis(args => ['--cluster-enabled', 'yes',
-                             '--cluster-config-file', 'nodes.conf',
-                             '--cluster-port', free_port(),
-                             '--cluster-node-timeout', '5000'])
-    } 1 .. 6;
+    my @nodes = QuotaHA::cluster_nodes(6);
     my $out = `redis-cli --cluster create @{[ map { "127.0.0.1:$_->{port}" } @nodes ]} --cluster-replicas 1 --cluster-yes 2>&1`;
     is($?, 0, 'cluster: redis-cli --cluster create, 3 masters + 3 replicas') or diag($out);
-    ok(wait_until(30, sub {
+    ok(QuotaHA::wait_until(30, sub {
            6 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @nodes }),
        'cluster: up');
 
     my %by_port = map { $_->{port} => $_ } @nodes;
     my (@owner, %replica_of);
     # the replicas join a moment after the create
-    wait_until(30, sub {
+    QuotaHA::wait_until(30, sub {
         (@owner, %replica_of) = ();
         for my $r (@{ $nodes[0]->cmd('CLUSTER', 'SLOTS') }) {
             my ($from, $to, $mm, @reps) = @$r;
@@ -260,14 +190,14 @@ SKIP: {
     my (%seen, @tenants);
     for my $i (0 .. 999) {
         my $t = "c$i";
-        next if $seen{ $owner[$slot->($t)] }++;
+        next if $seen{ $owner[QuotaHA::slot($t)] }++;
         push @tenants, $t;
         last if @tenants == 3;
     }
     my $victim = $tenants[0];
-    my $old = $owner[$slot->($victim)];
+    my $old = $owner[QuotaHA::slot($victim)];
     my $new = $replica_of{$old};
-    ok(wait_until(20, sub {
+    ok(QuotaHA::wait_until(20, sub {
            $by_port{$new}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
        'cluster: the replica follows its master');
 
@@ -281,7 +211,7 @@ SKIP: {
         config => $server,
         code => sub {
             my ($port) = @_;
-            wait_until(10 * $slack, sub {
+            QuotaHA::wait_until(10 * $slack, sub {
                 3 == grep { status(post($port, "warm-$_")) eq 'ALLOWED' } @tenants });
 
             my $t0 = time;
@@ -318,7 +248,7 @@ SKIP: {
         my $admitted = grep { $_ eq 'ALLOWED' } @s;
         is(scalar(grep { !/^(ALLOWED|FAIL_OPEN)$/ } @s), 0,
            "cluster: $t, every request admitted or failing open");
-        my $at = $t eq $victim ? $new : $owner[$slot->($t)];
+        my $at = $t eq $victim ? $new : $owner[QuotaHA::slot($t)];
         is($by_port{$at}->cmd('HGET', "quota:{$t}:usage:$start", 'api_requests') // 0,
            $admitted, "cluster: $t counted exactly on its master $at ($admitted admitted)");
     }

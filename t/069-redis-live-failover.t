@@ -14,9 +14,8 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
+use QuotaHA ();
 use QuotaTime;
-use POSIX ();
-use File::Path ();
 use IO::Select;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
@@ -24,17 +23,6 @@ use Time::HiRes qw(time sleep);
 my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
 my $slack = $valgrind ? 3 : 1;
-
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $v = eval { $cond->() };
-        return $v if $v;
-        sleep 0.1;
-    }
-    return undef;
-}
 
 sub post {
     my ($port, $tenant) = @_;
@@ -90,54 +78,14 @@ sub used_event {
     return qr/event: usage_update\ndata: \{[^\n]*"used":$n[,}]/;
 }
 
-my @sentinels;
-
-END {
-    local $?;
-    for my $s (@sentinels) {
-        kill 'KILL', $s->{pid};
-        waitpid $s->{pid}, 0;
-        File::Path::rmtree($s->{dir});
-    }
-}
-
-sub start_sentinel {
-    my ($mport) = @_;
-    my $port = free_port();
-    my $dir = "$FindBin::Bin/servroot_sentinel-$port";
-    File::Path::rmtree($dir);
-    File::Path::mkpath($dir);
-    open my $fh, '>', "$dir/sentinel.conf" or die $!;
-    print $fh "port $port\nbind 127.0.0.1\ndaemonize no\ndir $dir\n"
-              . "logfile $dir/sentinel.log\n"
-              . "sentinel monitor billing 127.0.0.1 $mport 1\n"
-              . "sentinel down-after-milliseconds billing 3000\n"
-              . "sentinel failover-timeout billing 10000\n";
-    close $fh;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$dir/stdout";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', "$dir/sentinel.conf", '--sentinel'
-            or POSIX::_exit(127);
-    }
-    push @sentinels, { pid => $pid, dir => $dir, port => $port };
-    wait_until(5, sub { QuotaTest::redis_at($port, 'PING') eq 'PONG' })
-        or die "sentinel on $port did not start";
-    return $port;
-}
-
 # 1. Sentinel
 {
     my $m = start_redis();
     my $r = start_redis(args => ['--replicaof', '127.0.0.1', $m->{port}]);
-    ok(wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+    ok(QuotaHA::wait_until(10, sub { $r->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
        'sentinel: the replica follows the master');
-    my $s1 = start_sentinel($m->{port});
-    ok(wait_until(20, sub {
+    my $s1 = QuotaHA::start_sentinel($m->{port});
+    ok(QuotaHA::wait_until(20, sub {
            my $x = QuotaTest::redis_at($s1, 'SENTINEL', 'replicas', 'billing');
            ref $x && @$x;
        }), 'sentinel: knows the replica');
@@ -152,11 +100,11 @@ sub start_sentinel {
         config => $server,
         code => sub {
             my ($port, $root) = @_;
-            wait_until(10 * $slack, sub { post($port, 'warm-up') eq 'ALLOWED' });
+            QuotaHA::wait_until(10 * $slack, sub { post($port, 'warm-up') eq 'ALLOWED' });
             # the subscription is up once an event comes through
             my $c = sse($port, 'lv');
             $ok{snapshot} = $c->{until}->(qr/event: snapshot/);
-            wait_until(10 * $slack, sub {
+            QuotaHA::wait_until(10 * $slack, sub {
                 post($port, 'lv');
                 $c->{until}->(qr/event: usage_update/, 0.5);
             });
@@ -164,23 +112,23 @@ sub start_sentinel {
 
             # the replica has every charge before it is promoted (a busy
             # machine may take longer than one WAIT)
-            ok(wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
+            ok(QuotaHA::wait_until(20, sub { $m->cmd('WAIT', 1, 1000) >= 1 }),
                'the replica acknowledged every write');
             QuotaTest::redis_at($s1, 'SENTINEL', 'FAILOVER', 'billing');
-            $ok{moved} = wait_until(20, sub {
+            $ok{moved} = QuotaHA::wait_until(20, sub {
                 QuotaTest::redis_at($s1, 'SENTINEL', 'get-master-addr-by-name',
                                     'billing')->[1] == $r->{port};
             });
             # +switch-master moves the subscription with the pool, while
             # the old master still runs
-            $ok{followed} = wait_until(20 * $slack, sub {
+            $ok{followed} = QuotaHA::wait_until(20 * $slack, sub {
                 QuotaTest::_slurp("$root/logs/error.log")
                     =~ /master "billing" is 127\.0\.0\.1:$r->{port}.*live subscription ready/s;
             });
             # the old master goes away: a subscription still on it (it
             # relays the new master's PUBLISH as a replica) hears nothing
             stop_redis($m);
-            $ok{resumed} = wait_until(20 * $slack, sub { post($port, 'lv') eq 'ALLOWED' });
+            $ok{resumed} = QuotaHA::wait_until(20 * $slack, sub { post($port, 'lv') eq 'ALLOWED' });
             # the event of a charge on the new master, with its count (the
             # subscription may take a moment to be made again)
             for (1 .. 20) {
@@ -204,26 +152,10 @@ sub start_sentinel {
 
 # 2. Cluster
 {
-    my $slot = sub {
-        my $crc = 0;
-        for my $b (unpack 'C*', $_[0]) {
-            $crc ^= $b << 8;
-            for (1 .. 8) {
-                $crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
-                $crc &= 0xffff;
-            }
-        }
-        return $crc % 16384;
-    };
-    my @nodes = map {
-        start_redis(args => ['--cluster-enabled', 'yes',
-                             '--cluster-config-file', 'nodes.conf',
-                             '--cluster-port', free_port(),
-                             '--cluster-node-timeout', '5000'])
-    } 1 .. 3;
+    my @nodes = QuotaHA::cluster_nodes(3);
     my $out = `redis-cli --cluster create @{[ map { "127.0.0.1:$_->{port}" } @nodes ]} --cluster-replicas 0 --cluster-yes 2>&1`;
     is($?, 0, 'cluster: created') or diag($out);
-    ok(wait_until(20, sub {
+    ok(QuotaHA::wait_until(20, sub {
            3 == grep { $_->cmd('CLUSTER', 'INFO') =~ /cluster_state:ok/ } @nodes }),
        'cluster: up');
     my @owner;
@@ -235,7 +167,7 @@ sub start_sentinel {
     my %seen = ($nodes[0]{port} => 1);
     for my $i (0 .. 999) {
         my $t = "l$i";
-        next if $seen{ $owner[$slot->($t)] }++;
+        next if $seen{ $owner[QuotaHA::slot($t)] }++;
         push @tenants, $t;
         last if @tenants == 2;
     }
@@ -252,18 +184,18 @@ sub start_sentinel {
         config => $server,
         code => sub {
             my ($port) = @_;
-            wait_until(10 * $slack, sub { post($port, 'warm-up') eq 'ALLOWED' });
+            QuotaHA::wait_until(10 * $slack, sub { post($port, 'warm-up') eq 'ALLOWED' });
             my @c = map { sse($port, $_) } @tenants;
             $_->{until}->(qr/event: snapshot/) for @c;
             # until the subscription is up (the dead seed is tried first)
-            wait_until(10 * $slack, sub {
+            QuotaHA::wait_until(10 * $slack, sub {
                 post($port, $tenants[0]);
                 $c[0]{until}->(qr/event: usage_update/, 0.5);
             });
             for my $i (0, 1) {
                 my $t = $tenants[$i];
                 post($port, $t) for 1 .. 3;
-                my $used = QuotaTest::redis_at($owner[$slot->($t)], 'HGET',
+                my $used = QuotaTest::redis_at($owner[QuotaHA::slot($t)], 'HGET',
                                                "quota:{$t}:usage:$start", 'api_requests');
                 $got{$t} = [ $used, $c[$i]{until}->(used_event($used)) ];
             }
@@ -271,7 +203,7 @@ sub start_sentinel {
         },
     );
     for my $t (@tenants) {
-        ok($got{$t}[1], "cluster: $t (master $owner[$slot->($t)]): the event of its "
+        ok($got{$t}[1], "cluster: $t (master $owner[QuotaHA::slot($t)]): the event of its "
                         . "last charge (used $got{$t}[0]) reached the client");
     }
     like($log, qr/127\.0\.0\.1:$dead/, 'cluster: the dead seed was tried');
