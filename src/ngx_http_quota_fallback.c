@@ -25,8 +25,11 @@
  * breaker opens as after.  Their charge, if it ran, is voided as always
  * (ngx_http_quota_script_void): what fallback admits is charged once, by
  * the flush below, never also by the timed-out charge.  Units admitted
- * while the circuit is closed (one failure) are charged within
- * NGX_HTTP_QUOTA_FLUSH_DELAY, not at the next outage.
+ * while the circuit is closed (one failure) are charged at once: Redis
+ * goes on deciding the tenant's other requests and must count them (and a
+ * worker that quits must not take them along).  Tenants with units to
+ * charge are queued in the zone, so whichever worker flushes next (a new
+ * worker after a reload too) charges what another one left.
  *
  * While the circuit is open, the workers that see requests keep a probe
  * timer; one of them at a time (the breaker's probe lock) sends PING.  The
@@ -287,16 +290,14 @@ ngx_http_quota_fallback_admit(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
         ngx_http_quota_count(qmcf, local[NGX_HTTP_QUOTA_LOCAL_FALLBACK]);
 
         /*
-         * Read after the unlock: if it is open now, the close (whose walk
-         * takes the lock after its flip) charges these units; if it is
-         * closed, nobody else will: charge them soon, batched.
+         * Read after the unlock: if it is open now, the close (whose flush
+         * takes the lock after its flip) charges these units.  If it is
+         * closed, Redis is deciding the tenant's other requests against a
+         * usage without them: charge them at once (L7), not batched later,
+         * and not lost if this worker quits meanwhile (L4).
          */
-        if (!quota_breaker_is_open(&z->sh->breaker)
-            && ngx_http_quota_probe.qmcf == qmcf
-            && !ngx_http_quota_probe.flush.timer_set)
-        {
-            ngx_add_timer(&ngx_http_quota_probe.flush,
-                          NGX_HTTP_QUOTA_FLUSH_DELAY);
+        if (!quota_breaker_is_open(&z->sh->breaker)) {
+            ngx_http_quota_fallback_flush(qmcf);
         }
 
     } else if (rc == NGX_ABORT) {
@@ -306,6 +307,66 @@ ngx_http_quota_fallback_admit(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     }
 
     return rc;
+}
+
+
+/*
+ * The log phase of a request admitted in FALLBACK with quota_reconcile:
+ * the difference between the actual and the estimate of a metric goes to
+ * the tenant's units to charge (and its share), so that the FORCE charges
+ * the actual once.  A negative one takes back at most what is not charged
+ * yet.
+ */
+void
+ngx_http_quota_fallback_reconcile(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t metric, int64_t delta)
+{
+    ngx_http_quota_zone_t         *z;
+    ngx_http_quota_zone_node_t    *qn;
+    ngx_http_quota_main_conf_t    *qmcf;
+    ngx_http_quota_zone_metric_t  *sm;
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    if (!ngx_http_quota_fallback_enabled(qmcf)) {
+        return;
+    }
+
+    z = qmcf->zone;
+
+    ngx_http_quota_zone_lock(z);
+
+    qn = ngx_http_quota_zone_node(z, &ctx->tenant, 0);
+
+    if (qn == NULL || qn->sig != z->sig || metric >= qn->nmetrics) {
+        ngx_http_quota_zone_unlock(z);
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "quota: reconcile of %L of a fallback admission of "
+                      "tenant \"%V\" lost: the tenant left the zone",
+                      delta, &ctx->tenant);
+        return;
+    }
+
+    sm = &ngx_http_quota_zone_metrics(qn)[metric];
+
+    if (delta < -sm->fb_pending) {
+        delta = -sm->fb_pending;
+    }
+
+    sm->fb_pending += delta;
+    sm->fb_spent += delta;
+
+    if (sm->fb_pending > 0) {
+        ngx_http_quota_fallback_pending(z, qn);
+    }
+
+    ngx_http_quota_zone_unlock(z);
+
+    /* closed: nobody else charges it soon (see fallback_admit) */
+    if (!quota_breaker_is_open(&z->sh->breaker)) {
+        ngx_http_quota_fallback_flush(qmcf);
+    }
 }
 
 
@@ -355,11 +416,12 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
     for (i = 0; i < ctx->ncharges; i++) {
         sm = &m[ctx->rule->charges[i].metric];
 
-        /* a newer snapshot: what fallback spent before is in its numbers
-           (or on its way there), the share starts again from them */
+        /* a newer snapshot: what fallback charged before is in its
+           numbers (or on its way there), the share starts again from
+           them; units not charged yet are not in them and stay spent */
         if (sm->fb_learned != sm->learned) {
             sm->fb_learned = sm->learned;
-            sm->fb_spent = 0;
+            sm->fb_spent = sm->fb_pending;
         }
 
         if (ctx->costs[i] <= 0) {
@@ -475,10 +537,14 @@ ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
     p->timeout.log = cycle->log;
     p->timeout.cancelable = 1;
 
+    /* not cancelable: a quitting worker sends what is queued first */
     p->flush.handler = ngx_http_quota_fallback_flush_handler;
     p->flush.data = p;
     p->flush.log = cycle->log;
-    p->flush.cancelable = 1;
+
+    /* units a worker that quit (reload) left queued while the circuit was
+       closed: nobody else would charge them before the next outage */
+    ngx_add_timer(&p->flush, NGX_HTTP_QUOTA_FLUSH_DELAY);
 
     /* a reload while Redis is down: the new workers go on probing */
     if (quota_breaker_is_open(&qmcf->zone->sh->breaker)) {
@@ -754,7 +820,7 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 }
 
 
-/* units admitted while the circuit was closed: charged right away */
+/* units left queued (a batch that was full, a worker that quit) */
 static void
 ngx_http_quota_fallback_flush_handler(ngx_event_t *ev)
 {

@@ -405,7 +405,8 @@ ngx_http_quota_log_handler(ngx_http_request_t *r)
      * try_files or error_page, qlcf is another location's.
      */
     if (ctx == NULL || ctx->rule == NULL || ctx->reconciled
-        || ctx->status != NGX_HTTP_QUOTA_ALLOWED
+        || (ctx->status != NGX_HTTP_QUOTA_ALLOWED
+            && ctx->status != NGX_HTTP_QUOTA_FALLBACK)
         || ctx->conf->reconcile == NULL)
     {
         return NGX_OK;
@@ -442,6 +443,13 @@ ngx_http_quota_log_handler(ngx_http_request_t *r)
         }
 
         if (actual == ctx->costs[j]) {
+            continue;
+        }
+
+        /* admitted in fallback: charged by its FORCE, with the actual */
+        if (ctx->status == NGX_HTTP_QUOTA_FALLBACK) {
+            ngx_http_quota_fallback_reconcile(r, ctx, rc[i].metric,
+                                              actual - ctx->costs[j]);
             continue;
         }
 

@@ -764,6 +764,8 @@ ngx_int_t ngx_http_quota_fallback_admit(ngx_http_request_t *r,
 ngx_int_t ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
     ngx_http_quota_main_conf_t *qmcf);
 ngx_uint_t ngx_http_quota_fallback_circuit(ngx_http_quota_main_conf_t *qmcf);
+void ngx_http_quota_fallback_reconcile(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_uint_t metric, int64_t delta);
 
 /* ngx_http_quota_redis.c */
 ngx_int_t ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,

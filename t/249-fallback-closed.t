@@ -1,0 +1,153 @@
+# quota_fallback while the circuit is closed (L4, L7 of the ledger
+# review): a request whose own Redis trip fails is admitted from the zone,
+# and its units are charged at once (FORCE sent as it is admitted), not
+# batched 100 ms later: 1. Redis, up again, goes on deciding the tenant's
+# other requests (another worker) and must count them: admitted stays
+# within the limit; 2. a graceful quit right after does not take them
+# along.
+use strict;
+use warnings;
+use FindBin;
+BEGIN { push @INC, "$FindBin::Bin/lib" }
+use Test::More;
+use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTime;
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+my $start = month_start();
+my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+my $rport = $rs->{port};
+my $root = QuotaTest::_servroot_base() . '_249';
+
+sub usage {
+    my ($t) = @_;
+    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
+}
+
+sub conf {
+    my ($port, $workers) = @_;
+    return (servroot => $root, port => $port, workers => $workers,
+            master => 1, no_root_location => 1,
+            http_config => <<"_EOC_", config => <<"_EOC_");
+    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
+    quota_zone ledger:1m;
+    quota_fallback local nodes=1;
+    quota_failure_mode closed;
+    quota_metric api;
+    quota_plan p { limit api 100; }
+    quota_default_plan p;
+_EOC_
+    quota on;
+    quota_tenant \$http_x_api_key;
+    quota_route POST /api/** api=1;
+    location / {
+        add_header X-Quota-Status \$quota_status always;
+        add_header X-Pid \$pid always;
+        proxy_pass http://127.0.0.1:$port/origin;
+    }
+    location /origin { quota off; return 200 "ok"; }
+_EOC_
+}
+
+sub req {
+    my ($s, $t) = @_;
+    print $s "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: $t\r\n"
+             . "Content-Length: 0\r\n\r\n";
+    my $head = '';
+    while ($head !~ /\r\n\r\n/) {
+        my $n = sysread($s, my $buf, 1);
+        return { qs => 'closed', pid => 0 } unless $n;
+        $head .= $buf;
+    }
+    my ($len) = $head =~ /Content-Length: (\d+)/i;
+    my $body = '';
+    sysread($s, $body, $len - length $body, length $body)
+        while length $body < ($len // 0);
+    my ($qs) = $head =~ /X-Quota-Status: (\S+)/i;
+    my ($pid) = $head =~ /X-Pid: (\d+)/i;
+    return { qs => $qs // '', pid => $pid // 0 };
+}
+
+sub redis_sleep {
+    my ($secs) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $rport) or POSIX::_exit(1);
+        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+                 . "\r\n$secs\r\n";
+        my $line = <$s>;
+        POSIX::_exit(0);
+    }
+    sleep 0.05;
+    return $pid;
+}
+
+sub logs {
+    return join '', map { QuotaTest::_slurp("$root/logs/$_") // '' }
+                    qw(error.log stderr.log);
+}
+
+# 1. Redis decides the other worker's requests right after a fallback
+{
+    $rs->cmd('HSET', "quota:{k}:usage:$start", 'api', 97);
+    my $port = free_port();
+    my $h = nginx_start(conf($port, 2));
+    die $h->{error} if $h->{error};
+    QuotaTest::wait_module_ready($root, "quota_redis", 2);
+
+    my %conn;
+    for (1 .. 60) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port) or die;
+        my $r = req($s, 'warm');
+        $conn{ $r->{pid} } //= $s;
+        last if keys %conn == 2;
+    }
+    my ($w1, $w2) = values %conn;
+    ok($w1 && $w2, 'a connection on each worker');
+
+    my %adm;
+    $adm{ req($w1, 'k')->{qs} }++;                  # 98, learned
+    my $pid = redis_sleep(0.38);
+    my $r = req($w1, 'k');                          # times out
+    is($r->{qs}, 'FALLBACK', 'worker 1: timed out, admitted in fallback');
+    $adm{ $r->{qs} }++;
+    $adm{ req($w2, 'k')->{qs} }++ for 1 .. 3;       # Redis decides
+    waitpid $pid, 0;
+    sleep 1;
+    nginx_stop($h, master => 1);
+
+    my $admitted = 97 + ($adm{ALLOWED} // 0) + ($adm{FALLBACK} // 0);
+    ok($admitted <= 100, "admitted ($admitted) within the limit 100: "
+       . join(', ', map { "$_ $adm{$_}" } sort keys %adm));
+    is(usage('k'), $admitted, 'redis usage = admitted');
+}
+
+# 2. a graceful quit right after a fallback admission
+{
+    my $port = free_port();
+    my $h = nginx_start(conf($port, 1));
+    die $h->{error} if $h->{error};
+    QuotaTest::wait_module_ready($root, "quota_redis", 1);
+
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        or die;
+    is(req($s, 'q')->{qs}, 'ALLOWED', 'q: 1 charged');
+    my $pid = redis_sleep(0.4);
+    is(req($s, 'q')->{qs}, 'FALLBACK', 'q: timed out, FALLBACK');
+    close $s;
+    kill 'QUIT', $h->{pid};
+    waitpid $pid, 0;
+    nginx_stop($h, master => 1);
+    my $deadline = time + 5;
+    sleep 0.1 while time < $deadline && usage('q') != 2;
+    is(usage('q'), 2, 'q: both admitted requests charged once nginx quit');
+    unlike(logs(), qr/\[alert\]|\[crit\]|\[emerg\]/, 'no alert');
+}
+
+stop_redis($rs);
+done_testing();
