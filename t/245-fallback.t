@@ -252,7 +252,11 @@ _EOC_
 
         $rs = start_redis(port => $rport, keep => 1,
                           args => ['--enable-debug-command', 'yes']);
-        is(usage('fb-a'), 76, 'restarted with its data: 76');
+        # the failures before the circuit opened were FORCEd at once,
+        # queued until a connection takes them: up to 3 of them may be
+        # charged already
+        my $u = usage('fb-a');
+        ok($u >= 76 && $u <= 79, "restarted with its data: 76 (+0..3): $u");
 
         ok(wait_for(15, sub { usage('fb-a') == 84 }),
            'back: the 8 are charged once: 84')
