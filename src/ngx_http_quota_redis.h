@@ -236,6 +236,8 @@ ngx_int_t ngx_http_quota_redis_can_take(ngx_http_quota_redis_conn_t *rc,
 void ngx_http_quota_redis_write_now(ngx_http_quota_redis_conn_t *rc);
 ngx_int_t ngx_http_quota_redis_append(ngx_http_quota_redis_conn_t *rc,
     ngx_http_quota_op_t *op, u_char *cmd, size_t len);
+ngx_int_t ngx_http_quota_redis_handshake_auth(
+    ngx_http_quota_redis_conn_t *rc);
 ngx_int_t ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,
     const char *step, int argc, const char **argv, const size_t *argvlen);
 void ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc);

@@ -257,7 +257,6 @@ ngx_http_quota_redis_transport_ready(ngx_http_quota_redis_conn_t *rc)
 static ngx_int_t
 ngx_http_quota_redis_handshake(ngx_http_quota_redis_conn_t *rc)
 {
-    int                          n;
     u_char                       db[NGX_INT_T_LEN];
     size_t                       argvlen[3];
     const char                  *argv[3];
@@ -265,24 +264,8 @@ ngx_http_quota_redis_handshake(ngx_http_quota_redis_conn_t *rc)
 
     qmcf = rc->worker->qmcf;
 
-    if (qmcf->redis_password.len) {
-        n = 0;
-        argv[n] = "AUTH";
-        argvlen[n++] = 4;
-
-        if (qmcf->redis_user.len) {
-            argv[n] = (const char *) qmcf->redis_user.data;
-            argvlen[n++] = qmcf->redis_user.len;
-        }
-
-        argv[n] = (const char *) qmcf->redis_password.data;
-        argvlen[n++] = qmcf->redis_password.len;
-
-        if (ngx_http_quota_redis_handshake_cmd(rc, "AUTH", n, argv, argvlen)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ngx_http_quota_redis_handshake_auth(rc) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (qmcf->redis_db) {
@@ -323,6 +306,40 @@ ngx_http_quota_redis_handshake(ngx_http_quota_redis_conn_t *rc)
 
 
 /* step NULL: a command whose reply comes without an op (SUBSCRIBE) */
+/*
+ * AUTH [user] password, when quota_redis has a password: the first step of
+ * every handshake to a data node (commands, cluster control, live).
+ */
+ngx_int_t
+ngx_http_quota_redis_handshake_auth(ngx_http_quota_redis_conn_t *rc)
+{
+    int                          n;
+    size_t                       argvlen[3];
+    const char                  *argv[3];
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    qmcf = rc->worker->qmcf;
+
+    if (qmcf->redis_password.len == 0) {
+        return NGX_OK;
+    }
+
+    n = 0;
+    argv[n] = "AUTH";
+    argvlen[n++] = 4;
+
+    if (qmcf->redis_user.len) {
+        argv[n] = (const char *) qmcf->redis_user.data;
+        argvlen[n++] = qmcf->redis_user.len;
+    }
+
+    argv[n] = (const char *) qmcf->redis_password.data;
+    argvlen[n++] = qmcf->redis_password.len;
+
+    return ngx_http_quota_redis_handshake_cmd(rc, "AUTH", n, argv, argvlen);
+}
+
+
 ngx_int_t
 ngx_http_quota_redis_handshake_cmd(ngx_http_quota_redis_conn_t *rc,
     const char *step, int argc, const char **argv, const size_t *argvlen)

@@ -60,31 +60,14 @@ ngx_http_quota_redis_live_init(ngx_http_quota_worker_t *w)
 ngx_int_t
 ngx_http_quota_redis_live_handshake(ngx_http_quota_redis_conn_t *rc)
 {
-    int                          n;
     size_t                       argvlen[3];
     const char                  *argv[3];
     ngx_http_quota_main_conf_t  *qmcf;
 
     qmcf = rc->worker->qmcf;
 
-    if (qmcf->redis_password.len) {
-        n = 0;
-        argv[n] = "AUTH";
-        argvlen[n++] = 4;
-
-        if (qmcf->redis_user.len) {
-            argv[n] = (const char *) qmcf->redis_user.data;
-            argvlen[n++] = qmcf->redis_user.len;
-        }
-
-        argv[n] = (const char *) qmcf->redis_password.data;
-        argvlen[n++] = qmcf->redis_password.len;
-
-        if (ngx_http_quota_redis_handshake_cmd(rc, "AUTH", n, argv, argvlen)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ngx_http_quota_redis_handshake_auth(rc) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     argv[0] = "SUBSCRIBE";
