@@ -28,6 +28,8 @@
 
 static ngx_int_t ngx_http_quota_evaluate(ngx_http_request_t *r,
     ngx_http_quota_loc_conf_t *qlcf);
+static ngx_int_t ngx_http_quota_decide(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, ngx_http_quota_loc_conf_t *qlcf);
 static ngx_int_t ngx_http_quota_costs(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 static ngx_int_t ngx_http_quota_act(ngx_http_request_t *r,
@@ -163,6 +165,20 @@ ngx_http_quota_evaluate(ngx_http_request_t *r, ngx_http_quota_loc_conf_t *qlcf)
             return NGX_DECLINED;
         }
     }
+
+    return ngx_http_quota_decide(r, ctx, qlcf);
+}
+
+
+/*
+ * Who decides a classified request: the node ledger when it can (a lease,
+ * a cached refusal, an open circuit), else Redis (the request waits).
+ */
+static ngx_int_t
+ngx_http_quota_decide(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    ngx_http_quota_loc_conf_t *qlcf)
+{
+    ngx_int_t  rc;
 
     /*
      * quota_lease: one unit of a live lease, no Redis trip.  Before the
