@@ -12,37 +12,14 @@ use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use QuotaTime;
 use File::Temp qw(tempdir);
-use POSIX ();
 use Time::HiRes qw(sleep time);
 
-my $rport = free_port();
-my $rdir = tempdir('t213-redis-XXXX', TMPDIR => 1, CLEANUP => 1);
-
 # a redis-server of our own, restarted on the same port and directory
-sub redis_up {
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$rdir/redis.out";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', '--bind', '127.0.0.1', '--port', $rport,
-             '--dir', $rdir, '--save', '', '--appendonly', 'no'
-            or POSIX::_exit(127);
-    }
-    my $deadline = time + 10;
-    while (time < $deadline) {
-        my $pong = eval { QuotaTest::redis_at($rport, 'PING') };
-        return $pid if defined $pong && $pong eq 'PONG';
-        sleep 0.02;
-    }
-    die "redis-server on $rport did not start\n";
-}
+my $rs = QuotaTest::restartable_redis();
+my $rport = $rs->{port};
 
-sub r { QuotaTest::redis_at($rport, @_) }
+sub r { $rs->cmd(@_) }
 
-my $rpid = redis_up();
 my $start = month_start();
 my $today = today();
 
@@ -83,11 +60,10 @@ cmp_ok($held, '>', 90, "leases outstanding ($held reserved for 90 admitted)");
 
 # Redis dies with its data saved; the leases' ttl passes meanwhile
 r('SAVE');
-kill 'KILL', $rpid;
-waitpid $rpid, 0;
+$rs->down('KILL');
 sleep 2.5;
 
-$rpid = redis_up();
+$rs->up;
 
 my $deadline = time + 20;
 my @u;
@@ -116,7 +92,6 @@ if ($ENV{TEST_NGINX_USE_SANITIZER}) {
     is(scalar @p, 0, 'no sanitizer report') or diag(join "\n", @p);
 }
 
-kill 'TERM', $rpid;
-waitpid $rpid, 0;
+stop_redis($rs);
 
 done_testing();

@@ -17,7 +17,6 @@ use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop valgrind_problems);
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
-use POSIX ();
 use Time::HiRes qw(sleep time);
 
 my ($faketime) = grep { -e } map { "$_/faketime/libfaketime.so.1" }
@@ -26,31 +25,13 @@ my ($faketime) = grep { -e } map { "$_/faketime/libfaketime.so.1" }
 ok($faketime, 'libfaketime is installed (apt-get install faketime)')
     or do { done_testing(); exit 1 };
 
-my $rport = free_port();
-my $rdir = tempdir('t217-redis-XXXX', TMPDIR => 1, CLEANUP => 1);
+# a redis-server of our own, killed and started again on the same port
+# (each run starts it afresh)
+my $rs = QuotaTest::restartable_redis();
+my $rport = $rs->{port};
+$rs->down('TERM');
 
-sub redis_up {
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$rdir/redis.out";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', '--bind', '127.0.0.1', '--port', $rport,
-             '--dir', $rdir, '--save', '', '--appendonly', 'no'
-            or POSIX::_exit(127);
-    }
-    my $deadline = time + 10;
-    while (time < $deadline) {
-        my $pong = eval { QuotaTest::redis_at($rport, 'PING') };
-        return $pid if defined $pong && $pong eq 'PONG';
-        sleep 0.02;
-    }
-    die "redis-server on $rport did not start\n";
-}
-
-sub r { QuotaTest::redis_at($rport, @_) }
+sub r { $rs->cmd(@_) }
 
 sub set_clock {
     my ($file, $offset) = @_;
@@ -61,7 +42,7 @@ sub set_clock {
 
 sub run {
     my ($jump) = @_;
-    my $rpid = redis_up();
+    $rs->up;
     my $port = free_port();
     my $root = tempdir('t217-XXXX', TMPDIR => 1, CLEANUP => 1);
     my $clock = "$root/clock";
@@ -99,14 +80,13 @@ _EOC_
     is($r->{status}, 200, "jump $jump: a first charge");
 
     # a charge in flight when Redis dies: its reply is lost, its void queued
-    kill 'STOP', $rpid;
+    kill 'STOP', $rs->{pid};
     my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
         or die "connect: $!";
     print $c "POST /a HTTP/1.1\r\nHost: x\r\nX-T: h\r\nContent-Length: 0\r\n"
              . "Connection: close\r\n\r\n";
     sleep 0.5;
-    kill 'KILL', $rpid;
-    waitpid $rpid, 0;
+    $rs->down('KILL');
     my $reply = do { local $/; <$c> } // '';
     like($reply, qr{^HTTP/1\.1 200}, "jump $jump: answered (fail open)");
     my $log = QuotaTest::_slurp("$root/logs/error.log");
@@ -115,7 +95,7 @@ _EOC_
 
     set_clock($clock, "+$jump");
     sleep 0.5;
-    $rpid = redis_up();
+    $rs->up;
     my $deadline = time + 15;
     my $done;
     while (time < $deadline) {
@@ -128,8 +108,7 @@ _EOC_
     nginx_stop($h, master => 1);
     $log = QuotaTest::_slurp("$root/logs/error.log");
     my $tomb = $id ? r('GET', "quota:{h}:c:$id") // '' : '';
-    kill 'TERM', $rpid;
-    waitpid $rpid, 0;
+    $rs->down('TERM');
     return ($log, $id // 'none', $tomb, $h, $root);
 }
 
@@ -147,5 +126,6 @@ if ($h->{valgrind}) {
     my @p = valgrind_problems($root);
     is(scalar @p, 0, 'valgrind clean') or diag(join "\n", @p);
 }
+stop_redis($rs);
 
 done_testing();

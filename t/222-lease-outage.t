@@ -12,38 +12,14 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
-use File::Temp qw(tempdir);
-use POSIX ();
 use Time::HiRes qw(sleep time);
 
-my $rport = free_port();
-my $rdir = tempdir('t217-redis-XXXX', TMPDIR => 1, CLEANUP => 1);
-
 # a redis-server of our own, restarted on the same port and directory
-sub redis_up {
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        POSIX::setpgid(0, 0);
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$rdir/redis.out";
-        open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', '--bind', '127.0.0.1', '--port', $rport,
-             '--dir', $rdir, '--save', '', '--appendonly', 'no'
-            or POSIX::_exit(127);
-    }
-    my $deadline = time + 10;
-    while (time < $deadline) {
-        my $pong = eval { QuotaTest::redis_at($rport, 'PING') };
-        return $pid if defined $pong && $pong eq 'PONG';
-        sleep 0.02;
-    }
-    die "redis-server on $rport did not start\n";
-}
+my $rs = QuotaTest::restartable_redis();
+my $rport = $rs->{port};
 
-sub r { QuotaTest::redis_at($rport, @_) }
+sub r { $rs->cmd(@_) }
 
-my $rpid = redis_up();
 my $start = month_start();
 
 my $http = <<"_EOC_";
@@ -78,10 +54,9 @@ nginx_run(workers => 1, master => 1, http_config => $http, config => $server,
     $reserved = r('HGET', "quota:{o}:usage:$start", 'a');
     # the lease's record lives 1 s + LEASE_RECORD_EXTRA (60 s or more)
     r('SAVE');
-    kill 'KILL', $rpid;
-    waitpid $rpid, 0;
+    $rs->down('KILL');
     sleep 53;
-    $rpid = redis_up();
+    $rs->up;
     my $deadline = time + 15;
     while (time < $deadline) {
         $after = r('HGET', "quota:{o}:usage:$start", 'a') // 0;
@@ -95,7 +70,6 @@ is($reserved, 50, '50 reserved');
 is($after, 1, 'the running worker settled the 49 unspent units once Redis '
               . 'was back, 52 s after its first attempt');
 
-kill 'TERM', $rpid;
-waitpid $rpid, 0;
+stop_redis($rs);
 
 done_testing();

@@ -160,7 +160,8 @@ sub free_port {
 
 my %redis_servers;    # pid => 1, killed at END
 
-# start_redis(port => P, args => [...], bin => 'redis-server', keep => 1)
+# start_redis(port => P, args => [...], bin => 'redis-server', keep => 1,
+#             start_timeout => 5)
 # returns { port => P, pid => PID, dir => DIR }; $h->cmd(@cmd) talks to it.
 # keep: the directory of an earlier server on this port is not emptied (a
 # restart that loads its dump.rdb, after SHUTDOWN SAVE)
@@ -189,8 +190,10 @@ sub start_redis {
     }
     $redis_servers{$pid} = 1;
 
-    my $h = bless { port => $port, pid => $pid, dir => $dir }, 'QuotaTest::Redis';
-    my $deadline = time + 5;
+    my $h = bless { port => $port, pid => $pid, dir => $dir,
+                    bin => $bin, args => $opts{args},
+                    start_timeout => $opts{start_timeout} }, 'QuotaTest::Redis';
+    my $deadline = time + ($opts{start_timeout} || 5);
     while (time < $deadline) {
         if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
             delete $redis_servers{$pid};
@@ -223,6 +226,41 @@ sub stop_redis {
 sub QuotaTest::Redis::cmd {
     my ($h, @cmd) = @_;
     return redis_at($h->{port}, @cmd);
+}
+
+# restartable_redis(args => [...]): a private redis-server for outage tests
+# that kill it and start it again on the same port (nginx's quota_redis
+# points there) and the same directory (a SAVE before the kill is loaded
+# back). $h->down('KILL') kills it (default SIGKILL; reaped, the directory
+# kept), $h->up starts it again, stop_redis($h) stops it for good and
+# removes the directory. Starts wait up to 10 s: the machine may be busy
+# (valgrind) and the restart loads the RDB.
+sub restartable_redis {
+    my (%opts) = @_;
+    return start_redis(start_timeout => 10, %opts);
+}
+
+sub QuotaTest::Redis::down {
+    my ($h, $sig) = @_;
+    return $h unless $h->{pid};
+    if (my $s = delete $redis_conns{$h->{port}}) {
+        close $s;
+    }
+    _kill_and_reap($h->{pid}, $sig || 'KILL', 5, 1);
+    delete $redis_servers{$h->{pid}};
+    $h->{pid} = undef;
+    return $h;
+}
+
+sub QuotaTest::Redis::up {
+    my ($h) = @_;
+    die "QuotaTest: redis-server on port $h->{port} is already up\n"
+        if $h->{pid};
+    my $n = start_redis(port => $h->{port}, keep => 1, bin => $h->{bin},
+                        args => $h->{args},
+                        start_timeout => $h->{start_timeout});
+    $h->{pid} = $n->{pid};
+    return $h;
 }
 
 
