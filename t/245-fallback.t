@@ -17,8 +17,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
-use IO::Socket::INET;
-use POSIX ();
+use QuotaFallback;
 use Time::HiRes qw(time sleep);
 
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
@@ -27,15 +26,14 @@ my $start = month_start();
 my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
 my $rport = $rs->{port};
 
-sub usage {
-    my ($t) = @_;
-    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
-}
+sub usage { QuotaFallback::usage($rs, @_) }
+sub daily { QuotaFallback::daily($rs, @_) }
+sub metric { QuotaFallback::metric(@_) }
+sub wait_for { QuotaFallback::wait_for(@_) }
 
-sub daily {
-    my ($t) = @_;
-    return $rs->cmd('HGET', "quota:{$t}:daily:$start", 'api:' . today()) // 0;
-}
+# DEBUG SLEEP in the background; let the sleep begin, even on a loaded
+# machine
+sub redis_sleep { QuotaFallback::redis_sleep($rs, $_[0], 0.2) }
 
 sub post {
     my ($port, $tenant, $timeout) = @_;
@@ -46,39 +44,6 @@ sub post {
     $r->{port} = $port;
     $r->{qs} = $r->{headers}{'x-quota-status'} // '';
     return $r;
-}
-
-sub metric {
-    my ($port, $name) = @_;
-    my $r = http_request($port, 'GET', '/metrics', {}, undef, 10);
-    return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
-}
-
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return $cond->();
-}
-
-# DEBUG SLEEP from a child with its own connection, so the test goes on
-sub redis_sleep {
-    my ($secs) = @_;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $rport) or POSIX::_exit(1);
-        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
-                 . "\r\n$secs\r\n";
-        my $line = <$s>;
-        POSIX::_exit(0);
-    }
-    sleep 0.2;    # let the sleep begin, even on a loaded machine
-    return $pid;
 }
 
 # n requests of a tenant, one after the other: the statuses and latencies
@@ -117,32 +82,9 @@ sub timeouts {
 my $log = nginx_run(
     workers => 2,
     no_root_location => 1,
-    http_config => <<"_EOC_",
-    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
-    quota_zone ledger:1m;
-    quota_fallback local nodes=2;
-    quota_failure_mode open;
-    quota_metric api;
-    quota_plan p { limit api 100; }
-    quota_default_plan p;
-_EOC_
-    config => <<'_EOC_',
-    quota on;
-    quota_tenant $http_x_api_key;
-    quota_route POST /api/** api=1;
-
-    location / {
-        add_header X-Quota-Status $quota_status always;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
-    }
-
-    location /origin {
-        quota off;
-        return 200 "ok\n";
-    }
-
-    location = /metrics { quota_metrics; }
-_EOC_
+    http_config => QuotaFallback::http_config(rport => $rport, nodes => 2,
+                                              failure_mode => 'open'),
+    config => QuotaFallback::server_config(),
     code => sub {
         my ($port, $root) = @_;
         my @r;
@@ -303,32 +245,9 @@ _EOC_
     nginx_run(
         workers => 1,
         no_root_location => 1,
-        http_config => <<"_EOC_",
-    quota_redis 127.0.0.1:$dead timeout=300ms connect_timeout=300ms;
-    quota_zone ledger:1m;
-    quota_fallback local;
-    quota_failure_mode closed;
-    quota_metric api;
-    quota_plan p { limit api 100; }
-    quota_default_plan p;
-_EOC_
-        config => <<'_EOC_',
-    quota on;
-    quota_tenant $http_x_api_key;
-    quota_route POST /api/** api=1;
-
-    location / {
-        add_header X-Quota-Status $quota_status always;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
-    }
-
-    location /origin {
-        quota off;
-        return 200 "ok\n";
-    }
-
-    location = /metrics { quota_metrics; }
-_EOC_
+        http_config => QuotaFallback::http_config(rport => $dead,
+                                                  failure_mode => 'closed'),
+        config => QuotaFallback::server_config(),
         code => sub {
             my ($port) = @_;
             sleep 0.4;    # the first connection attempt has failed

@@ -10,16 +10,14 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
-use QuotaTime;
+use QuotaFallback;
 use Time::HiRes qw(time sleep);
 
-my $start = month_start();
 my $rs = start_redis();
 my $rport = $rs->{port};
 
-sub usage {
-    return $rs->cmd('HGET', "quota:{fl}:usage:$start", 'api') // 0;
-}
+sub usage { QuotaFallback::usage($rs, 'fl') }
+sub metric { QuotaFallback::metric(@_) }
 
 sub post {
     my ($port) = @_;
@@ -28,41 +26,13 @@ sub post {
     return $r->{headers}{'x-quota-status'} // "none $r->{status}";
 }
 
-sub metric {
-    my ($port, $name) = @_;
-    my $r = http_request($port, 'GET', '/metrics', {}, undef, 10);
-    return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
-}
-
 my $log = nginx_run(
     workers => 1,
     no_root_location => 1,
-    http_config => <<"_EOC_",
-    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
-    quota_zone ledger:1m;
-    quota_lease 10 ttl=5s;
-    quota_fallback local;
-    quota_metric api;
-    quota_plan p { limit api 1000; }
-    quota_default_plan p;
-_EOC_
-    config => <<'_EOC_',
-    quota on;
-    quota_tenant $http_x_api_key;
-    quota_route POST /api/** api=1;
-
-    location / {
-        add_header X-Quota-Status $quota_status always;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/origin;
-    }
-
-    location /origin {
-        quota off;
-        return 200 "ok\n";
-    }
-
-    location = /metrics { quota_metrics; }
-_EOC_
+    http_config => QuotaFallback::http_config(rport => $rport,
+                                              lease => '10 ttl=5s',
+                                              limit => 1000),
+    config => QuotaFallback::server_config(),
     code => sub {
         my ($port) = @_;
 

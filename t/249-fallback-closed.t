@@ -12,8 +12,8 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
 use QuotaTime;
+use QuotaFallback;
 use IO::Socket::INET;
-use POSIX ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
@@ -21,74 +21,19 @@ my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
 my $rport = $rs->{port};
 my $root = QuotaTest::_servroot_base() . '_249';
 
-sub usage {
-    my ($t) = @_;
-    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
-}
+sub usage { QuotaFallback::usage($rs, @_) }
+sub req { QuotaFallback::req(@_) }
+sub redis_sleep { QuotaFallback::redis_sleep($rs, @_) }
+sub logs { QuotaFallback::logs($root) }
 
 sub conf {
     my ($port, $workers) = @_;
     return (servroot => $root, port => $port, workers => $workers,
             master => 1, no_root_location => 1,
-            http_config => <<"_EOC_", config => <<"_EOC_");
-    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
-    quota_zone ledger:1m;
-    quota_fallback local nodes=1;
-    quota_failure_mode closed;
-    quota_metric api;
-    quota_plan p { limit api 100; }
-    quota_default_plan p;
-_EOC_
-    quota on;
-    quota_tenant \$http_x_api_key;
-    quota_route POST /api/** api=1;
-    location / {
-        add_header X-Quota-Status \$quota_status always;
-        add_header X-Pid \$pid always;
-        proxy_pass http://127.0.0.1:$port/origin;
-    }
-    location /origin { quota off; return 200 "ok"; }
-_EOC_
-}
-
-sub req {
-    my ($s, $t) = @_;
-    print $s "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: $t\r\n"
-             . "Content-Length: 0\r\n\r\n";
-    my $head = '';
-    while ($head !~ /\r\n\r\n/) {
-        my $n = sysread($s, my $buf, 1);
-        return { qs => 'closed', pid => 0 } unless $n;
-        $head .= $buf;
-    }
-    my ($len) = $head =~ /Content-Length: (\d+)/i;
-    my $body = '';
-    sysread($s, $body, $len - length $body, length $body)
-        while length $body < ($len // 0);
-    my ($qs) = $head =~ /X-Quota-Status: (\S+)/i;
-    my ($pid) = $head =~ /X-Pid: (\d+)/i;
-    return { qs => $qs // '', pid => $pid // 0 };
-}
-
-sub redis_sleep {
-    my ($secs) = @_;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $rport) or POSIX::_exit(1);
-        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
-                 . "\r\n$secs\r\n";
-        my $line = <$s>;
-        POSIX::_exit(0);
-    }
-    sleep 0.05;
-    return $pid;
-}
-
-sub logs {
-    return join '', map { QuotaTest::_slurp("$root/logs/$_") // '' }
-                    qw(error.log stderr.log);
+            http_config => QuotaFallback::http_config(
+                rport => $rport, nodes => 1,
+                failure_mode => 'closed', limit => 100),
+            config => QuotaFallback::server_config($port));
 }
 
 # 1. Redis decides the other worker's requests right after a fallback
@@ -99,15 +44,7 @@ sub logs {
     die $h->{error} if $h->{error};
     QuotaTest::wait_module_ready($root, "quota_redis", 2);
 
-    my %conn;
-    for (1 .. 60) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $port) or die;
-        my $r = req($s, 'warm');
-        $conn{ $r->{pid} } //= $s;
-        last if keys %conn == 2;
-    }
-    my ($w1, $w2) = values %conn;
+    my ($w1, $w2) = QuotaFallback::worker_conns($port, 2);
     ok($w1 && $w2, 'a connection on each worker');
 
     my %adm;

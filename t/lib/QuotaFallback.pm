@@ -1,0 +1,168 @@
+package QuotaFallback;
+
+# Helpers of the quota_fallback tests (t/245, t/247, t/248, t/249): the
+# gateway they configure (one metric "api", POST /api/** costs 1, the
+# tenant in X-API-Key, $quota_status and the worker's pid in response
+# headers, /metrics), a tenant's usage in Redis, a /metrics value, a DEBUG
+# SLEEP in the background, one request on a keep-alive connection and a
+# polling wait. Core Perl only; nothing is exported: call them fully
+# qualified (QuotaFallback::usage(...)).
+
+use strict;
+use warnings;
+
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use QuotaTest ();
+use QuotaTime ();
+
+# http_config(rport => P, limit => N, zone => '1m', nodes => N,
+#             failure_mode => 'open', lease => '10 ttl=5s'): the http{}
+# part: Redis at 127.0.0.1:P with 300 ms timeouts, quota_zone "ledger",
+# quota_fallback local [nodes=N], plan "p" with "limit api N" (100)
+sub http_config {
+    my (%o) = @_;
+    my $nodes = $o{nodes} ? " nodes=$o{nodes}" : '';
+    my $limit = $o{limit} || 100;
+    my $zone = $o{zone} || '1m';
+    my $conf = "    quota_redis 127.0.0.1:$o{rport} timeout=300ms"
+               . " connect_timeout=300ms;\n"
+               . "    quota_zone ledger:$zone;\n";
+    $conf .= "    quota_lease $o{lease};\n" if $o{lease};
+    $conf .= "    quota_fallback local$nodes;\n";
+    $conf .= "    quota_failure_mode $o{failure_mode};\n" if $o{failure_mode};
+    $conf .= "    quota_metric api;\n"
+             . "    quota_plan p { limit api $limit; }\n"
+             . "    quota_default_plan p;\n";
+    return $conf;
+}
+
+# server_config($port): the server{} part; its origin is a location of the
+# same server on $port (nginx_start), or on $TEST_NGINX_SERVER_PORT when
+# $port is undef (nginx_run expands it)
+sub server_config {
+    my ($port) = @_;
+    $port //= '$TEST_NGINX_SERVER_PORT';
+    return <<"_EOC_";
+    quota on;
+    quota_tenant \$http_x_api_key;
+    quota_route POST /api/** api=1;
+
+    location / {
+        add_header X-Quota-Status \$quota_status always;
+        add_header X-Pid \$pid always;
+        proxy_pass http://127.0.0.1:$port/origin;
+    }
+
+    location /origin {
+        quota off;
+        return 200 "ok\\n";
+    }
+
+    location = /metrics { quota_metrics; }
+_EOC_
+}
+
+# usage($rs, $tenant): the tenant's "api" usage this month in the
+# redis-server $rs (start_redis), 0 when there is none
+sub usage {
+    my ($rs, $t) = @_;
+    my $start = QuotaTime::month_start();
+    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
+}
+
+# daily($rs, $tenant): the tenant's "api" counter of today
+sub daily {
+    my ($rs, $t) = @_;
+    my $start = QuotaTime::month_start();
+    return $rs->cmd('HGET', "quota:{$t}:daily:$start",
+                    'api:' . QuotaTime::today()) // 0;
+}
+
+# metric($port, $name): the value of an unlabelled-or-labelled sample
+# "$name N" of the gateway's /metrics, undef when it is not there
+sub metric {
+    my ($port, $name) = @_;
+    my $r = QuotaTest::http_request($port, 'GET', '/metrics', {}, undef, 10);
+    return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
+}
+
+# wait_for($secs, $cond): calls $cond every 50 ms until it is true or
+# $secs have passed; returns its last value
+sub wait_for {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->();
+}
+
+# redis_sleep($rs, $secs, $settle): DEBUG SLEEP $secs (redis-server started
+# with --enable-debug-command yes) from a child with its own connection,
+# so the test goes on; waits $settle s (0.05) for the sleep to begin.
+# Returns the child's pid (waitpid it: it exits when the sleep is over).
+sub redis_sleep {
+    my ($rs, $secs, $settle) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $rs->{port})
+            or POSIX::_exit(1);
+        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+                 . "\r\n$secs\r\n";
+        my $line = <$s>;
+        POSIX::_exit(0);
+    }
+    sleep($settle // 0.05);
+    return $pid;
+}
+
+# req($sock, $tenant): POST /api/x on the keep-alive connection $sock;
+# returns { qs => X-Quota-Status, pid => the worker's pid }, qs 'closed'
+# when the connection closed first
+sub req {
+    my ($s, $t) = @_;
+    print $s "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: $t\r\n"
+             . "Content-Length: 0\r\n\r\n";
+    my $head = '';
+    while ($head !~ /\r\n\r\n/) {
+        my $n = sysread($s, my $buf, 1);
+        return { qs => 'closed', pid => 0 } unless $n;
+        $head .= $buf;
+    }
+    my ($len) = $head =~ /Content-Length: (\d+)/i;
+    my $body = '';
+    sysread($s, $body, $len - length $body, length $body)
+        while length $body < ($len // 0);
+    my ($qs) = $head =~ /X-Quota-Status: (\S+)/i;
+    my ($pid) = $head =~ /X-Pid: (\d+)/i;
+    return { qs => $qs // '', pid => $pid // 0 };
+}
+
+# worker_conns($port, $n): one keep-alive connection on each of $n
+# workers (at most 60 tries); the sockets, as many as were found
+sub worker_conns {
+    my ($port, $n) = @_;
+    my %conn;
+    for (1 .. 60) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port) or die;
+        my $r = req($s, 'warm');
+        $conn{ $r->{pid} } //= $s;
+        last if keys %conn == $n;
+    }
+    return values %conn;
+}
+
+# logs($servroot): its error.log and stderr.log
+sub logs {
+    my ($root) = @_;
+    return join '', map { QuotaTest::_slurp("$root/logs/$_") // '' }
+                    qw(error.log stderr.log);
+}
+
+1;
