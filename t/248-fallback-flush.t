@@ -12,7 +12,7 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTest qw(:DEFAULT nginx_stop);
 use QuotaFallback;
 use IO::Socket::INET;
 use File::Path ();
@@ -28,14 +28,13 @@ sub redis_sleep { QuotaFallback::redis_sleep($rs, @_) }
 sub logs { QuotaFallback::logs($root) }
 sub wait_for { QuotaFallback::wait_for(@_) }
 
-sub conf {
+# nginx on $port with $workers workers, once their Redis connections are
+# ready
+sub start {
     my ($port, $workers) = @_;
-    return (servroot => $root, port => $port, workers => $workers,
-            master => 1, no_root_location => 1,
-            http_config => QuotaFallback::http_config(
-                rport => $rport, zone => '4m', nodes => 1,
-                failure_mode => 'open', limit => 1000),
-            config => QuotaFallback::server_config($port));
+    return QuotaFallback::start_nginx($root, $port, $workers, rport => $rport,
+                                       zone => '4m', nodes => 1,
+                                       failure_mode => 'open', limit => 1000);
 }
 
 # 1. the race, widened by a malloc shim where one can be preloaded
@@ -78,10 +77,8 @@ _C_
         local $ENV{TEST_NGINX_LD_PRELOAD} = "$dir/slowmalloc.so";
         local $ENV{SHIM_MAGIC} = 155;
         local $ENV{SHIM_USEC} = 2500000;
-        $h = nginx_start(conf($port, 2));
+        $h = start($port, 2);
     }
-    die $h->{error} if $h->{error};
-    QuotaTest::wait_module_ready($root, "quota_redis", 2);
 
     # one keep-alive connection on each worker
     my ($w1, $w2) = QuotaFallback::worker_conns($port, 2);
@@ -114,9 +111,7 @@ _C_
 # 2. more tenants than one flush's batch (64), with the longest ids
 {
     my $port = free_port();
-    my $h = nginx_start(conf($port, 1));
-    die $h->{error} if $h->{error};
-    QuotaTest::wait_module_ready($root, "quota_redis", 1);
+    my $h = start($port, 1);
 
     my @t = map { sprintf('%03d', $_) . ('t' x 253) } 1 .. 150;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)

@@ -10,7 +10,7 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaTest qw(:DEFAULT nginx_stop);
 use QuotaTime;
 use QuotaFallback;
 use IO::Socket::INET;
@@ -26,23 +26,20 @@ sub req { QuotaFallback::req(@_) }
 sub redis_sleep { QuotaFallback::redis_sleep($rs, @_) }
 sub logs { QuotaFallback::logs($root) }
 
-sub conf {
+# nginx on $port with $workers workers, once their Redis connections are
+# ready
+sub start {
     my ($port, $workers) = @_;
-    return (servroot => $root, port => $port, workers => $workers,
-            master => 1, no_root_location => 1,
-            http_config => QuotaFallback::http_config(
-                rport => $rport, nodes => 1,
-                failure_mode => 'closed', limit => 100),
-            config => QuotaFallback::server_config($port));
+    return QuotaFallback::start_nginx($root, $port, $workers, rport => $rport,
+                                       nodes => 1, failure_mode => 'closed',
+                                       limit => 100);
 }
 
 # 1. Redis decides the other worker's requests right after a fallback
 {
     $rs->cmd('HSET', "quota:{k}:usage:$start", 'api', 97);
     my $port = free_port();
-    my $h = nginx_start(conf($port, 2));
-    die $h->{error} if $h->{error};
-    QuotaTest::wait_module_ready($root, "quota_redis", 2);
+    my $h = start($port, 2);
 
     my ($w1, $w2) = QuotaFallback::worker_conns($port, 2);
     ok($w1 && $w2, 'a connection on each worker');
@@ -67,9 +64,7 @@ sub conf {
 # 2. a graceful quit right after a fallback admission
 {
     my $port = free_port();
-    my $h = nginx_start(conf($port, 1));
-    die $h->{error} if $h->{error};
-    QuotaTest::wait_module_ready($root, "quota_redis", 1);
+    my $h = start($port, 1);
 
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
         or die;

@@ -64,6 +64,24 @@ sub server_config {
 _EOC_
 }
 
+# start_nginx($servroot, $port, $workers, %http): nginx_start (a master,
+# no root location) with http_config(%http) and server_config($port); dies
+# when it does not start. Returns once each worker's Redis connection is
+# ready: under valgrind that takes seconds, and a request that came first
+# would get the failure mode.
+sub start_nginx {
+    my ($root, $port, $workers, %http) = @_;
+    my $conf = http_config(%http);
+    my $h = QuotaTest::nginx_start(servroot => $root, port => $port,
+                                   workers => $workers, master => 1,
+                                   no_root_location => 1,
+                                   http_config => $conf,
+                                   config => server_config($port));
+    die "nginx: $h->{error}\n" if $h->{error};
+    QuotaTest::wait_module_ready($root, $conf, $workers);
+    return $h;
+}
+
 # usage($rs, $tenant): the tenant's "api" usage this month in the
 # redis-server $rs (start_redis), 0 when there is none
 sub usage {
