@@ -101,7 +101,7 @@ _C_
     ok(wait_for(8, sub { usage($A) == 2 && usage($B) == 2 }),
        'A and B: 1 + 1 fallback unit each charged')
         or diag("A " . usage($A) . ", B " . usage($B));
-    nginx_stop($h, master => 1);
+    nginx_stop($h, master => 1, check => "1. the race");
 
     my $bad = qr/exited on signal|corrupt|invalid|malloc\(\)|\[alert\]/;
     unlike(logs(), $bad, 'no worker crashed, no heap corruption')
@@ -132,7 +132,7 @@ _C_
     sleep 0.5;
     is(scalar(grep { usage($_) != 2 } @t), 0, 'and not twice');
 
-    nginx_stop($h, master => 1);
+    nginx_stop($h, master => 1, check => "2. 150 tenants");
     my $log = logs();
     my @sent = $log =~ /fallback charges of (\d+) tenants sent/g;
     ok(!grep({ $_ > 64 } @sent), 'at most 64 tenants per flush: '

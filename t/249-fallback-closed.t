@@ -53,7 +53,7 @@ sub start {
     $adm{ req($w2, 'k')->{qs} }++ for 1 .. 3;       # Redis decides
     waitpid $pid, 0;
     sleep 1;
-    nginx_stop($h, master => 1);
+    nginx_stop($h, master => 1, check => "1. two workers");
 
     my $admitted = 97 + ($adm{ALLOWED} // 0) + ($adm{FALLBACK} // 0);
     ok($admitted <= 100, "admitted ($admitted) within the limit 100: "
@@ -74,7 +74,7 @@ sub start {
     close $s;
     kill 'QUIT', $h->{pid};
     waitpid $pid, 0;
-    nginx_stop($h, master => 1);
+    nginx_stop($h, master => 1, check => "2. graceful quit");
     my $deadline = time + 5;
     sleep 0.1 while time < $deadline && usage('q') != 2;
     is(usage('q'), 2, 'q: both admitted requests charged once nginx quit');

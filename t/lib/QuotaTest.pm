@@ -615,7 +615,8 @@ sub wait_module_ready {
 }
 
 # stops nginx (SIGQUIT with a master, else SIGTERM); returns the handle with
-# {killed} set when it had to be SIGKILLed
+# {killed} set when it had to be SIGKILLed. check => NAME: then
+# report_problems($h, NAME) (for tests that start nginx themselves).
 sub nginx_stop {
     my ($h, %o) = @_;
     return $h if !$h->{pid} || $h->{exited};
@@ -626,7 +627,32 @@ sub nginx_stop {
     $h->{exited} = 1;
     $h->{status} = $st;
     $h->{killed} = $killed;
+    report_problems($h, $o{check}) if defined $o{check};
     return $h;
+}
+
+# report_problems($h, $name): once nginx has stopped, a failed test
+# "$name - valgrind reported problems" (or "sanitizer") quoting the
+# reports when its servroot's logs have any; no test at all when clean,
+# so plans stay right (as the runner's check of a block)
+sub report_problems {
+    my ($h, $name) = @_;
+    my $root = $h->{servroot};
+    if ($h->{valgrind}) {
+        my @p = valgrind_problems($root);
+        if (@p) {
+            Test::More::fail("$name - valgrind reported problems");
+            Test::More::diag($_) for @p;
+        }
+    }
+    if (_use_sanitizer()) {
+        my @p = sanitizer_problems($root);
+        if (@p) {
+            Test::More::fail("$name - sanitizer reported problems");
+            Test::More::diag($_) for @p;
+        }
+    }
+    return;
 }
 
 # valgrind_problems($servroot): list of problem descriptions found in the
@@ -752,20 +778,7 @@ sub nginx_run {
     nginx_stop($h, master => $conf{master});
     die $err unless $ok;
 
-    if ($h->{valgrind}) {
-        my @p = valgrind_problems($root);
-        if (@p) {
-            Test::More::fail("nginx_run - valgrind reported problems");
-            Test::More::diag($_) for @p;
-        }
-    }
-    if (_use_sanitizer()) {
-        my @p = sanitizer_problems($root);
-        if (@p) {
-            Test::More::fail("nginx_run - sanitizer reported problems");
-            Test::More::diag($_) for @p;
-        }
-    }
+    report_problems($h, 'nginx_run');
     return _slurp("$root/logs/error.log");
 }
 
