@@ -161,7 +161,8 @@ ngx_http_quota_script_init(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf)
 /*
  * "number of plans", then per plan: NAME, "GRACE RATE RATE_MS BURST
  * CONCURRENCY LEASE_MS" ("GRACE" when RATE and CONCURRENCY are 0), and per
- * charged metric "LIMIT PER_SEAT PRICE"
+ * charged metric "LIMIT PER_SEAT PRICE" ("LIMIT" when not per seat and
+ * without a price)
  */
 static ngx_int_t
 ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
@@ -232,9 +233,16 @@ ngx_http_quota_plan_table(ngx_conf_t *cf, ngx_http_quota_main_conf_t *qmcf,
                 return NGX_ERROR;
             }
 
-            arg->len = ngx_sprintf(arg->data, "%L %ui %L", limit, per_seat,
-                                   price)
-                       - arg->data;
+            /* the common metric, not per seat and without a price:
+               "LIMIT" alone (the script then skips parsing the others) */
+            if (per_seat == 0 && price == -1) {
+                arg->len = ngx_sprintf(arg->data, "%L", limit) - arg->data;
+
+            } else {
+                arg->len = ngx_sprintf(arg->data, "%L %ui %L", limit,
+                                       per_seat, price)
+                           - arg->data;
+            }
             arg++;
         }
     }

@@ -147,7 +147,9 @@ sub charge {
         $a[$at++] = $p->[0];
         # "GRACE" alone for a plan without rate and concurrency, as C sends
         $a[$at++] = defined $p->[3] ? "$p->[1] $p->[3]" : $p->[1];
-        $a[$at++] = join ' ', @{ $p->[2] } if $k;
+        # "LIMIT" alone when not per seat and without a price, as C sends
+        $a[$at++] = ($p->[2][1] == 0 && $p->[2][2] == -1)
+                    ? $p->[2][0] : join ' ', @{ $p->[2] } if $k;
     }
     die "charge: argument $_ missing\n" for grep { !defined $a[$_] } 1 .. $#a;
     my $r = run_script('charge', ["lt{$t}:account"], [@a[1 .. $#a]]);

@@ -18,7 +18,7 @@
 -- the number of plans, and per plan: NAME, "GRACE RATE RATE_MS BURST
 -- CONCURRENCY LEASE_MS" (only "GRACE" when RATE and CONCURRENCY are 0),
 -- then k x "LIMIT PER_SEAT PRICE" (LIMIT -1: none, PRICE in micro-USD, -1:
--- no overage).
+-- no overage; "LIMIT" alone when PER_SEAT is 0 and PRICE -1).
 --
 -- ARGV[ARG_CALENDAR] = "PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS
 -- BEFORE_1ST BEFORE_DAYS BEFORE_YM TODAY_END" (BEFORE: the month before
@@ -57,40 +57,41 @@
 -- published on the channel named in ARGV[ARG_NOTIFY] as JSON.
 local acct, base = KEYS[1], ARGV[ARG_BASE]
 local mode = tonumber(ARGV[ARG_MODE])
+local force = mode == MODE_FORCE
 local now_ms = tonumber(ARGV[ARG_NOW_MS])
 local now = math.floor(now_ms / 1000)
 local MAXI = 9007199254740991
+-- Redis runs this whole text on every EVALSHA: every table, closure and
+-- string it builds costs every request, so the common path builds few.
+-- Per charged metric one table: name, cost (and its ARGV string), daily,
+-- then used, limit, enforcement point, price, overage units.
 local k = tonumber(ARGV[ARG_NCHARGES])
-local names, costs, argcost, daily = {}, {}, {}, {}
+local ms = {}
+local charged = false
 local pos = ARG_METRICS
 for i = 1, k do
-  names[i] = ARGV[pos + METRIC_NAME_OFF]
-  argcost[i] = ARGV[pos + METRIC_COST_OFF]
-  costs[i] = tonumber(argcost[i])
-  daily[i] = ARGV[pos + METRIC_PERIOD_OFF] == 'd'
+  local arg = ARGV[pos + METRIC_COST_OFF]
+  local m = {name = ARGV[pos + METRIC_NAME_OFF], arg = arg,
+             cost = tonumber(arg),
+             daily = ARGV[pos + METRIC_PERIOD_OFF] == 'd',
+             used = 0, limit = -1, enforce = -1, price = -1, over = 0}
+  if m.cost > 0 then charged = true end
+  ms[i] = m
   pos = pos + METRIC_ARGS
 end
-local used, limits = {}, {}
-local p_idx, pstart, pend, slot, granted = 0, 0, 0, 0, 1
-local function finish(code, idx, retry)
-  -- presized (no regrowth); the nils past the last element are no part
-  -- of the reply
-  local r = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
-  r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_PLAN] = code, idx, p_idx
-  r[REPLY_START], r[REPLY_END] = pstart, pend
-  r[REPLY_RETRY], r[REPLY_SLOT] = retry, slot
-  r[REPLY_GRANTED] = granted
+-- the reply, filled as the script learns its parts; done() adds the code
+-- and the k (used, limit) pairs ("bad": CODE_CORRUPT's "KEY FIELD")
+local r = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+r[REPLY_PLAN], r[REPLY_START], r[REPLY_END] = 0, 0, 0
+r[REPLY_SLOT], r[REPLY_GRANTED] = 0, 1
+local function done(code, idx, retry, bad)
+  r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_RETRY] = code, idx, retry
   for i = 1, k do
     local at = REPLY_METRICS + (i - 1) * REPLY_METRIC_ELTS
-    r[at + REPLY_USED_OFF] = used[i] or 0
-    r[at + REPLY_LIMIT_OFF] = limits[i] or -1
+    r[at + REPLY_USED_OFF] = ms[i].used
+    r[at + REPLY_LIMIT_OFF] = ms[i].limit
   end
-  return r
-end
--- data the script cannot count with: answered, never a runtime error
-local function corrupt(key, field)
-  local r = finish(CODE_CORRUPT, 0, 0)
-  r[#r + 1] = key .. ' ' .. field
+  if bad then r[#r + 1] = bad end
   return r
 end
 -- a field that must be a number when present: false (absent), nil (bad)
@@ -106,7 +107,7 @@ end
 local function counter(key, field)
   local v = redis.call('HGET', key, field)
   if not v then return 0 end
-  if not string.match(v, '^%-?%d+$') then return nil end
+  if not string.find(v, '^%-?%d+$') then return nil end
   return tonumber(v)
 end
 -- integers as digits: Lua would print 1e+17
@@ -117,141 +118,164 @@ end
 -- the charge's record: a tombstone there means its gateway gave up on it
 -- and voided it (the void script) before it ran: it must do nothing.  A
 -- forced charge (MODE_FORCE) finds its own record when it is a resend.
-local force = mode == MODE_FORCE
+local id = ARGV[ARG_CHARGE_ID]
 local rec_key
-if (mode == MODE_CHARGE or force) and ARGV[ARG_CHARGE_ID] ~= '' then
-  rec_key = base .. 'c:' .. ARGV[ARG_CHARGE_ID]
+if (mode == MODE_CHARGE or force) and id ~= '' then
+  rec_key = base .. 'c:' .. id
   if redis.call('EXISTS', rec_key) == 1 then
-    return finish(CODE_VOIDED, 0, 0)
+    return done(CODE_VOIDED, 0, 0)
   end
 end
 -- the account: one read for everything the decision needs
 local a
 if k == 1 then
   a = redis.call('HMGET', acct, 'plan', 'seats', 'status', 'overage', 'cap',
-                 'anchor', 'next_plan', 'next_plan_at', 'limit:' .. names[1])
+                 'anchor', 'next_plan', 'next_plan_at',
+                 'limit:' .. ms[1].name)
 else
   local fields = {'plan', 'seats', 'status', 'overage', 'cap', 'anchor',
                   'next_plan', 'next_plan_at'}
-  for i = 1, k do fields[8 + i] = 'limit:' .. names[i] end
+  for i = 1, k do fields[8 + i] = 'limit:' .. ms[i].name end
   a = redis.call('HMGET', acct, unpack(fields))
 end
 if ARGV[ARG_REQUIRE_ACCOUNT] == '1' and redis.call('EXISTS', acct) == 0 then
-  return finish(CODE_UNKNOWN, 0, 0)
+  return done(CODE_UNKNOWN, 0, 0)
 end
 -- the plan: a scheduled change applies from its instant on
 local plan_name = a[1]
-local at = number(a[8])
-if at == nil then return corrupt(acct, 'next_plan_at') end
-if a[7] and at and now >= at then plan_name = a[7] end
+if a[8] then
+  local at = number(a[8])
+  if at == nil then return done(CODE_CORRUPT, 0, 0, acct .. ' next_plan_at') end
+  if a[7] and now >= at then plan_name = a[7] end
+end
 local np = tonumber(ARGV[pos])
 pos = pos + 1
 local per = 2 + k
 local p_at
 for j = 1, np do
-  if ARGV[pos + (j - 1) * per] == plan_name then
-    p_at = pos + (j - 1) * per
-    p_idx = j
+  if ARGV[pos] == plan_name then
+    p_at = pos
+    r[REPLY_PLAN] = j
     break
   end
+  pos = pos + per
 end
-if not p_at and tonumber(ARGV[ARG_DEFAULT_PLAN]) > 0 then
-  p_idx = tonumber(ARGV[ARG_DEFAULT_PLAN])
-  p_at = pos + (p_idx - 1) * per
+local j = not p_at and tonumber(ARGV[ARG_DEFAULT_PLAN])
+if j and j > 0 then
+  p_at = ARG_METRICS + k * METRIC_ARGS + 1 + (j - 1) * per
+  r[REPLY_PLAN] = j
 end
+-- "GRACE" alone, or "GRACE RATE RATE_MS BURST CONCURRENCY LEASE_MS"
 local grace, rate, rate_ms, burst, conc, lease = 0, 0, 0, 0, 0, 0
 if p_at then
   local head = ARGV[p_at + 1]
-  if not string.find(head, ' ', 1, true) then
-    grace = tonumber(head)
-  else
-    local g, r, rm, b, c, l = string.match(head,
+  grace = tonumber(head)
+  if not grace then
+    local g, r_, rm, b, c, l = string.match(head,
       '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-    grace, rate, rate_ms = tonumber(g), tonumber(r), tonumber(rm)
+    grace, rate, rate_ms = tonumber(g), tonumber(r_), tonumber(rm)
     burst, conc, lease = tonumber(b), tonumber(c), tonumber(l)
   end
 end
 -- the billing month of the account's anchor (quota_period_from_calendar);
 -- anchor 1, the calendar month, is the common case and needs no arithmetic
-local anchor = number(a[6])
-if anchor == nil then return corrupt(acct, 'anchor') end
-anchor = math.floor(anchor or 1)
-if anchor < 1 then anchor = 1 elseif anchor > 31 then anchor = 31 end
-local function clamped(first, days, ym)
+local anchor = 1
+if a[6] then
+  anchor = number(a[6])
+  if anchor == nil then return done(CODE_CORRUPT, 0, 0, acct .. ' anchor') end
+  anchor = math.floor(anchor)
+  if anchor < 1 then anchor = 1 elseif anchor > 31 then anchor = 31 end
+end
+-- the calendar ARGV words, and the start (epoch s, "YYYY-MM-DD") of a
+-- month of DAYS days from FIRST and YM, clamped to the anchor: used only
+-- for anchors past 1 and by the first charge of a period (no upvalues: a
+-- closure over the script's locals costs every call)
+local function words(s)
+  local w = {}
+  for x in string.gmatch(s, '%S+') do w[#w + 1] = x end
+  return w
+end
+local function clamped(anchor, first, days, ym)
   local d = anchor
   if d > tonumber(days) then d = tonumber(days) end
   return tonumber(first) + (d - 1) * 86400,
          ym .. '-' .. string.format('%02d', d)
 end
-local cal
-local function calendar()
-  if not cal then
-    cal = {}
-    for w in string.gmatch(ARGV[ARG_CALENDAR], '%S+') do
-      cal[#cal + 1] = w
-    end
-  end
-  return cal
-end
-local start, end_date, in_here
+local pstart, pend, start, end_date, in_here
 if anchor == 1 then
   pstart, pend = tonumber(ARGV[ARG_CUR_START]), tonumber(ARGV[ARG_NEXT_START])
-  start, end_date = ARGV[ARG_YM_CUR] .. '-01', ARGV[ARG_YM_NEXT] .. '-01'
+  start = ARGV[ARG_YM_CUR] .. '-01'
   in_here = true
 else
-  local c = calendar()
-  local here, here_date = clamped(ARGV[ARG_CUR_START], c[4],
+  local c = words(ARGV[ARG_CALENDAR])
+  local here, here_date = clamped(anchor, ARGV[ARG_CUR_START], c[4],
                                   ARGV[ARG_YM_CUR])
   in_here = now >= here
   if in_here then
     pstart, start = here, here_date
-    pend, end_date = clamped(ARGV[ARG_NEXT_START], c[5], ARGV[ARG_YM_NEXT])
+    pend, end_date = clamped(anchor, ARGV[ARG_NEXT_START], c[5],
+                             ARGV[ARG_YM_NEXT])
   else
-    pstart, start = clamped(c[1], c[2], c[3])
+    pstart, start = clamped(anchor, c[1], c[2], c[3])
     pend, end_date = here, here_date
   end
 end
+r[REPLY_START], r[REPLY_END] = pstart, pend
 -- a period=day metric counts in its daily field (SPEC 6's daily hash):
 -- a "usage:" key named by the day would be the month's on its first day
 local usage_key = base .. 'usage:' .. start
 local daily_key = base .. 'daily:' .. start
+local today = ARGV[ARG_TODAY]
 local ttl = pend - now + KEEP
 -- limits and usage
-local seats = number(a[2])
-if seats == nil then return corrupt(acct, 'seats') end
-seats = seats or 1
-if seats < 0 then seats = 0 end
+local seats = 1
+if a[2] then
+  seats = number(a[2])
+  if seats == nil then return done(CODE_CORRUPT, 0, 0, acct .. ' seats') end
+  if seats < 0 then seats = 0 end
+end
 local trial = a[3] == 'trial'
 local overage = a[4] == '1'
-local enforce, price, over = {}, {}, {}
 for i = 1, k do
-  local key, field = usage_key, names[i]
-  if daily[i] then
-    key, field = daily_key, names[i] .. ':' .. ARGV[ARG_TODAY]
+  local m = ms[i]
+  local key, field = usage_key, m.name
+  if m.daily then
+    m.field = m.name .. ':' .. today
+    key, field = daily_key, m.field
   end
-  used[i] = counter(key, field)
-  if not used[i] then return corrupt(key, field) end
-  local custom = number(a[8 + i])
-  if custom == nil then return corrupt(acct, 'limit:' .. names[i]) end
+  local used = counter(key, field)
+  if not used then return done(CODE_CORRUPT, 0, 0, key .. ' ' .. field) end
+  m.used = used
+  local custom = a[8 + i]
+  if custom then
+    custom = number(custom)
+    if custom == nil then
+      return done(CODE_CORRUPT, 0, 0, acct .. ' limit:' .. m.name)
+    end
+  end
+  -- the plan's "LIMIT" alone, or "LIMIT PER_SEAT PRICE"
   local lim = -1
-  price[i] = -1
   if p_at then
-    local l, seat, pr = string.match(ARGV[p_at + 1 + i],
-                                     '^(%-?%d+) (%d) (%-?%d+)$')
-    lim = tonumber(l)
-    if lim >= 0 and seat == '1' then lim = lim * seats end
-    price[i] = tonumber(pr)
+    local spec = ARGV[p_at + 1 + i]
+    lim = tonumber(spec)
+    if not lim then
+      local l, seat, pr = string.match(spec, '^(%-?%d+) (%d) (%-?%d+)$')
+      lim = tonumber(l)
+      if lim >= 0 and seat == '1' then lim = lim * seats end
+      m.price = tonumber(pr)
+    end
   end
   if custom and custom >= 0 then lim = math.floor(custom) end
   if lim > MAXI then lim = MAXI end
-  limits[i] = lim
-  enforce[i] = lim
-  if lim >= 0 then enforce[i] = math.floor(lim * (100 + grace) / 100) end
-  over[i] = 0
+  m.limit = lim
+  m.enforce = lim
+  if lim >= 0 and grace ~= 0 then
+    m.enforce = math.floor(lim * (100 + grace) / 100)
+  end
 end
 -- the usage report (quota_usage): read only
 if mode == MODE_REPORT or mode == MODE_REPORT_DAILY then
-  local r = finish(CODE_CHARGED, 0, 0)
+  done(CODE_CHARGED, 0, 0)
   local tail = REPLY_METRICS + k * REPLY_METRIC_ELTS
   local cap = tonumber(a[5])
   r[tail + REPORT_STATUS_OFF] = a[3] or ''
@@ -262,7 +286,7 @@ if mode == MODE_REPORT or mode == MODE_REPORT_DAILY then
     tonumber(redis.call('HGET', usage_key, 'overage_cost')) or 0
   for i = 1, k do
     r[tail + REPORT_UNITS_OFF + i - 1] =
-      tonumber(redis.call('HGET', usage_key, names[i] .. ':overage')) or 0
+      tonumber(redis.call('HGET', usage_key, ms[i].name .. ':overage')) or 0
   end
   if mode == MODE_REPORT_DAILY then
     local d = redis.call('HGETALL', daily_key)
@@ -271,68 +295,13 @@ if mode == MODE_REPORT or mode == MODE_REPORT_DAILY then
   end
   return r
 end
--- alerts and events
-local events = tonumber(ARGV[ARG_EVENTS])
--- alerts and events in one function: every closure is built on every call
-local function notify(kind, i, is_alert)
-  local t, ch, n, tm = string.match(ARGV[ARG_NOTIFY],
-                                    '^(.-)\n(.-)\n(.-)\n(.*)$')
-  if is_alert then
-    local field = kind .. ':' .. (names[i] or '')
-    if i and daily[i] then field = field .. ':' .. ARGV[ARG_TODAY] end
-    local mark_key = base .. 'alerted:' .. start
-    if redis.call('HSETNX', mark_key, field, 1) == 0 then return end
-    redis.call('EXPIRE', mark_key, ttl)
-    redis.call('XADD', base .. 'alerts', 'MAXLEN', '~', 1000, '*',
-               'type', kind, 'metric', names[i] or '',
-               'used', used[i] or 0, 'limit', limits[i] or -1, 'at', n)
-    if events == EVENTS_OFF then return end
-  end
-  -- cjson prints 14 digits (1.2345678901235e+17): numbers of events
-  -- travel as marked digit strings, unquoted after encoding (S5)
-  local function num(n) return '\1' .. int(n) end
-  local l = limits[i]
-  local e = {type = is_alert and 'alert' or kind, tenant_id = t,
-             metric = names[i] or cjson.null, used = num(used[i] or 0),
-             timestamp = n,
-             limit = cjson.null, remaining = cjson.null,
-             percent = cjson.null}
-  if is_alert then e.alert_type = kind end
-  if l and l >= 0 then
-    e.limit = num(l)
-    e.remaining = num(math.max(0, l - used[i]))
-    if l > 0 then e.percent = num(math.floor(used[i] * 100 / l))
-    elseif used[i] > 0 then e.percent = 100 else e.percent = 0 end
-  end
-  if i and daily[i] then
-    e.quota_reset_date = tm .. 'T00:00:00Z'
-  else
-    e.quota_reset_date = end_date .. 'T00:00:00Z'
-  end
-  redis.call('PUBLISH', ch, (string.gsub(cjson.encode(e),
-                                        '"\\u0001(%-?%d+)"', '%1')))
-end
--- the alerts of a line crossed by the usage of metric i, from "before"
-local function crossed(i, before, threshold)
-  if limits[i] < 0 then return end
-  local line = limits[i] * threshold
-  if used[i] * 100 >= line and before * 100 < line then
-    notify('approaching_limit', i, true)
-  end
-  if used[i] >= limits[i] and before < limits[i] then
-    notify('quota_exceeded', i, true)
-  end
-  if over[i] > 0 and before <= limits[i] then
-    notify('overage_started', i, true)
-  end
-end
 -- MODE_FORCE charges what was admitted while Redis was away: no check
 -- refuses it (suspended, rate, concurrency, quota, cap); only the 2^53
 -- range and corrupt data stop it
 if a[3] == 'suspended' and not force then
-  return finish(CODE_SUSPENDED, 0, 0)
+  return done(CODE_SUSPENDED, 0, 0)
 end
-if mode == MODE_PEEK then return finish(CODE_CHARGED, 0, 0) end
+if mode == MODE_PEEK then return done(CODE_CHARGED, 0, 0) end
 -- rate: GCRA, a burst of B at once, then one per interval
 local tat_new, interval
 if rate > 0 and not force then
@@ -340,63 +309,72 @@ if rate > 0 and not force then
   local tat = tonumber(redis.call('GET', base .. 'rate')) or now_ms
   if tat < now_ms then tat = now_ms end
   local wait = tat - now_ms - (burst - 1) * interval
-  if wait > 0 then return finish(CODE_RATE, 0, math.ceil(wait)) end
+  if wait > 0 then return done(CODE_RATE, 0, math.ceil(wait)) end
   tat_new = tat + interval
 end
 -- concurrency: slots expire by themselves when a worker dies
 local ckey
 local take_slot = false
-if conc > 0 and ARGV[ARG_CHARGE_ID] ~= '' and not force then
+if conc > 0 and id ~= '' and not force then
   ckey = base .. 'inflight'
   redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now_ms)
   if redis.call('ZCARD', ckey) >= conc then
-    return finish(CODE_CONCURRENCY, 0, 1000)
+    return done(CODE_CONCURRENCY, 0, 1000)
   end
   take_slot = true
 end
-local charged = false
-for i = 1, k do
-  if costs[i] > 0 then charged = true end
-end
 -- quota: grace, or overage units past the limit when overage is on; a
--- zero cost is never refused by quota or cap (SPEC 4a)
+-- zero cost is never refused by quota or cap (SPEC 4a).  A refusal by
+-- quota or cap fires its alert below (HSETNX: once, whoever crossed the
+-- line) and writes nothing else.
+local code, idx = CODE_CHARGED, 0
 local add_cost, spent, cap_left = 0, 0, nil
 if not trial then
   for i = 1, k do
-    if limits[i] >= 0 and costs[i] > 0 then
-      if overage and price[i] >= 0 and not daily[i] then
-        local before = math.max(0, used[i] - limits[i])
-        over[i] = math.max(0, used[i] + costs[i] - limits[i]) - before
+    local m = ms[i]
+    if m.limit >= 0 and m.cost > 0 then
+      if overage and m.price >= 0 and not m.daily then
+        local before = math.max(0, m.used - m.limit)
+        m.over = math.max(0, m.used + m.cost - m.limit) - before
 -- products and sums of integers below 2^53 are exact while they stay so
-        add_cost = add_cost + over[i] * price[i]
-        if add_cost > MAXI then return finish(CODE_RANGE, i, 0) end
-      elseif used[i] + costs[i] > enforce[i] and not force then
--- HSETNX in notify() fires it once, whoever crossed the line
-        notify('quota_exceeded', i, true)
-        return finish(CODE_QUOTA, i, 0)
+        add_cost = add_cost + m.over * m.price
+        if add_cost > MAXI then return done(CODE_RANGE, i, 0) end
+      elseif m.used + m.cost > m.enforce and not force then
+        code, idx = CODE_QUOTA, i
+        break
       end
     end
   end
-  local cap = number(a[5])
-  if cap == nil then return corrupt(acct, 'cap') end
-  if overage and charged and (cap or (force and add_cost > 0)) then
-    spent = counter(usage_key, 'overage_cost')
-    if not spent then return corrupt(usage_key, 'overage_cost') end
-    if spent + add_cost > MAXI then return finish(CODE_RANGE, 0, 0) end
-    if cap and not force then
-      cap_left = math.floor(cap * 1000000 + 0.5) - spent
-      if (spent > 0 and cap_left <= 0) or add_cost > cap_left then
-        notify('spending_cap_reached', nil, true)
-        return finish(CODE_CAP, 0, 0)
+  if code == CODE_CHARGED then
+    local cap = a[5] and number(a[5])
+    if cap == nil then return done(CODE_CORRUPT, 0, 0, acct .. ' cap') end
+    if overage and charged and (cap or (force and add_cost > 0)) then
+      spent = counter(usage_key, 'overage_cost')
+      if not spent then
+        return done(CODE_CORRUPT, 0, 0, usage_key .. ' overage_cost')
+      end
+      if spent + add_cost > MAXI then return done(CODE_RANGE, 0, 0) end
+      if cap and not force then
+        cap_left = math.floor(cap * 1000000 + 0.5) - spent
+        if (spent > 0 and cap_left <= 0) or add_cost > cap_left then
+          code = CODE_CAP
+        end
       end
     end
   end
 end
+-- the alerts to fire, in order: kind, metric index (0: none)
+local alerts
+if code == CODE_QUOTA then
+  alerts = {'quota_exceeded', idx}
+elseif code == CODE_CAP then
+  alerts = {'spending_cap_reached', 0}
+else
 -- counters stay exact integers (2^53 - 1 at most): a charge that would
 -- pass that cannot be charged (400 BAD_COST); quota refusals come first
 for i = 1, k do
-  if costs[i] > 0 and used[i] + costs[i] > MAXI then
-    return finish(CODE_RANGE, i, 0)
+  if ms[i].cost > 0 and ms[i].used + ms[i].cost > MAXI then
+    return done(CODE_RANGE, i, 0)
   end
 end
 
@@ -405,23 +383,25 @@ end
 -- concurrency, n = min(LEASE_N, headroom / 4), so that a lease shrinks to
 -- exact charging near the enforcement point; overage units within the cap
 local asked = tonumber(ARGV[ARG_LEASE_N]) or 1
+local granted = 1
 if asked >= 2 and mode == MODE_CHARGE and charged and rate == 0
    and conc == 0 then
-  -- the overage units of n request units of metric i (0 when not billed)
-  local function lease_over(i, n)
-    if trial or limits[i] < 0 or not overage or price[i] < 0 or daily[i] then
+  -- the overage units of n request units of metric m (0 when not billed)
+  local function lease_over(m, n)
+    if trial or m.limit < 0 or not overage or m.price < 0 or m.daily then
       return 0
     end
-    return math.max(0, used[i] + n * costs[i] - limits[i])
-           - math.max(0, used[i] - limits[i])
+    return math.max(0, m.used + n * m.cost - m.limit)
+           - math.max(0, m.used - m.limit)
   end
   -- n request units fit: counters and cost within 2^53 - 1, cost within cap
   local function lease_fits(n)
     local cost = 0
     for i = 1, k do
-      if costs[i] > 0 then
-        if used[i] + n * costs[i] > MAXI then return false end
-        cost = cost + lease_over(i, n) * price[i]
+      local m = ms[i]
+      if m.cost > 0 then
+        if m.used + n * m.cost > MAXI then return false end
+        cost = cost + lease_over(m, n) * m.price
       end
     end
     if spent + cost > MAXI then return false end
@@ -432,9 +412,10 @@ if asked >= 2 and mode == MODE_CHARGE and charged and rate == 0
   local function lease_size(n)
     if not trial then
       for i = 1, k do
-        if costs[i] > 0 and limits[i] >= 0
-           and not (overage and price[i] >= 0 and not daily[i]) then
-          n = math.min(n, math.floor((enforce[i] - used[i]) / costs[i] / 4))
+        local m = ms[i]
+        if m.cost > 0 and m.limit >= 0
+           and not (overage and m.price >= 0 and not m.daily) then
+          n = math.min(n, math.floor((m.enforce - m.used) / m.cost / 4))
         end
       end
     end
@@ -452,15 +433,17 @@ if asked >= 2 and mode == MODE_CHARGE and charged and rate == 0
   if granted >= 2 then
     add_cost = 0
     for i = 1, k do
-      if costs[i] > 0 then
-        over[i] = lease_over(i, granted)
-        add_cost = add_cost + over[i] * price[i]
-        costs[i] = costs[i] * granted
-        argcost[i] = int(costs[i])
+      local m = ms[i]
+      if m.cost > 0 then
+        m.over = lease_over(m, granted)
+        add_cost = add_cost + m.over * m.price
+        m.cost = m.cost * granted
+        m.arg = int(m.cost)
       end
     end
   end
 end
+r[REPLY_GRANTED] = granted
 -- admitted: nothing below can fail (the void undoes it if it does).  The
 -- record of what is written, so that a void (the gateway gave up waiting,
 -- the script failed) can undo exactly that:
@@ -477,26 +460,27 @@ end
 -- it).  P{T}:c:ID is also where a void leaves its tombstone.
 -- the daily hash first: the one key no read above has type-checked, so a
 -- wrong type fails the script before anything is written
-local day = {}
 for i = 1, k do
-  if costs[i] > 0 then
-    day[i] = redis.call('HINCRBY', daily_key,
-                        names[i] .. ':' .. ARGV[ARG_TODAY], argcost[i])
+  local m = ms[i]
+  if m.cost > 0 then
+    m.field = m.field or m.name .. ':' .. today
+    m.day = redis.call('HINCRBY', daily_key, m.field, m.arg)
 -- a key gets its TTL when a charge creates its field, not on every charge
-    if day[i] == costs[i] then redis.call('EXPIRE', daily_key, ttl) end
+    if m.day == m.cost then redis.call('EXPIRE', daily_key, ttl) end
   end
 end
 if rec_key and (charged or tat_new or take_slot) then
-  local rec = start .. ' ' .. ARGV[ARG_TODAY] .. ' '
+  local rec = start .. ' ' .. today .. ' '
               .. (tat_new and string.format('%.17g', interval) or '0') .. ' '
-              .. int(add_cost) .. ' ' .. granted
+              .. int(add_cost) .. ' ' .. int(granted)
   for i = 1, k do
-    if costs[i] > 0 then
-      local billed = not trial and limits[i] >= 0 and overage
-                     and price[i] >= 0 and not daily[i]
-      rec = rec .. ' ' .. names[i] .. ' ' .. argcost[i]
-            .. (daily[i] and ' d ' or ' m ') .. int(over[i]) .. ' '
-            .. int(price[i]) .. ' ' .. (billed and int(limits[i]) or '-1')
+    local m = ms[i]
+    if m.cost > 0 then
+      local billed = not trial and m.limit >= 0 and overage
+                     and m.price >= 0 and not m.daily
+      rec = rec .. ' ' .. m.name .. ' ' .. m.arg
+            .. (m.daily and ' d ' or ' m ') .. int(m.over) .. ' '
+            .. int(m.price) .. ' ' .. (billed and int(m.limit) or '-1')
     end
   end
   if granted >= 2 or force then
@@ -511,7 +495,7 @@ if rec_key and (charged or tat_new or take_slot) then
     local bucket = base .. 'r:' .. math.floor(now_ms / RECORD_BUCKET_MS)
     -- the field "_" is there from the bucket's first record on: HSET
     -- answers 2 new fields exactly when it creates the bucket
-    if redis.call('HSET', bucket, '_', 1, ARGV[ARG_CHARGE_ID], rec) == 2 then
+    if redis.call('HSET', bucket, '_', '1', id, rec) == 2 then
       redis.call('PEXPIRE', bucket, RECORD_BUCKET_MS + RECORD_TTL * 1000)
     end
   end
@@ -521,45 +505,116 @@ if tat_new then
              math.ceil(tat_new - now_ms) + 1000)
 end
 if take_slot then
-  slot = 1
-  redis.call('ZADD', ckey, now_ms + lease, ARGV[ARG_CHARGE_ID])
+  r[REPLY_SLOT] = 1
+  redis.call('ZADD', ckey, now_ms + lease, id)
   redis.call('PEXPIRE', ckey, lease + 1000)
 end
-local threshold = tonumber(ARGV[ARG_THRESHOLD])
-for i = 1, k do
-  if costs[i] > 0 then
-    if daily[i] then
-      used[i] = day[i]
-    else
-      used[i] = redis.call('HINCRBY', usage_key, names[i], argcost[i])
-      if used[i] == costs[i] then redis.call('EXPIRE', usage_key, ttl) end
-    end
-    if over[i] > 0 then
-      redis.call('HINCRBY', usage_key, names[i] .. ':overage', int(over[i]))
-    end
--- the first units of a new period, after usage in the previous one
-    if used[i] == costs[i] and not daily[i] then
-      -- the start of the period before this one
-      local c, _, before = calendar()
-      if in_here then _, before = clamped(c[1], c[2], c[3])
-      else _, before = clamped(c[6], c[7], c[8]) end
-      if (tonumber(redis.call('HGET', base .. 'usage:' .. before,
-                              names[i])) or 0) > 0 then
-        notify('quota_reset', i, true)
-      end
-    end
 -- alerts fire when a charge crosses a line, so a tenant past it costs no
 -- extra write per request
-    crossed(i, used[i] - costs[i], threshold)
+local threshold = tonumber(ARGV[ARG_THRESHOLD])
+for i = 1, k do
+  local m = ms[i]
+  if m.cost > 0 then
+    if m.daily then
+      m.used = m.day
+    else
+      m.used = redis.call('HINCRBY', usage_key, m.name, m.arg)
+      if m.used == m.cost then redis.call('EXPIRE', usage_key, ttl) end
+    end
+    if m.over > 0 then
+      redis.call('HINCRBY', usage_key, m.name .. ':overage', int(m.over))
+    end
+-- the first units of a new period, after usage in the previous one
+    if m.used == m.cost and not m.daily then
+      -- the start of the period before this one
+      local c, _, before = words(ARGV[ARG_CALENDAR])
+      if in_here then _, before = clamped(anchor, c[1], c[2], c[3])
+      else _, before = clamped(anchor, c[6], c[7], c[8]) end
+      if (tonumber(redis.call('HGET', base .. 'usage:' .. before,
+                              m.name)) or 0) > 0 then
+        alerts = alerts or {}
+        alerts[#alerts + 1], alerts[#alerts + 2] = 'quota_reset', i
+      end
+    end
+    -- the lines crossed from "before"
+    local lim = m.limit
+    if lim >= 0 then
+      local before = m.used - m.cost
+      local line = lim * threshold
+      if m.used * 100 >= line and before * 100 < line then
+        alerts = alerts or {}
+        alerts[#alerts + 1], alerts[#alerts + 2] = 'approaching_limit', i
+      end
+      if m.used >= lim and before < lim then
+        alerts = alerts or {}
+        alerts[#alerts + 1], alerts[#alerts + 2] = 'quota_exceeded', i
+      end
+      if m.over > 0 and before <= lim then
+        alerts = alerts or {}
+        alerts[#alerts + 1], alerts[#alerts + 2] = 'overage_started', i
+      end
+    end
   end
 end
 if add_cost > 0 then
   redis.call('HINCRBY', usage_key, 'overage_cost', int(add_cost))
 end
--- one usage_update per charged metric (SPEC 11: live clients see each)
-if events == EVENTS_ON then
-  for i = 1, k do
-    if costs[i] > 0 then notify('usage_update', i, false) end
+end
+-- alerts and events: built only when one fires (a closure costs every
+-- call).  Alerts go to the capped stream P{T}:alerts once per tenant, kind,
+-- metric and period (HSETNX in P{T}:alerted:START); events are published
+-- as JSON, an alert as one too unless quota_events is off.
+local events = tonumber(ARGV[ARG_EVENTS])
+if alerts or (events == EVENTS_ON and code == CODE_CHARGED and charged) then
+  local t, ch, n, tm = string.match(ARGV[ARG_NOTIFY],
+                                    '^(.-)\n(.-)\n(.-)\n(.*)$')
+  end_date = end_date or ARGV[ARG_YM_NEXT] .. '-01'
+  -- cjson prints 14 digits (1.2345678901235e+17): numbers of events
+  -- travel as marked digit strings, unquoted after encoding (S5)
+  local function num(v) return '\1' .. int(v) end
+  local function notify(kind, i, is_alert)
+    local m = ms[i]
+    if is_alert then
+      local field = kind .. ':' .. (m and m.name or '')
+      if m and m.daily then field = field .. ':' .. today end
+      local mark_key = base .. 'alerted:' .. start
+      if redis.call('HSETNX', mark_key, field, 1) == 0 then return end
+      redis.call('EXPIRE', mark_key, ttl)
+      redis.call('XADD', base .. 'alerts', 'MAXLEN', '~', 1000, '*',
+                 'type', kind, 'metric', m and m.name or '',
+                 'used', m and m.used or 0, 'limit', m and m.limit or -1,
+                 'at', n)
+      if events == EVENTS_OFF then return end
+    end
+    local e = {type = is_alert and 'alert' or kind, tenant_id = t,
+               metric = m and m.name or cjson.null,
+               used = num(m and m.used or 0), timestamp = n,
+               limit = cjson.null, remaining = cjson.null,
+               percent = cjson.null}
+    if is_alert then e.alert_type = kind end
+    if m and m.limit >= 0 then
+      local l, u = m.limit, m.used
+      e.limit = num(l)
+      e.remaining = num(math.max(0, l - u))
+      if l > 0 then e.percent = num(math.floor(u * 100 / l))
+      elseif u > 0 then e.percent = 100 else e.percent = 0 end
+    end
+    if m and m.daily then
+      e.quota_reset_date = tm .. 'T00:00:00Z'
+    else
+      e.quota_reset_date = end_date .. 'T00:00:00Z'
+    end
+    redis.call('PUBLISH', ch, (string.gsub(cjson.encode(e),
+                                          '"\\u0001(%-?%d+)"', '%1')))
+  end
+  if alerts then
+    for j = 1, #alerts, 2 do notify(alerts[j], alerts[j + 1], true) end
+  end
+  -- one usage_update per charged metric (SPEC 11: live clients see each)
+  if events == EVENTS_ON and code == CODE_CHARGED then
+    for i = 1, k do
+      if ms[i].cost > 0 then notify('usage_update', i, false) end
+    end
   end
 end
-return finish(CODE_CHARGED, 0, 0)
+return done(code, idx, 0)
