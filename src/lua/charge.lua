@@ -20,6 +20,8 @@
 -- then k x "LIMIT PER_SEAT PRICE" (LIMIT -1: none, PRICE in micro-USD, -1:
 -- no overage; "LIMIT" alone when PER_SEAT is 0 and PRICE -1).
 --
+-- ARGV[ARG_RECORD]: an exact charge's record in its common form (below).
+--
 -- ARGV[ARG_CALENDAR] = "PREV_1ST PREV_DAYS PREV_YM CUR_DAYS NEXT_DAYS
 -- BEFORE_1ST BEFORE_DAYS BEFORE_YM TODAY_END" (BEFORE: the month before
 -- the previous one).  Redis' cost per request is mostly Lua turning ARGV
@@ -236,6 +238,7 @@ if a[2] then
 end
 local trial = a[3] == 'trial'
 local overage = a[4] == '1'
+local priced = false
 for i = 1, k do
   local m = ms[i]
   local key, field = usage_key, m.name
@@ -267,6 +270,7 @@ for i = 1, k do
   end
   if custom and custom >= 0 then lim = math.floor(custom) end
   if lim > MAXI then lim = MAXI end
+  if m.price >= 0 and m.cost > 0 then priced = true end
   m.limit = lim
   m.enforce = lim
   if lim >= 0 and grace ~= 0 then
@@ -470,17 +474,23 @@ for i = 1, k do
   end
 end
 if rec_key and (charged or tat_new or take_slot) then
-  local rec = start .. ' ' .. today .. ' '
-              .. (tat_new and string.format('%.17g', interval) or '0') .. ' '
-              .. int(add_cost) .. ' ' .. int(granted)
-  for i = 1, k do
-    local m = ms[i]
-    if m.cost > 0 then
-      local billed = not trial and m.limit >= 0 and overage
-                     and m.price >= 0 and not m.daily
-      rec = rec .. ' ' .. m.name .. ' ' .. m.arg
-            .. (m.daily and ' d ' or ' m ') .. int(m.over) .. ' '
-            .. int(m.price) .. ' ' .. (billed and int(m.limit) or '-1')
+  -- C sends the record of the common case, anchor 1, no GCRA step, one
+  -- request unit, no charged metric with a price (so no overage units):
+  -- concatenating it here cost about 1 us per request
+  local rec = ARGV[ARG_RECORD]
+  if anchor ~= 1 or tat_new or granted ~= 1 or priced then
+    rec = start .. ' ' .. today .. ' '
+          .. (tat_new and string.format('%.17g', interval) or '0') .. ' '
+          .. int(add_cost) .. ' ' .. int(granted)
+    for i = 1, k do
+      local m = ms[i]
+      if m.cost > 0 then
+        local billed = not trial and m.limit >= 0 and overage
+                       and m.price >= 0 and not m.daily
+        rec = rec .. ' ' .. m.name .. ' ' .. m.arg
+              .. (m.daily and ' d ' or ' m ') .. int(m.over) .. ' '
+              .. int(m.price) .. ' ' .. (billed and int(m.limit) or '-1')
+      end
     end
   end
   if granted >= 2 or force then
