@@ -71,7 +71,8 @@ local now, anchor = tonumber(ARGV[1]), tonumber(ARGV[2])
 A[6], A[7], A[8], A[9], A[14] = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local pstart, pend = 0, 0
 $body
-return {pstart, pend, start, end_date}
+-- anchor 1's end date is built only when an event needs it (charge.lua)
+return {pstart, pend, start, end_date or A[9] .. '-01'}
 _LUA_
 my $sha = redis('SCRIPT', 'LOAD', $wrapper);
 

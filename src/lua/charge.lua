@@ -64,9 +64,23 @@ local now_ms = tonumber(ARGV[ARG_NOW_MS])
 local now = math.floor(now_ms / 1000)
 local MAXI = 9007199254740991
 -- Redis runs this whole text on every EVALSHA: every table, closure and
--- string it builds costs every request, so the common path builds few.
+-- string it builds costs every request, so the common path builds few (a
+-- closure over the script's locals costs most: one upvalue each).
+-- The reply, filled as the script learns its parts: (used, limit) of
+-- charged metric i at r[at_i + REPLY_*_OFF] (used after the charge when
+-- charged, else before); done() adds the code ("bad": CODE_CORRUPT's
+-- "KEY FIELD").
+local r = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+r[REPLY_PLAN], r[REPLY_START], r[REPLY_END] = 0, 0, 0
+r[REPLY_SLOT], r[REPLY_GRANTED] = 0, 1
+local function done(code, idx, retry, bad)
+  r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_RETRY] = code, idx, retry
+  if bad then r[#r + 1] = bad end
+  return r
+end
 -- Per charged metric one table: name, cost (and its ARGV string), daily,
--- then used, limit, enforcement point, price, overage units.
+-- its reply pair's position; then used, limit, enforcement point, price,
+-- overage units.
 local k = tonumber(ARGV[ARG_NCHARGES])
 local ms = {}
 local charged = false
@@ -76,25 +90,12 @@ for i = 1, k do
   local m = {name = ARGV[pos + METRIC_NAME_OFF], arg = arg,
              cost = tonumber(arg),
              daily = ARGV[pos + METRIC_PERIOD_OFF] == 'd',
+             at = REPLY_METRICS + (i - 1) * REPLY_METRIC_ELTS,
              used = 0, limit = -1, enforce = -1, price = -1, over = 0}
+  r[m.at + REPLY_USED_OFF], r[m.at + REPLY_LIMIT_OFF] = 0, -1
   if m.cost > 0 then charged = true end
   ms[i] = m
   pos = pos + METRIC_ARGS
-end
--- the reply, filled as the script learns its parts; done() adds the code
--- and the k (used, limit) pairs ("bad": CODE_CORRUPT's "KEY FIELD")
-local r = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
-r[REPLY_PLAN], r[REPLY_START], r[REPLY_END] = 0, 0, 0
-r[REPLY_SLOT], r[REPLY_GRANTED] = 0, 1
-local function done(code, idx, retry, bad)
-  r[REPLY_CODE], r[REPLY_INDEX], r[REPLY_RETRY] = code, idx, retry
-  for i = 1, k do
-    local at = REPLY_METRICS + (i - 1) * REPLY_METRIC_ELTS
-    r[at + REPLY_USED_OFF] = ms[i].used
-    r[at + REPLY_LIMIT_OFF] = ms[i].limit
-  end
-  if bad then r[#r + 1] = bad end
-  return r
 end
 -- a field that must be a number when present: false (absent), nil (bad)
 local function number(v)
@@ -192,17 +193,19 @@ end
 -- month of DAYS days from FIRST and YM, clamped to the anchor: used only
 -- for anchors past 1 and by the first charge of a period (no upvalues: a
 -- closure over the script's locals costs every call)
-local function words(s)
-  local w = {}
-  for x in string.gmatch(s, '%S+') do w[#w + 1] = x end
-  return w
-end
 local function clamped(anchor, first, days, ym)
   local d = anchor
   if d > tonumber(days) then d = tonumber(days) end
   return tonumber(first) + (d - 1) * 86400,
          ym .. '-' .. string.format('%02d', d)
 end
+local function words(s)
+  local w = {}
+  for x in string.gmatch(s, '%S+') do w[#w + 1] = x end
+  return w
+end
+-- (end_date: for anchor 1 the 1st of next month, built when an event needs
+-- it)
 local pstart, pend, start, end_date, in_here
 if anchor == 1 then
   pstart, pend = tonumber(ARGV[ARG_CUR_START]), tonumber(ARGV[ARG_NEXT_START])
@@ -249,6 +252,7 @@ for i = 1, k do
   local used = counter(key, field)
   if not used then return done(CODE_CORRUPT, 0, 0, key .. ' ' .. field) end
   m.used = used
+  r[m.at + REPLY_USED_OFF] = used
   local custom = a[8 + i]
   if custom then
     custom = number(custom)
@@ -272,6 +276,7 @@ for i = 1, k do
   if lim > MAXI then lim = MAXI end
   if m.price >= 0 and m.cost > 0 then priced = true end
   m.limit = lim
+  r[m.at + REPLY_LIMIT_OFF] = lim
   m.enforce = lim
   if lim >= 0 and grace ~= 0 then
     m.enforce = math.floor(lim * (100 + grace) / 100)
@@ -531,6 +536,7 @@ for i = 1, k do
       m.used = redis.call('HINCRBY', usage_key, m.name, m.arg)
       if m.used == m.cost then redis.call('EXPIRE', usage_key, ttl) end
     end
+    r[m.at + REPLY_USED_OFF] = m.used
     if m.over > 0 then
       redis.call('HINCRBY', usage_key, m.name .. ':overage', int(m.over))
     end
