@@ -134,8 +134,9 @@ sub charge {
     $a[$P{ARG_LEASE_TTL}] = $o{ttl} // 1;
     my $k = $o{nometric} ? 0 : 1;
     # the record of the common exact charge, as C builds it
+    my $cost = $o{cost} // 1;
     $a[$P{ARG_RECORD}] = "$start $today 0 0 1"
-        . ($k && ($o{cost} // 1) > 0 ? ' requests ' . ($o{cost} // 1) . ' m 0 -1 -1' : '');
+        . ($k && $cost > 0 ? " requests $cost m 0 -1 -1" : '');
     $a[$P{ARG_NCHARGES}] = $k;
     my $at = $P{ARG_METRICS};
     if ($k) {
@@ -260,15 +261,20 @@ like(QuotaTest::redis('HGET', $bucket, 'v2'), qr/^\S+ \S+ 0 750 1 requests 3 m 3
      "its record is a field of the tenant's bucket hash (limit 1 last)");
 # the common record (anchor 1, unpriced, no GCRA step) is the one C sends
 # (ARG_RECORD); any other is the script's own, in the same form
+my $wb = "lt{w}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS});
 fresh('w', plan => 'basic');
 charge(tenant => 'w', plans => \@basic, id => 'w1', cost => 2);
-is(QuotaTest::redis('HGET', "lt{w}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS}), 'w1'),
-   "$start $today 0 0 1 requests 2 m 0 -1 -1", 'the common record, as C sends it');
+is(QuotaTest::redis('HGET', $wb, 'w1'), "$start $today 0 0 1 requests 2 m 0 -1 -1",
+   'the common record, as C sends it');
 fresh('w', plan => 'basic', anchor => 1, overage => 1);
 charge(tenant => 'w', plans => [['basic', 0, [5, 0, 250]]], id => 'w2');
-is(QuotaTest::redis('HGET', "lt{w}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS}), 'w2'),
-   "$start $today 0 0 1 requests 1 m 0 250 5",
-   'a priced metric: the record the script builds, its price and limit in it');
+is(QuotaTest::redis('HGET', $wb, 'w2'), "$start $today 0 0 1 requests 1 m 0 250 5",
+   'a priced metric: the script builds it, its price and limit in it');
+fresh('w', plan => 'basic', anchor => 15);
+charge(tenant => 'w', plans => \@basic, id => 'w3');
+like(QuotaTest::redis('HGET', $wb, 'w3'),
+     qr/^\d{4}-\d\d-15 \Q$today\E 0 0 1 requests 1 m 0 -1 -1$/,
+     'anchor 15: the script builds it, its period starts on a 15th');
 my $bttl = QuotaTest::redis('PTTL', $bucket);
 ok($bttl > $P{RECORD_TTL} * 1000
    && $bttl <= $P{RECORD_BUCKET_MS} + $P{RECORD_TTL} * 1000,
