@@ -163,10 +163,10 @@ for j = 1, np do
   end
   pos = pos + per
 end
-local j = not p_at and tonumber(ARGV[ARG_DEFAULT_PLAN])
-if j and j > 0 then
-  p_at = ARG_METRICS + k * METRIC_ARGS + 1 + (j - 1) * per
-  r[REPLY_PLAN] = j
+local dflt = not p_at and tonumber(ARGV[ARG_DEFAULT_PLAN])
+if dflt and dflt > 0 then
+  p_at = ARG_METRICS + k * METRIC_ARGS + 1 + (dflt - 1) * per
+  r[REPLY_PLAN] = dflt
 end
 -- "GRACE" alone, or "GRACE RATE RATE_MS BURST CONCURRENCY LEASE_MS"
 local grace, rate, rate_ms, burst, conc, lease = 0, 0, 0, 0, 0, 0
@@ -581,7 +581,9 @@ end
 -- metric and period (HSETNX in P{T}:alerted:START); events are published
 -- as JSON, an alert as one too unless quota_events is off.
 local events = tonumber(ARGV[ARG_EVENTS])
-if alerts or (events == EVENTS_ON and code == CODE_CHARGED and charged) then
+-- one usage_update per charged metric (SPEC 11: live clients see each)
+local updates = events == EVENTS_ON and code == CODE_CHARGED
+if alerts or (updates and charged) then
   local t, ch, n, tm = string.match(ARGV[ARG_NOTIFY],
                                     '^(.-)\n(.-)\n(.-)\n(.*)$')
   end_date = end_date or ARGV[ARG_YM_NEXT] .. '-01'
@@ -626,8 +628,7 @@ if alerts or (events == EVENTS_ON and code == CODE_CHARGED and charged) then
   if alerts then
     for j = 1, #alerts, 2 do notify(alerts[j], alerts[j + 1], true) end
   end
-  -- one usage_update per charged metric (SPEC 11: live clients see each)
-  if events == EVENTS_ON and code == CODE_CHARGED then
+  if updates then
     for i = 1, k do
       if ms[i].cost > 0 then notify('usage_update', i, false) end
     end
