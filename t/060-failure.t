@@ -12,7 +12,6 @@ use QuotaTest;
 use QuotaTime;
 use IO::Socket::INET;
 use IO::Select;
-use POSIX ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
@@ -76,21 +75,20 @@ sub post {
     return $res;
 }
 
-# DEBUG SLEEP from a child with its own connection, so the test goes on
-sub redis_sleep {
-    my ($port, $secs) = @_;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $port) or POSIX::_exit(1);
-        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
-                 . "\r\n$secs\r\n";
-        my $line = <$s>;
-        POSIX::_exit(0);
-    }
-    sleep 0.05;    # let the sleep begin
-    return $pid;
+# Redis answers nothing for $secs (CLIENT PAUSE ALL): the pause is in
+# effect once its OK is read, so the requests sent next surely wait, on
+# however loaded a machine (a DEBUG SLEEP sent by a child 50 ms earlier
+# could begin after them). Returns the time the pause ends.
+sub redis_pause {
+    my ($rs, $secs) = @_;
+    $rs->cmd('CLIENT', 'PAUSE', int($secs * 1000), 'ALL');
+    return time + $secs;
+}
+
+sub wait_until_time {
+    my ($t) = @_;
+    my $left = $t - time;
+    sleep $left if $left > 0;
 }
 
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
@@ -129,7 +127,7 @@ my $slack = $valgrind ? 3 : 1;
 
 # 2. Redis answers too late: the timeout decides, the late reply is dropped
 {
-    my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+    my $rs = start_redis();
     my $log = nginx_run(
         no_root_location => 1,
         http_config => http_config($rs->{port}, '200ms'),
@@ -140,7 +138,7 @@ my $slack = $valgrind ? 3 : 1;
             my $r = post($port, '/api/x', 'slow');
             is($r->{headers}{'x-status'}, 'ALLOWED', 'slow: first request charged');
 
-            my $pid = redis_sleep($rs->{port}, 1);
+            my $until = redis_pause($rs, 1);
             $r = post($port, '/api/x', 'slow');
             is($r->{status}, 200, 'slow, open: 200');
             is($r->{headers}{'x-status'}, 'FAIL_OPEN', 'slow, open: FAIL_OPEN');
@@ -150,7 +148,7 @@ my $slack = $valgrind ? 3 : 1;
 
             $r = post($port, '/closed/x', 'slow');
             is($r->{status}, 503, 'slow, closed: 503');
-            waitpid($pid, 0);
+            wait_until_time($until);
 
             # Redis is back: the late replies were dropped, new ones count
             $r = post($port, '/api/x', 'slow');
@@ -209,7 +207,7 @@ my $slack = $valgrind ? 3 : 1;
 
 # 4. the client leaves while its reply is pending
 {
-    my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+    my $rs = start_redis();
     my $log = nginx_run(
         no_root_location => 1,
         http_config => http_config($rs->{port}, '3s'),
@@ -220,7 +218,7 @@ my $slack = $valgrind ? 3 : 1;
             my $r = post($port, '/api/x', 'leaver');
             is($r->{headers}{'x-quota-used'}, 1, 'leaver: connected');
 
-            my $pid = redis_sleep($rs->{port}, '0.6');
+            my $until = redis_pause($rs, 0.6);
             for (1 .. 5) {
                 my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                               PeerPort => $port) or die $!;
@@ -229,7 +227,7 @@ my $slack = $valgrind ? 3 : 1;
                 sleep 0.02;
                 close $c;    # gone before Redis answers
             }
-            waitpid($pid, 0);
+            wait_until_time($until);
             sleep 0.2;
 
             $r = post($port, '/api/x', 'leaver');
