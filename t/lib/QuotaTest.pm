@@ -210,15 +210,18 @@ sub start_redis {
     die "QuotaTest: redis-server on port $port did not answer PING\n";
 }
 
+# stops the server (unless $h->down did) and removes its directory
 sub stop_redis {
     my ($h) = @_;
-    return unless $h && $h->{pid};
+    return unless $h;
     if (my $s = delete $redis_conns{$h->{port}}) {
         close $s;
     }
-    _kill_and_reap($h->{pid}, 'TERM', 5, 1);
-    delete $redis_servers{$h->{pid}};
-    $h->{pid} = undef;
+    if ($h->{pid}) {
+        _kill_and_reap($h->{pid}, 'TERM', 5, 1);
+        delete $redis_servers{$h->{pid}};
+        $h->{pid} = undef;
+    }
     File::Path::rmtree($h->{dir}) if $h->{dir};
     return 1;
 }
