@@ -119,22 +119,29 @@ sub wait_for {
 }
 
 # redis_sleep($rs, $secs, $settle): DEBUG SLEEP $secs (redis-server started
-# with --enable-debug-command yes) from a child with its own connection,
-# so the test goes on; waits $settle s (0.05) for the sleep to begin.
-# Returns the child's pid (waitpid it: it exits when the sleep is over).
+# with --enable-debug-command yes): Redis answers nothing meanwhile and
+# runs what it was sent late, after the sleep. The command is written by
+# this process, before anything the test sends next, so Redis reads it
+# first however loaded the machine (a child that connects and sends it
+# may run after the test's next request); a child keeps the connection
+# and reads the reply, so the test goes on. Waits $settle s (0.05) for
+# Redis to read it. Returns the child's pid (waitpid it: it exits when
+# the sleep is over).
 sub redis_sleep {
     my ($rs, $secs, $settle) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $rs->{port})
+        or die "QuotaFallback: connect to redis: $!\n";
+    print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+             . "\r\n$secs\r\n";
+    $s->flush;
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if ($pid == 0) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $rs->{port})
-            or POSIX::_exit(1);
-        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
-                 . "\r\n$secs\r\n";
         my $line = <$s>;
         POSIX::_exit(0);
     }
+    close $s;
     sleep($settle // 0.05);
     return $pid;
 }
