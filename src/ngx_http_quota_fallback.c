@@ -35,10 +35,21 @@
  * timer; one of them at a time (the breaker's probe lock) sends PING.  The
  * first success, a PONG or any reply to a request still in flight, closes
  * the circuit, and the worker that closed it charges what was admitted:
- * per tenant, the units admitted in fallback, with the charge script in
- * FORCE mode (no checks, never refused; its charge id makes a resend a
- * no-op), sent as a reliable command.  They stay spent against the share
- * until a newer snapshot (a reply) includes them.
+ * per tenant and UTC day, the units admitted in fallback, with the charge
+ * script in FORCE mode (no checks, never refused) at the clock of the
+ * day's last admission, so that they land in the day and the billing
+ * period they were admitted in (an outage over midnight or a period's
+ * end).  Units of NGX_HTTP_QUOTA_FB_DAYS days wait at most: a tenant with
+ * units of two other days waiting is refused (an outage over two
+ * midnights).
+ *
+ * A FORCE is resent, under the same charge id (its record makes a resend
+ * a no-op), until Redis answers it: while the record of a first run may
+ * still exist, and by a quitting worker (graceful quit, reload) for at
+ * most NGX_HTTP_QUOTA_FORCE_QUIT after the quit (a non-cancelable timer
+ * keeps it meanwhile).  Forced units stay spent against the share until
+ * a snapshot that surely includes them: the reply of a charge sent after
+ * the FORCE was answered (ngx_http_quota_zone_learn).
  */
 
 
@@ -59,12 +70,40 @@
 /* tenants charged per flush (one lock); more: the flush runs again */
 #define NGX_HTTP_QUOTA_FLUSH_BATCH       64
 
+/* a FORCE is resent every 100 ms, after 5 s every second; for as long as
+   the record of its first run may live (it was sent before it ran), and
+   by a quitting worker for at most FORCE_QUIT ms after the quit */
+#define NGX_HTTP_QUOTA_FORCE_RETRY       100
+#define NGX_HTTP_QUOTA_FORCE_SLOW        1000
+#define NGX_HTTP_QUOTA_FORCE_FAST_FOR    5000
+#define NGX_HTTP_QUOTA_FORCE_KEEP        ((NGX_HTTP_QUOTA_FORCE_RECORD_TTL    \
+                                           - 60) * 1000)
+#define NGX_HTTP_QUOTA_FORCE_QUIT        50000
 
-/* what the flush charges for one tenant, collected under the lock */
+#define NGX_HTTP_QUOTA_DAY_MS            86400000
+
+
+/* what the flush charges for one tenant and day, collected under the
+   lock */
 typedef struct {
     ngx_str_t                    tenant;
     int64_t                     *units;       /* per declared metric */
+    int64_t                      at_ms;       /* the day's last admission */
 } ngx_http_quota_flush_t;
+
+
+/* a FORCE until Redis answers it (ngx_alloc'd with its units and id) */
+typedef struct ngx_http_quota_force_s  ngx_http_quota_force_t;
+
+struct ngx_http_quota_force_s {
+    ngx_http_quota_force_t      *next;        /* the retry list */
+    ngx_msec_t                   since;       /* first sent */
+    int64_t                      at_ms;
+    ngx_str_t                    tenant;
+    ngx_str_t                    id;          /* the same for every resend */
+    int64_t                     *units;
+    u_char                       idbuf[NGX_HTTP_QUOTA_CHARGE_ID_LEN];
+};
 
 
 /* this worker's probe */
@@ -75,9 +114,15 @@ typedef struct {
     ngx_http_quota_op_t         *op;          /* the PING in flight */
     ngx_event_t                  flush;       /* units admitted while the
                                                  circuit was closed */
-    ngx_http_quota_flush_t      *batch;       /* FLUSH_BATCH tenants, with
-                                                 room for their units and
-                                                 ids: sized at init */
+    ngx_http_quota_flush_t      *batch;       /* FLUSH_BATCH tenants x
+                                                 FB_DAYS, with room for
+                                                 their units and ids: sized
+                                                 at init */
+    ngx_event_t                  retry;       /* FORCEs not answered: not
+                                                 cancelable */
+    ngx_http_quota_force_t      *retries;     /* to resend */
+    ngx_uint_t                   out;         /* FORCEs not answered */
+    ngx_msec_t                   quit_at;
 } ngx_http_quota_probe_t;
 
 
@@ -101,6 +146,15 @@ static ngx_uint_t ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
     ngx_http_quota_flush_t *f, ngx_uint_t *more);
 static void ngx_http_quota_fallback_pending(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *qn);
+static ngx_int_t ngx_http_quota_fallback_day(ngx_http_quota_zone_node_t *qn,
+    int64_t ms);
+static int64_t ngx_http_quota_fallback_now(void);
+static void ngx_http_quota_fallback_send(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc);
+static void ngx_http_quota_fallback_forced(void *data, redisReply *reply);
+static void ngx_http_quota_fallback_done(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc);
+static void ngx_http_quota_fallback_retry_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node);
 
@@ -321,6 +375,8 @@ void
 ngx_http_quota_fallback_reconcile(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_uint_t metric, int64_t delta)
 {
+    int64_t                        at;
+    ngx_int_t                      d;
     ngx_http_quota_zone_t         *z;
     ngx_http_quota_zone_node_t    *qn;
     ngx_http_quota_main_conf_t    *qmcf;
@@ -350,16 +406,29 @@ ngx_http_quota_fallback_reconcile(ngx_http_request_t *r,
 
     sm = &ngx_http_quota_zone_metrics(qn)[metric];
 
-    if (delta < -sm->fb_pending) {
-        delta = -sm->fb_pending;
+    /* with the units of the day the request was admitted */
+    at = (int64_t) r->start_sec * 1000 + r->start_msec;
+    d = ngx_http_quota_fallback_day(qn, at);
+
+    if (d == NGX_ERROR) {
+        /* units of two other days wait: the latest ones take it, billed
+           a day late rather than never */
+        d = (qn->fb_ms[0] > qn->fb_ms[1]) ? 0 : 1;
+        at = qn->fb_ms[d];
     }
 
-    sm->fb_pending += delta;
+    if (delta < -sm->fb_pending[d]) {
+        delta = -sm->fb_pending[d];
+    }
+
+    sm->fb_pending[d] += delta;
     sm->fb_spent += delta;
 
-    if (sm->fb_pending > 0) {
-        ngx_http_quota_fallback_pending(z, qn);
+    if (qn->fb_ms[d] < at) {
+        qn->fb_ms[d] = at;
     }
+
+    ngx_http_quota_fallback_pending(z, qn);
 
     ngx_http_quota_zone_unlock(z);
 
@@ -375,7 +444,8 @@ static ngx_int_t
 ngx_http_quota_fallback_share(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, ngx_http_quota_zone_node_t *qn)
 {
-    int64_t                        share;
+    int64_t                        share, now;
+    ngx_int_t                      d;
     ngx_uint_t                     i, known;
     ngx_http_quota_metric_t       *metrics;
     ngx_http_quota_main_conf_t    *qmcf;
@@ -413,15 +483,28 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    /* the units wait with those of their UTC day */
+    now = ngx_http_quota_fallback_now();
+    d = ngx_http_quota_fallback_day(qn, now);
+
+    if (d == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "quota: tenant \"%V\" has fallback units of %d "
+                      "other days to charge, refused", &ctx->tenant,
+                      NGX_HTTP_QUOTA_FB_DAYS);
+        return NGX_ABORT;
+    }
+
     for (i = 0; i < ctx->ncharges; i++) {
         sm = &m[ctx->rule->charges[i].metric];
 
-        /* a newer snapshot: what fallback charged before is in its
-           numbers (or on its way there), the share starts again from
-           them; units not charged yet are not in them and stay spent */
+        /* a newer snapshot: the share starts again from its numbers, but
+           units it may not include stay spent: those not charged yet,
+           charged and not answered, answered after it went out */
         if (sm->fb_learned != sm->learned) {
             sm->fb_learned = sm->learned;
-            sm->fb_spent = sm->fb_pending;
+            sm->fb_spent = sm->fb_pending[0] + sm->fb_pending[1]
+                           + sm->fb_forced + sm->fb_done;
         }
 
         if (ctx->costs[i] <= 0) {
@@ -440,7 +523,11 @@ ngx_http_quota_fallback_share(ngx_http_request_t *r,
     for (i = 0; i < ctx->ncharges; i++) {
         sm = &m[ctx->rule->charges[i].metric];
         sm->fb_spent += ctx->costs[i];
-        sm->fb_pending += ctx->costs[i];
+        sm->fb_pending[d] += ctx->costs[i];
+    }
+
+    if (qn->fb_ms[d] < now) {
+        qn->fb_ms[d] = now;
     }
 
     ngx_http_quota_fallback_pending(qmcf->zone, qn);
@@ -516,15 +603,21 @@ ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
 
     p->qmcf = qmcf;
 
-    /* the flush's batch: tenants, their units, their ids (each at most
-       QUOTA_TENANT_MAX): what one flush collects always fits */
+    /* the flush's batch: tenants x days, their units, their ids (each at
+       most QUOTA_TENANT_MAX): what one flush collects always fits */
     p->batch = ngx_palloc(cycle->pool, NGX_HTTP_QUOTA_FLUSH_BATCH
-                          * (sizeof(ngx_http_quota_flush_t)
-                             + qmcf->zone->nmetrics * sizeof(int64_t)
+                          * (NGX_HTTP_QUOTA_FB_DAYS
+                             * (sizeof(ngx_http_quota_flush_t)
+                                + qmcf->zone->nmetrics * sizeof(int64_t))
                              + QUOTA_TENANT_MAX));
     if (p->batch == NULL) {
         return NGX_ERROR;
     }
+
+    /* not cancelable: a quitting worker waits for its FORCEs */
+    p->retry.handler = ngx_http_quota_fallback_retry_handler;
+    p->retry.data = p;
+    p->retry.log = cycle->log;
 
     /* the probe never keeps a worker from quitting */
     p->timer.handler = ngx_http_quota_probe_handler;
@@ -693,8 +786,10 @@ ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
 static void
 ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
 {
+    size_t                   size;
     ngx_uint_t               i, n, more;
     ngx_http_quota_zone_t   *z;
+    ngx_http_quota_force_t  *fc;
     ngx_http_quota_flush_t  *f;
     ngx_http_quota_probe_t  *p;
 
@@ -711,18 +806,37 @@ ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
     ngx_http_quota_zone_unlock(z);
 
     for (i = 0; i < n; i++) {
-        if (ngx_http_quota_script_force(qmcf, &f[i].tenant, f[i].units)
-            != NGX_OK)
-        {
+        size = sizeof(ngx_http_quota_force_t)
+               + z->nmetrics * sizeof(int64_t) + f[i].tenant.len;
+
+        fc = ngx_alloc(size, ngx_cycle->log);
+
+        if (fc == NULL) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "quota: the fallback charge of tenant \"%V\" "
                           "was not sent to redis", &f[i].tenant);
+            continue;
         }
+
+        fc->next = NULL;
+        fc->since = ngx_current_msec;
+        fc->at_ms = f[i].at_ms;
+        fc->units = (int64_t *) &fc[1];
+        ngx_memcpy(fc->units, f[i].units, z->nmetrics * sizeof(int64_t));
+        fc->tenant.data = (u_char *) (fc->units + z->nmetrics);
+        fc->tenant.len = f[i].tenant.len;
+        ngx_memcpy(fc->tenant.data, f[i].tenant.data, f[i].tenant.len);
+        fc->id.data = fc->idbuf;
+        fc->id.len = 0;
+
+        p->out++;
+
+        ngx_http_quota_fallback_send(qmcf, fc);
     }
 
     if (n) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                      "quota: fallback charges of %ui tenants sent", n);
+                      "quota: fallback charges of %ui tenant days sent", n);
     }
 
     if (more && !p->flush.timer_set) {
@@ -758,24 +872,27 @@ ngx_http_quota_fallback_pending(ngx_http_quota_zone_t *z,
 
 /*
  * Under the lock: moves the units of at most NGX_HTTP_QUOTA_FLUSH_BATCH
- * queued tenants into f (they stay spent against the share until a newer
- * snapshot) and unqueues them; *more: some are left.  Nodes of another
- * configuration's metric set (a reload) are left to its workers, moved
- * to the tail, and count against the batch so that a pass stays bounded.
+ * queued tenants into f, one entry per day (they stay spent against the
+ * share, now as forced units) and unqueues them; *more: some are left.
+ * Nodes of another configuration's metric set (a reload) are left to its
+ * workers, moved to the tail, and count against the batch so that a pass
+ * stays bounded.
  */
 static ngx_uint_t
 ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
     ngx_http_quota_flush_t *f, ngx_uint_t *more)
 {
     u_char                        *ids;
-    int64_t                       *units;
-    ngx_uint_t                     i, n, seen;
+    int64_t                       *units, any;
+    ngx_uint_t                     d, i, n, seen;
     ngx_queue_t                   *q, *queue;
     ngx_http_quota_zone_node_t    *qn;
     ngx_http_quota_zone_metric_t  *m;
 
-    units = (int64_t *) &f[NGX_HTTP_QUOTA_FLUSH_BATCH];
-    ids = (u_char *) (units + NGX_HTTP_QUOTA_FLUSH_BATCH * z->nmetrics);
+    units = (int64_t *) &f[NGX_HTTP_QUOTA_FLUSH_BATCH
+                           * NGX_HTTP_QUOTA_FB_DAYS];
+    ids = (u_char *) (units + NGX_HTTP_QUOTA_FLUSH_BATCH
+                              * NGX_HTTP_QUOTA_FB_DAYS * z->nmetrics);
 
     queue = ngx_http_quota_fallback_queue(z);
     n = 0;
@@ -799,22 +916,41 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 
         m = ngx_http_quota_zone_metrics(qn);
 
-        f[n].units = units + n * z->nmetrics;
+        ngx_memcpy(ids + seen * QUOTA_TENANT_MAX,
+                   ngx_http_quota_zone_tenant(qn), qn->len);
 
-        for (i = 0; i < qn->nmetrics; i++) {
-            f[n].units[i] = m[i].fb_pending;
-            m[i].fb_pending = 0;
+        for (d = 0; d < NGX_HTTP_QUOTA_FB_DAYS; d++) {
+            if (qn->fb_ms[d] == 0) {
+                continue;
+            }
+
+            f[n].units = units + n * z->nmetrics;
+            f[n].at_ms = qn->fb_ms[d];
+            qn->fb_ms[d] = 0;
+            any = 0;
+
+            for (i = 0; i < qn->nmetrics; i++) {
+                f[n].units[i] = m[i].fb_pending[d];
+                m[i].fb_pending[d] = 0;
+                m[i].fb_forced += f[n].units[i];
+                any |= f[n].units[i];
+            }
+
+            if (any == 0) {
+                /* reconciled down to nothing */
+                continue;
+            }
+
+            f[n].tenant.data = ids + seen * QUOTA_TENANT_MAX;
+            f[n].tenant.len = qn->len;
+
+            qn->fb_flight++;
+            n++;
         }
-
-        f[n].tenant.data = ids + n * QUOTA_TENANT_MAX;
-        f[n].tenant.len = qn->len;
-        ngx_memcpy(f[n].tenant.data, ngx_http_quota_zone_tenant(qn), qn->len);
-
-        n++;
     }
 
     /* only nodes of another configuration left: their workers flush them */
-    *more = (n != 0 && !ngx_queue_empty(queue));
+    *more = (seen != 0 && n != 0 && !ngx_queue_empty(queue));
 
     return n;
 }
@@ -833,11 +969,261 @@ ngx_http_quota_fallback_flush_handler(ngx_event_t *ev)
 }
 
 
-/* the zone is full: a node whose fallback units are not charged stays */
+/* the zone is full: a node whose fallback units are not charged (or
+   answered) stays */
 static ngx_int_t
 ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node)
 {
-    return node->fb_queue.next != NULL ? NGX_DECLINED : NGX_OK;
+    return (node->fb_queue.next != NULL || node->fb_flight != 0)
+           ? NGX_DECLINED : NGX_OK;
 }
 
+
+
+/* under the lock: the slot of qn's waiting units for the UTC day of ms
+   (the day's own, else a free one); NGX_ERROR: two other days wait */
+static ngx_int_t
+ngx_http_quota_fallback_day(ngx_http_quota_zone_node_t *qn, int64_t ms)
+{
+    ngx_int_t  d, free;
+
+    free = NGX_ERROR;
+
+    for (d = 0; d < NGX_HTTP_QUOTA_FB_DAYS; d++) {
+        if (qn->fb_ms[d] == 0) {
+            if (free == NGX_ERROR) {
+                free = d;
+            }
+
+            continue;
+        }
+
+        if (qn->fb_ms[d] / NGX_HTTP_QUOTA_DAY_MS == ms / NGX_HTTP_QUOTA_DAY_MS)
+        {
+            return d;
+        }
+    }
+
+    return free;
+}
+
+
+/* the gateway's clock, epoch ms (the charge script's ARG_NOW_MS) */
+static int64_t
+ngx_http_quota_fallback_now(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/* a FORCE out, or into the retry list while no connection is ready */
+static void
+ngx_http_quota_fallback_send(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc)
+{
+    ngx_int_t                rc;
+    ngx_http_quota_probe_t  *p;
+
+    p = &ngx_http_quota_probe;
+
+    rc = ngx_http_quota_script_force(qmcf, &fc->tenant, fc->units,
+                                     fc->at_ms, &fc->id,
+                                     ngx_http_quota_fallback_forced, fc);
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge of tenant \"%V\" was not "
+                      "sent to redis", &fc->tenant);
+        ngx_http_quota_fallback_done(qmcf, fc);
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        fc->next = p->retries;
+        p->retries = fc;
+    }
+
+    if (!p->retry.timer_set) {
+        ngx_add_timer(&p->retry, NGX_HTTP_QUOTA_FORCE_RETRY);
+    }
+}
+
+
+static void
+ngx_http_quota_fallback_forced(void *data, redisReply *reply)
+{
+    ngx_http_quota_force_t *fc = data;
+
+    ngx_http_quota_probe_t  *p;
+
+    p = &ngx_http_quota_probe;
+
+    if (reply == NULL) {
+        /* the connection went away: it may or may not have run; the
+           resend under the same id is a no-op if it did */
+        fc->next = p->retries;
+        p->retries = fc;
+
+        if (!p->retry.timer_set && p->qmcf->worker != NULL) {
+            ngx_add_timer(&p->retry, NGX_HTTP_QUOTA_FORCE_RETRY);
+        }
+
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "failed: %*s", &fc->id, &fc->tenant,
+                      (size_t) reply->len, reply->str);
+    }
+
+    ngx_http_quota_fallback_done(p->qmcf, fc);
+}
+
+
+/*
+ * A FORCE answered or given up: its units are no longer in flight.  They
+ * stay spent against the share until a snapshot surely includes them: one
+ * of a charge sent from now on (ngx_http_quota_zone_learn).  Frees fc.
+ */
+static void
+ngx_http_quota_fallback_done(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc)
+{
+    ngx_uint_t                     i;
+    ngx_http_quota_zone_t         *z;
+    ngx_http_quota_zone_node_t    *qn;
+    ngx_http_quota_zone_metric_t  *m;
+
+    z = qmcf->zone;
+
+    ngx_http_quota_zone_lock(z);
+
+    qn = ngx_http_quota_zone_node(z, &fc->tenant, 0);
+
+    if (qn && qn->sig == z->sig) {
+        m = ngx_http_quota_zone_metrics(qn);
+
+        for (i = 0; i < qn->nmetrics; i++) {
+            m[i].fb_forced -= ngx_min(fc->units[i], m[i].fb_forced);
+            m[i].fb_done += fc->units[i];
+        }
+
+        if (qn->fb_flight) {
+            qn->fb_flight--;
+        }
+
+        qn->fb_done_ms = ngx_http_quota_fallback_now();
+    }
+
+    ngx_http_quota_zone_unlock(z);
+
+    ngx_http_quota_probe.out--;
+    ngx_free(fc);
+}
+
+
+/* FORCEs without a connection are resent; in flight, waited for */
+static void
+ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
+{
+    ngx_msec_t               now, age, delay;
+    ngx_http_quota_force_t  *fc, *list;
+    ngx_http_quota_probe_t  *p;
+
+    p = ev->data;
+    now = ngx_current_msec;
+    delay = NGX_HTTP_QUOTA_FORCE_SLOW;
+
+    if ((ngx_exiting || ngx_terminate) && p->quit_at == 0) {
+        p->quit_at = now | 1;
+    }
+
+    list = p->retries;
+    p->retries = NULL;
+
+    while (list) {
+        fc = list;
+        list = fc->next;
+        fc->next = NULL;
+
+        age = now - fc->since;
+
+        if (age < NGX_HTTP_QUOTA_FORCE_FAST_FOR) {
+            delay = NGX_HTTP_QUOTA_FORCE_RETRY;
+        }
+
+        /* past FORCE_KEEP its first run's record may be gone: a resend
+           could charge twice */
+        if (age > NGX_HTTP_QUOTA_FORCE_KEEP
+            || (p->quit_at && now - p->quit_at > NGX_HTTP_QUOTA_FORCE_QUIT))
+        {
+            ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                          "quota: the fallback charge %V of tenant \"%V\" "
+                          "(admitted at %L) not answered by redis, giving "
+                          "up: its units may not be charged", &fc->id,
+                          &fc->tenant, fc->at_ms);
+            ngx_http_quota_fallback_done(p->qmcf, fc);
+            continue;
+        }
+
+        ngx_http_quota_fallback_send(p->qmcf, fc);
+    }
+
+    if (p->quit_at) {
+        if (now - p->quit_at > NGX_HTTP_QUOTA_FORCE_QUIT) {
+            /* in flight for too long after the quit: exit without them */
+            return;
+        }
+
+        delay = NGX_HTTP_QUOTA_FORCE_RETRY;
+    }
+
+    if (p->retries == NULL) {
+        /* in flight: waited for every 100 ms */
+        delay = NGX_HTTP_QUOTA_FORCE_RETRY;
+    }
+
+    if (p->out && !ev->timer_set) {
+        ngx_add_timer(ev, delay);
+    }
+}
+
+
+/* exit_process, after the Redis connections closed: what was not
+   answered is lost, and said so */
+void
+ngx_http_quota_fallback_exit_worker(void)
+{
+    ngx_http_quota_force_t  *fc;
+    ngx_http_quota_probe_t  *p;
+
+    p = &ngx_http_quota_probe;
+
+    if (p->retry.timer_set) {
+        ngx_del_timer(&p->retry);
+    }
+
+    if (p->flush.timer_set) {
+        ngx_del_timer(&p->flush);
+    }
+
+    while (p->retries) {
+        fc = p->retries;
+        p->retries = fc->next;
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "(admitted at %L) not answered by redis before exit: "
+                      "its units may not be charged", &fc->id, &fc->tenant,
+                      fc->at_ms);
+
+        ngx_http_quota_fallback_done(p->qmcf, fc);
+    }
+}

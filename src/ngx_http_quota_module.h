@@ -761,6 +761,7 @@ void ngx_http_quota_fallback_outcome(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 ngx_int_t ngx_http_quota_fallback_admit(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
+void ngx_http_quota_fallback_exit_worker(void);
 ngx_int_t ngx_http_quota_fallback_init_worker(ngx_cycle_t *cycle,
     ngx_http_quota_main_conf_t *qmcf);
 ngx_uint_t ngx_http_quota_fallback_circuit(ngx_http_quota_main_conf_t *qmcf);
@@ -794,7 +795,11 @@ ngx_int_t ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units,
     ngx_http_quota_reply_pt handler, void *data);
 ngx_int_t ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, int64_t *units);
+    ngx_str_t *tenant, int64_t *units, int64_t at_ms, ngx_str_t *id,
+    ngx_http_quota_reply_pt handler, void *data);
+
+/* a charge id: the worker's 16 hex digits and a 64-bit sequence */
+#define NGX_HTTP_QUOTA_CHARGE_ID_LEN  32
 ngx_int_t ngx_http_quota_script_init_worker(ngx_log_t *log);
 void ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx,
     ngx_http_quota_op_t *op);

@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_quota_redis_reliable_on(
 static ngx_int_t ngx_http_quota_redis_too_late(ngx_http_quota_worker_t *w,
     u_char *cmd, size_t len, time_t since);
 static void ngx_http_quota_redis_flush_reliable(ngx_http_quota_worker_t *w);
+static void ngx_http_quota_redis_wait_arm(ngx_http_quota_worker_t *w);
+static void ngx_http_quota_redis_reliable_wait(ngx_event_t *ev);
 static void ngx_http_quota_redis_oneway_reply(
     ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
     redisReply *reply);
@@ -87,6 +89,11 @@ ngx_http_quota_redis_init_worker(ngx_cycle_t *cycle,
     w->hold_timer.data = w;
     w->hold_timer.log = w->log;
     w->hold_timer.cancelable = 1;
+
+    /* not cancelable: see ngx_http_quota_redis_reliable_wait() */
+    w->reliable_wait.handler = ngx_http_quota_redis_reliable_wait;
+    w->reliable_wait.data = w;
+    w->reliable_wait.log = w->log;
 
     w->conns = ngx_pcalloc(cycle->pool,
                            w->nconns * sizeof(ngx_http_quota_redis_conn_t));
@@ -133,6 +140,10 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
 
     w = qmcf->worker;
     w->exiting = 1;
+
+    if (w->reliable_wait.timer_set) {
+        ngx_del_timer(&w->reliable_wait);
+    }
 
     for (i = 0; i < w->nconns; i++) {
         /* waiting ops get a NULL reply and return to the free list */
@@ -770,6 +781,8 @@ ngx_http_quota_redis_keep(ngx_http_quota_worker_t *w, u_char *data,
     w->reliable_tail = cmd;
     w->nreliable++;
 
+    ngx_http_quota_redis_wait_arm(w);
+
     return NGX_OK;
 }
 
@@ -801,12 +814,63 @@ ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
     op->route = route;
     op->since = since;
 
+    /* until its reply (or its loss: then it is kept again) */
+    w->reliable_out++;
+
     if (ngx_http_quota_redis_append(rc, op, cmd, len) != NGX_OK) {
         ngx_http_quota_redis_op_free(w, op);
         return NGX_ERROR;
     }
 
+    ngx_http_quota_redis_wait_arm(w);
+
     return NGX_OK;
+}
+
+
+static void
+ngx_http_quota_redis_wait_arm(ngx_http_quota_worker_t *w)
+{
+    if (!w->exiting && !w->reliable_wait.timer_set) {
+        ngx_add_timer(&w->reliable_wait, NGX_HTTP_QUOTA_QUIT_POLL);
+    }
+}
+
+
+/*
+ * Reliable commands (voids, slot releases) must reach Redis, also from a
+ * worker that quits (graceful quit, reload): nginx ends it as soon as
+ * only cancelable timers are left, closing its connections with whatever
+ * was not written or answered yet.  While some are kept or in flight this
+ * non-cancelable timer keeps the worker, for at most
+ * NGX_HTTP_QUOTA_QUIT_WAIT after the quit; a running worker only pays a
+ * timer every 100 ms while it has some.
+ */
+static void
+ngx_http_quota_redis_reliable_wait(ngx_event_t *ev)
+{
+    ngx_http_quota_worker_t *w = ev->data;
+
+    if (w->exiting || w->nreliable + w->reliable_out == 0) {
+        return;
+    }
+
+    if (ngx_exiting || ngx_terminate) {
+        if (w->quit_at == 0) {
+            w->quit_at = ngx_current_msec | 1;
+        }
+
+        if (ngx_current_msec - w->quit_at > NGX_HTTP_QUOTA_QUIT_WAIT) {
+            ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                          "quota: %ui reliable redis commands not answered "
+                          "%M ms after the quit, exiting without them",
+                          w->nreliable + w->reliable_out,
+                          (ngx_msec_t) NGX_HTTP_QUOTA_QUIT_WAIT);
+            return;
+        }
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_QUOTA_QUIT_POLL);
 }
 
 
@@ -1028,6 +1092,11 @@ ngx_http_quota_redis_op_free(ngx_http_quota_worker_t *w,
     if (op->cmd.data) {
         ngx_free(op->cmd.data);
         op->cmd.data = NULL;
+    }
+
+    if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE) {
+        w->reliable_out--;
+        op->kind = NGX_HTTP_QUOTA_OP_REPLY;
     }
 
     /* op->conn stays: a late cancel() of a detached op still finds its

@@ -35,6 +35,10 @@
 /* commands that must reach Redis, kept while no connection is ready */
 #define NGX_HTTP_QUOTA_MAX_RELIABLE       4096
 
+/* a quitting worker waits this long at most for its reliable commands */
+#define NGX_HTTP_QUOTA_QUIT_WAIT          50000   /* ms */
+#define NGX_HTTP_QUOTA_QUIT_POLL          100     /* ms */
+
 /* a connection silent this many times timeout= while commands wait is dead
    (never less than connect_timeout) */
 #define NGX_HTTP_QUOTA_DEAD_FACTOR        10
@@ -154,6 +158,11 @@ struct ngx_http_quota_worker_s {
     ngx_http_quota_redis_cmd_t  *reliable;    /* FIFO while none is ready */
     ngx_http_quota_redis_cmd_t  *reliable_tail;
     ngx_uint_t                   nreliable;
+    ngx_uint_t                   reliable_out;    /* RELIABLE ops sent, not
+                                                     answered */
+    ngx_event_t                  reliable_wait;   /* keeps a quitting
+                                                     worker for them */
+    ngx_msec_t                   quit_at;     /* first seen quitting */
 
     /* right after the worker starts, before any connection was ready:
        commands held here (not sent) for at most timeout= */

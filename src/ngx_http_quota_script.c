@@ -66,7 +66,8 @@ static ngx_http_quota_clock_t *ngx_http_quota_clock(
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
 static ngx_int_t ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
     ngx_pool_t *pool, ngx_http_quota_args_t *a, ngx_str_t *tenant,
-    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra);
+    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra,
+    ngx_time_t *at);
 static ngx_int_t ngx_http_quota_script_built(ngx_http_quota_args_t *a,
     ngx_log_t *log);
 static u_char *ngx_http_quota_charge_id(u_char *p);
@@ -422,7 +423,7 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     if (ngx_http_quota_script_args(qmcf, r->pool, &a, &ctx->tenant,
                                    ctx->ncharges, table,
                                    sizeof(ngx_http_quota_id_prefix)
-                                   + 7 * NGX_INT64_LEN)
+                                   + 7 * NGX_INT64_LEN, NULL)
         != NGX_OK
         || ngx_http_quota_script_head(r, ctx, &a) != NGX_OK)
     {
@@ -460,12 +461,15 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
  * The argv of the charge script for "tenant", k charged metrics and the
  * plan table: allocated, with what every mode sends (the clock, the
  * default plan, KEYS[1], ARG_BASE, the alert/event line, k, the table).
- * "extra": bytes of the buffer the caller needs for its own arguments.
+ * "extra": bytes of the buffer the caller needs for its own arguments;
+ * "at": the clock to charge at (a forced charge: when its units were
+ * admitted), NULL: now.
  */
 static ngx_int_t
 ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
     ngx_pool_t *pool, ngx_http_quota_args_t *a, ngx_str_t *tenant,
-    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra)
+    ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra,
+    ngx_time_t *at)
 {
     u_char                  *start;
     size_t                   size, len;
@@ -475,7 +479,7 @@ ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_clock_t  *clock;
 
     /* the gateway's clock: see README, "Time" */
-    tp = ngx_timeofday();
+    tp = at ? at : ngx_timeofday();
     now_ms = (int64_t) tp->sec * 1000 + tp->msec;
 
     clock = ngx_http_quota_clock(qmcf, tp->sec);
@@ -1004,17 +1008,23 @@ ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
 /*
  * What quota_fallback admitted while Redis was away, charged once when it
  * is back: the charge script in MODE_FORCE (no check refuses it; overage
- * is priced, alerts fire) with units[m] of every declared metric m, under
- * a new charge id whose record makes a resend a no-op.  EVAL: nobody waits
- * for the reply to answer a NOSCRIPT.
+ * is priced, alerts fire) with units[m] of every declared metric m, at
+ * the clock at_ms (epoch ms: when they were admitted, so that they land
+ * in the day and the period they were admitted in), under the charge id
+ * "id": empty, a new one is written to id->data (room for
+ * NGX_HTTP_QUOTA_CHARGE_ID_LEN); a resend passes the same, whose record
+ * makes it a no-op.  EVAL: the script may not be loaded yet.  handler
+ * gets the reply (NULL: the connection was lost, the caller resends);
+ * NGX_DECLINED: no connection is ready, the caller resends later.
  */
 ngx_int_t
 ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, int64_t *units)
+    ngx_str_t *tenant, int64_t *units, int64_t at_ms, ngx_str_t *id,
+    ngx_http_quota_reply_pt handler, void *data)
 {
-    u_char                 *id;
     ngx_int_t               rc;
     ngx_uint_t              k;
+    ngx_time_t              at;
     ngx_pool_t             *pool;
     ngx_http_quota_rule_t  *rule;
     ngx_http_quota_args_t   a;
@@ -1028,9 +1038,11 @@ ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
         return NGX_ERROR;
     }
 
+    at.sec = (time_t) (at_ms / 1000);
+    at.msec = (ngx_msec_t) (at_ms % 1000);
+
     if (ngx_http_quota_script_args(qmcf, pool, &a, tenant, k, &rule->table,
-                                   sizeof(ngx_http_quota_id_prefix)
-                                   + 7 * NGX_INT64_LEN)
+                                   7 * NGX_INT64_LEN, &at)
         != NGX_OK)
     {
         ngx_destroy_pool(pool);
@@ -1047,9 +1059,12 @@ ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_args_str(&a, NGX_HTTP_QUOTA_ARG_REQUIRE_ACCOUNT,
                             (u_char *) "0", 1);
 
-    id = a.p;
-    a.p = ngx_http_quota_charge_id(a.p);
-    ngx_http_quota_args_str(&a, NGX_HTTP_QUOTA_ARG_CHARGE_ID, id, a.p - id);
+    if (id->len == 0) {
+        id->len = ngx_http_quota_charge_id(id->data) - id->data;
+    }
+
+    ngx_http_quota_args_str(&a, NGX_HTTP_QUOTA_ARG_CHARGE_ID, id->data,
+                            id->len);
 
     ngx_http_quota_args_num(&a, NGX_HTTP_QUOTA_ARG_THRESHOLD,
                             qmcf->force_threshold);
@@ -1066,10 +1081,12 @@ ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
     if (rc == NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "quota: charging what fallback admitted for tenant "
-                      "\"%V\" (charge %*s)", tenant, (size_t) (a.p - id), id);
+                      "\"%V\" (charge %V at %L)", tenant, id, at_ms);
 
-        rc = ngx_http_quota_redis_send_reliable(qmcf, a.argc, a.argv,
-                                                a.argvlen);
+        /* the command is formatted at once: the pool may go */
+        rc = ngx_http_quota_redis_send(qmcf, a.argc, a.argv, a.argvlen,
+                                       handler, data)
+             ? NGX_OK : NGX_DECLINED;
     }
 
     ngx_destroy_pool(pool);

@@ -627,6 +627,7 @@ ngx_http_quota_zone_release(ngx_http_quota_ctx_t *ctx)
 void
 ngx_http_quota_zone_learn(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
+    int64_t                        start;
     ngx_uint_t                     i;
     ngx_http_quota_zone_t         *z;
     ngx_http_quota_zone_node_t    *qn;
@@ -647,11 +648,19 @@ ngx_http_quota_zone_learn(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     qn = ctx->zone_node ? ctx->zone_node
                         : ngx_http_quota_zone_node(z, &ctx->tenant, 1);
 
+    /* the charge went out after the request started: later than the
+       last fallback charge (FORCE) answered, its numbers include it */
+    start = (int64_t) r->start_sec * 1000 + r->start_msec;
+
     if (qn && qn->sig == z->sig) {
         m = ngx_http_quota_zone_metrics(qn);
 
         for (i = 0; i < ctx->ncharges; i++) {
             sm = &m[ctx->rule->charges[i].metric];
+
+            if (start > qn->fb_done_ms) {
+                sm->fb_done = 0;
+            }
 
             sm->used = ctx->used[i];
             sm->limit = ctx->limit[i];

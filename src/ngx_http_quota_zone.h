@@ -42,6 +42,11 @@
 
 
 /* ngx_http_quota_zone_t and ngx_http_quota_zone_node_t: module.h */
+
+/* quota_fallback: the UTC days whose units may wait at once (an outage
+   over one midnight) */
+#define NGX_HTTP_QUOTA_FB_DAYS  2
+
 typedef struct ngx_http_quota_lkey_s       ngx_http_quota_lkey_t;
 
 
@@ -64,9 +69,13 @@ typedef struct {
 
     /* quota_fallback (ngx_http_quota_fallback.c): units admitted while
        Redis was down since the snapshot was learned at fb_learned (they
-       count against the share), and those not charged yet */
+       count against the share); those not charged yet, per UTC day
+       (node->fb_ms); those charged (FORCE) and not answered yet; those
+       answered that a snapshot may not include yet (node->fb_done_ms) */
     int64_t                      fb_spent;
-    int64_t                      fb_pending;
+    int64_t                      fb_pending[NGX_HTTP_QUOTA_FB_DAYS];
+    int64_t                      fb_forced;
+    int64_t                      fb_done;
     ngx_msec_t                   fb_learned;
 } ngx_http_quota_zone_metric_t;
 
@@ -97,6 +106,13 @@ struct ngx_http_quota_zone_node_s {
     ngx_queue_t                  fb_queue;    /* in sh->fb_queue while it
                                                  has fallback units not
                                                  charged; next NULL: not */
+    int64_t                      fb_ms[NGX_HTTP_QUOTA_FB_DAYS];
+                                              /* the day of fb_pending[d]:
+                                                 its last admission, epoch
+                                                 ms; 0: none */
+    int64_t                      fb_done_ms;  /* the last FORCE answered,
+                                                 epoch ms */
+    ngx_uint_t                   fb_flight;   /* FORCEs not answered */
 };
 
 
