@@ -19,7 +19,9 @@
  *   QUOTA_UNAVAILABLE whatever quota_failure_mode says (an exhausted
  *   tenant must not become unlimited because Redis is down);
  *
- *   a tenant the zone does not know follows quota_failure_mode.
+ *   a tenant the zone does not know follows quota_failure_mode; so does,
+ *   in a location with quota_require_account, a tenant no charge of such
+ *   a location has found the account of.
  *
  * Requests whose own Redis trip fails are decided the same way, before the
  * breaker opens as after.  Their charge, if it ran, is voided as always
@@ -79,6 +81,10 @@
 #define NGX_HTTP_QUOTA_FORCE_KEEP        ((NGX_HTTP_QUOTA_FORCE_RECORD_TTL    \
                                            - 60) * 1000)
 #define NGX_HTTP_QUOTA_FORCE_QUIT        50000
+
+#if (NGX_HTTP_QUOTA_FORCE_KEEP >= NGX_HTTP_QUOTA_FORCE_RECORD_TTL * 1000)
+#error "a FORCE must not be resent once its record may be gone"
+#endif
 
 #define NGX_HTTP_QUOTA_DAY_MS            86400000
 
@@ -335,6 +341,12 @@ ngx_http_quota_fallback_admit(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     ngx_http_quota_zone_lock(z);
 
     qn = ngx_http_quota_zone_node(z, &ctx->tenant, 0);
+
+    /* quota_require_account: known only if a charge that asked found the
+       account (a snapshot may come from a default-plan charge) */
+    if (qn && ctx->conf->require_account && !qn->account) {
+        qn = NULL;
+    }
 
     rc = qn ? ngx_http_quota_fallback_share(r, ctx, qn) : NGX_DECLINED;
 
@@ -1162,7 +1174,9 @@ ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
         /* past FORCE_KEEP its first run's record may be gone: a resend
            could charge twice */
         if (age > NGX_HTTP_QUOTA_FORCE_KEEP
-            || (p->quit_at && now - p->quit_at > NGX_HTTP_QUOTA_FORCE_QUIT))
+            || (p->quit_at
+                && (ngx_msec_int_t) (now - p->quit_at)
+                   > NGX_HTTP_QUOTA_FORCE_QUIT))
         {
             ngx_log_error(NGX_LOG_ERR, ev->log, 0,
                           "quota: the fallback charge %V of tenant \"%V\" "
@@ -1177,7 +1191,8 @@ ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
     }
 
     if (p->quit_at) {
-        if (now - p->quit_at > NGX_HTTP_QUOTA_FORCE_QUIT) {
+        /* signed: quit_at may be one more than the clock (| 1) */
+        if ((ngx_msec_int_t) (now - p->quit_at) > NGX_HTTP_QUOTA_FORCE_QUIT) {
             /* in flight for too long after the quit: exit without them */
             return;
         }

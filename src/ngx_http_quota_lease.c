@@ -54,18 +54,20 @@
 
 /*
  * Settles are resent until Redis answers (the settle is idempotent): by a
- * running worker for as long as the lease's record may exist (it lives
- * the ttl + LEASE_RECORD_EXTRA s after the grant, and a settle is first
- * sent at the ttl at the earliest, so a Redis outage shorter than that
- * loses nothing), every 100 ms at first, then every second; by a quitting
- * worker for at most 50 s after the quit (it must end some day).  At most
+ * running worker for as long as the lease's record may exist, less a
+ * minute (it lives the ttl + LEASE_RECORD_EXTRA s after the grant, and a
+ * settle is first sent after the grant, so a Redis outage shorter than
+ * that loses nothing; a resend that finds no record does nothing), every
+ * 100 ms at first, then every second; by a quitting worker for at most
+ * 50 s after the quit (it must end some day).  Never through the reliable
+ * queue of ngx_http_quota_redis.c, whose horizon is a void's.  At most
  * SETTLE_MAX settles wait per worker: more are dropped, and said so.
  */
 #define NGX_HTTP_QUOTA_SETTLE_RETRY     100
 #define NGX_HTTP_QUOTA_SETTLE_SLOW      1000
 #define NGX_HTTP_QUOTA_SETTLE_FAST_FOR  5000
-#define NGX_HTTP_QUOTA_SETTLE_KEEP      (NGX_HTTP_QUOTA_LEASE_RECORD_EXTRA \
-                                         * 1000)
+#define NGX_HTTP_QUOTA_SETTLE_KEEP      ((NGX_HTTP_QUOTA_LEASE_RECORD_EXTRA \
+                                          - 60) * 1000)
 #define NGX_HTTP_QUOTA_SETTLE_GIVE_UP   50000
 #define NGX_HTTP_QUOTA_SETTLE_MAX       100000
 
@@ -1099,9 +1101,11 @@ ngx_http_quota_lease_retry_handler(ngx_event_t *ev)
             delay = NGX_HTTP_QUOTA_SETTLE_RETRY;
         }
 
-        if (age > NGX_HTTP_QUOTA_SETTLE_KEEP
+        /* signed: since and quit_at may be one more than the clock */
+        if ((ngx_msec_int_t) age > NGX_HTTP_QUOTA_SETTLE_KEEP
             || ((ngx_exiting || ngx_terminate)
-                && now - ngx_max(cmd->since, ngx_http_quota_lease_quit_at)
+                && (ngx_msec_int_t) (now - ngx_max(cmd->since,
+                                              ngx_http_quota_lease_quit_at))
                    > NGX_HTTP_QUOTA_SETTLE_GIVE_UP))
         {
             ngx_log_error(NGX_LOG_ERR, ev->log, 0,

@@ -25,13 +25,23 @@
  * what callers mark reliable (voids, slot releases): idempotent commands,
  * kept in a bounded per-worker queue while no connection is ready, and
  * resent when the connection that carried them is lost, for at most
- * NGX_HTTP_QUOTA_RELIABLE_HORIZON seconds (protocol.def): the records that
- * make a resend a no-op (a charge's for its void, a forced charge's)
- * live that long, so a later resend could charge twice or undo nothing.
+ * NGX_HTTP_QUOTA_RELIABLE_HORIZON seconds (protocol.def): the record that
+ * makes a void mean something (its charge's, RECORD_TTL) lives that long
+ * and a minute more, so a later void could undo nothing.  Commands whose
+ * records live longer resend themselves with a reply handler, each for
+ * as long as its own record lives (a lease's settle, ngx_http_quota_lease.c;
+ * a forced charge, ngx_http_quota_fallback.c).  A quitting worker waits
+ * for its reliable commands (ngx_http_quota_redis_reliable_wait()).
  */
 
 
 #include "ngx_http_quota_redis.h"
+
+
+/* a void is resent only while its charge's record may exist */
+#if (NGX_HTTP_QUOTA_RELIABLE_HORIZON >= NGX_HTTP_QUOTA_RECORD_TTL)
+#error "RELIABLE_HORIZON must be shorter than RECORD_TTL"
+#endif
 
 
 static ngx_http_quota_redis_conn_t *ngx_http_quota_redis_pick(
@@ -860,7 +870,10 @@ ngx_http_quota_redis_reliable_wait(ngx_event_t *ev)
             w->quit_at = ngx_current_msec | 1;
         }
 
-        if (ngx_current_msec - w->quit_at > NGX_HTTP_QUOTA_QUIT_WAIT) {
+        /* signed: quit_at may be one more than the clock (| 1) */
+        if ((ngx_msec_int_t) (ngx_current_msec - w->quit_at)
+            > NGX_HTTP_QUOTA_QUIT_WAIT)
+        {
             ngx_log_error(NGX_LOG_ERR, w->log, 0,
                           "quota: %ui reliable redis commands not answered "
                           "%M ms after the quit, exiting without them",

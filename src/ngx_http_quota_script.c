@@ -927,8 +927,11 @@ ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
 
 /*
  * A lease's unspent request units back (src/lua/settle.lua): from a timer,
- * at exit or from a request; no request pool is needed.  Resent until Redis
- * answers; the script is idempotent (the record becomes its tombstone).
+ * at exit or from a request; no request pool is needed.  handler gets the
+ * reply (NULL: the connection was lost): the caller resends it until Redis
+ * answers, for as long as the lease's record lives (not the reliable
+ * queue's horizon, a void's); the script is idempotent (the record becomes
+ * its tombstone).  NGX_DECLINED: no connection is ready.
  */
 ngx_int_t
 ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
@@ -977,29 +980,14 @@ ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
                    "quota: settle of lease %V of tenant \"%V\": %ui back",
                    charge_id, tenant, units);
 
-    if (handler) {
-        /* the caller waits for the answer (quota_lease keeps a quitting
-           worker until then) and resends it when it gets none: the
-           command is formatted at once, the pool may go */
-        rc = ngx_http_quota_redis_send(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC,
-                                       argv, argvlen, handler, data)
-             ? NGX_OK : NGX_DECLINED;
-
-        ngx_destroy_pool(pool);
-
-        return rc;
-    }
-
-    /* send_reliable() copies the command */
-    rc = ngx_http_quota_redis_send_reliable(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC,
-                                            argv, argvlen);
+    /* the caller waits for the answer (quota_lease keeps a quitting
+       worker until then) and resends it when it gets none: the command is
+       formatted at once, the pool may go */
+    rc = ngx_http_quota_redis_send(qmcf, NGX_HTTP_QUOTA_SETTLE_ARGC, argv,
+                                   argvlen, handler, data)
+         ? NGX_OK : NGX_DECLINED;
 
     ngx_destroy_pool(pool);
-
-    if (rc != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "quota: settle of lease %V not sent", charge_id);
-    }
 
     return rc;
 }

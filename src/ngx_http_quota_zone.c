@@ -27,6 +27,7 @@ static ngx_http_quota_zone_node_t *ngx_http_quota_zone_create(
     ngx_http_quota_zone_t *z, ngx_str_t *tenant, uint32_t hash);
 static ngx_uint_t ngx_http_quota_zone_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *keep);
+static ngx_int_t ngx_http_quota_zone_account(ngx_http_quota_ctx_t *ctx);
 
 
 /* commands deferred under the lock, sent by the unlock (per worker) */
@@ -628,7 +629,8 @@ void
 ngx_http_quota_zone_learn(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
 {
     int64_t                        start;
-    ngx_uint_t                     i;
+    ngx_int_t                      account;
+    ngx_uint_t                     i, usage;
     ngx_http_quota_zone_t         *z;
     ngx_http_quota_zone_node_t    *qn;
     ngx_http_quota_main_conf_t    *qmcf;
@@ -637,25 +639,34 @@ ngx_http_quota_zone_learn(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
     z = qmcf->zone;
 
-    if (z == NULL || z->sh == NULL || !ctx->have_usage || ctx->rule == NULL
-        || ctx->redis_failed)
-    {
+    if (z == NULL || z->sh == NULL || ctx->redis_failed) {
+        return;
+    }
+
+    usage = ctx->have_usage && ctx->rule != NULL;
+    account = ngx_http_quota_zone_account(ctx);
+
+    if (!usage && account == NGX_DECLINED) {
         return;
     }
 
     ngx_http_quota_zone_lock(z);
 
     qn = ctx->zone_node ? ctx->zone_node
-                        : ngx_http_quota_zone_node(z, &ctx->tenant, 1);
+                        : ngx_http_quota_zone_node(z, &ctx->tenant, usage);
 
     /* the charge went out after the request started: later than the
        last fallback charge (FORCE) answered, its numbers include it */
     start = (int64_t) r->start_sec * 1000 + r->start_msec;
 
     if (qn && qn->sig == z->sig) {
+        if (account != NGX_DECLINED) {
+            qn->account = account;
+        }
+
         m = ngx_http_quota_zone_metrics(qn);
 
-        for (i = 0; i < ctx->ncharges; i++) {
+        for (i = 0; usage && i < ctx->ncharges; i++) {
             sm = &m[ctx->rule->charges[i].metric];
 
             if (start > qn->fb_done_ms) {
@@ -672,6 +683,38 @@ ngx_http_quota_zone_learn(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
     }
 
     ngx_http_quota_zone_unlock(z);
+}
+
+
+/*
+ * What a reply says about the tenant's account, for quota_fallback in a
+ * location with quota_require_account: only a charge that asked knows
+ * (1: any decision past that check, 0: UNKNOWN_TENANT); NGX_DECLINED:
+ * nothing.
+ */
+static ngx_int_t
+ngx_http_quota_zone_account(ngx_http_quota_ctx_t *ctx)
+{
+    if (ctx->local || ctx->conf == NULL || !ctx->conf->require_account) {
+        return NGX_DECLINED;
+    }
+
+    switch (ctx->code) {
+
+    case NGX_HTTP_QUOTA_CODE_UNKNOWN:
+        return 0;
+
+    case NGX_HTTP_QUOTA_CODE_CHARGED:
+    case NGX_HTTP_QUOTA_CODE_QUOTA:
+    case NGX_HTTP_QUOTA_CODE_CAP:
+    case NGX_HTTP_QUOTA_CODE_SUSPENDED:
+    case NGX_HTTP_QUOTA_CODE_RATE:
+    case NGX_HTTP_QUOTA_CODE_CONCURRENCY:
+        return 1;
+
+    default:
+        return NGX_DECLINED;
+    }
 }
 
 

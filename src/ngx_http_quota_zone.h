@@ -113,6 +113,10 @@ struct ngx_http_quota_zone_node_s {
     int64_t                      fb_done_ms;  /* the last FORCE answered,
                                                  epoch ms */
     ngx_uint_t                   fb_flight;   /* FORCEs not answered */
+    ngx_uint_t                   account;     /* 1: a charge under
+                                                 quota_require_account
+                                                 found the account; 0: not
+                                                 known (or none) */
 };
 
 
