@@ -93,6 +93,44 @@ void quota_format_iso8601(int64_t t, char *buf);
 void quota_format_date(int64_t t, char *buf);
 
 
+/*
+ * The names of a tenant's keys (ngx_http_quota_keys.c), in the order of
+ * the charge script's KEYS (protocol.def KEY_*: QUOTA_KEY_x + 1).
+ */
+typedef enum {
+    QUOTA_KEY_ACCOUNT = 0,      /* P{T}:account                            */
+    QUOTA_KEY_RECORD,           /* P{T}:c:ID                               */
+    QUOTA_KEY_BUCKET,           /* P{T}:r:BUCKET                           */
+    QUOTA_KEY_USAGE,            /* P{T}:usage:START                        */
+    QUOTA_KEY_DAILY,            /* P{T}:daily:START                        */
+    QUOTA_KEY_ALERTED,          /* P{T}:alerted:START                      */
+    QUOTA_KEY_BEFORE,           /* P{T}:usage:START of the period before   */
+    QUOTA_KEY_ALERTS,           /* P{T}:alerts                             */
+    QUOTA_KEY_RATE,             /* P{T}:rate                               */
+    QUOTA_KEY_INFLIGHT,         /* P{T}:inflight                           */
+    QUOTA_KEYS
+} quota_key_e;
+
+typedef struct {
+    const char  *data;
+    size_t       len;
+} quota_key_t;
+
+/* the buffer quota_keys() needs for a "P{T}:" of base_len and an id */
+size_t quota_keys_size(size_t base_len, size_t id_len);
+
+/*
+ * Every key of the tenant whose "P{T}:" is base, for the charge "id"
+ * (may be empty), the record bucket "bucket" (now_ms / RECORD_BUCKET_MS),
+ * at "now" (seconds) for the billing anchor "anchor" (1-31): written to
+ * buf, pointed to by keys[QUOTA_KEYS].  Returns 0, or -1 (an anchor or an
+ * instant out of range).
+ */
+int quota_keys(char *buf, const char *base, size_t base_len, const char *id,
+    size_t id_len, int64_t bucket, int64_t now, int anchor,
+    quota_key_t *keys);
+
+
 /* request values */
 
 #define QUOTA_COST_MAX      9007199254740991LL     /* 2^53 - 1 */

@@ -1,6 +1,6 @@
 # Unit tests and fuzzing of the pure helpers (src/ngx_http_quota_template.c,
 # src/ngx_http_quota_period.c, src/ngx_http_quota_parse.c,
-# src/ngx_http_quota_breaker.c).
+# src/ngx_http_quota_breaker.c, src/ngx_http_quota_keys.c).
 #
 # Every check of the C unit tests under t/unit/test_*.c becomes one TAP
 # test.  Each fuzz harness t/unit/fuzz_*.c then runs:
@@ -23,7 +23,7 @@ use FindBin;
 
 chdir "$FindBin::Bin/.." or die "chdir: $!";
 
-my @SRC = map { "src/ngx_http_quota_$_.c" } qw(template period parse breaker);
+my @SRC = map { "src/ngx_http_quota_$_.c" } qw(template period parse breaker keys);
 my $BIN = 't/unit/bin';
 my $CC = $ENV{CC} || 'cc';
 my $RUNS = $ENV{QUOTA_FUZZ_RUNS} || 200000;
