@@ -80,6 +80,8 @@ typedef struct {
     ngx_msec_t                   expires;     /* ngx_current_msec based:
                                                  the grant's own ttl */
     time_t                       day_end;     /* never spans a day */
+    time_t                       start;       /* the grant's period: its
+                                                 settle's keys */
     ngx_uint_t                   idlen;
     u_char                       id[NGX_HTTP_QUOTA_ID_LEN];
 } ngx_http_quota_lease_t;
@@ -129,7 +131,7 @@ static ngx_uint_t ngx_http_quota_lease_units(ngx_http_quota_ctx_t *ctx,
 static void ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
     ngx_http_quota_ctx_t *ctx);
 static void ngx_http_quota_lease_settle(ngx_http_quota_zone_t *z,
-    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen,
+    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen, time_t start,
     ngx_uint_t units);
 static void ngx_http_quota_lease_send(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_zone_cmd_t *cmd);
@@ -705,6 +707,7 @@ ngx_http_quota_lease_claim(ngx_http_quota_zone_t *z,
 {
     if (lease->n > lease->spent) {
         ngx_http_quota_lease_settle(z, key->node, lease->id, lease->idlen,
+                                    lease->start,
                                     lease->n - lease->spent);
     }
 
@@ -944,7 +947,7 @@ ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
         || ngx_time() >= end)
     {
         ngx_http_quota_lease_settle(z, key->node, ctx->charge_id.data,
-                                    ctx->charge_id.len,
+                                    ctx->charge_id.len, ctx->billing.start,
                                     ctx->lease_granted - 1);
         return;
     }
@@ -953,6 +956,7 @@ ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
     lease->spent = 1;
     lease->expires = ngx_current_msec + ctx->lease_ttl;
     lease->day_end = end;
+    lease->start = ctx->billing.start;
     lease->idlen = ctx->charge_id.len;
     ngx_memcpy(lease->id, ctx->charge_id.data, ctx->charge_id.len);
 
@@ -971,24 +975,27 @@ ngx_http_quota_lease_insert(ngx_http_quota_zone_t *z,
 /*
  * Under the lock: the settle of "units" of lease "id" is sent by the
  * unlock (ngx_http_quota_lease_send); its cmd holds the tenant, the id and
- * the units as its three arguments.
+ * the grant's period start date (which names the keys the settle declares)
+ * as its three arguments, and the units in its data.
  */
 static void
 ngx_http_quota_lease_settle(ngx_http_quota_zone_t *z,
-    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen,
+    ngx_http_quota_zone_node_t *node, u_char *id, size_t idlen, time_t start,
     ngx_uint_t units)
 {
     size_t                      argvlen[3];
     const char                 *argv[3];
     ngx_http_quota_zone_cmd_t  *cmd;
-    u_char                      num[NGX_INT_T_LEN];
+    u_char                      date[QUOTA_DATE_LEN];
+
+    quota_format_date(start, (char *) date);
 
     argv[0] = (const char *) ngx_http_quota_zone_tenant(node);
     argvlen[0] = node->len;
     argv[1] = (const char *) id;
     argvlen[1] = idlen;
-    argv[2] = (const char *) num;
-    argvlen[2] = ngx_sprintf(num, "%ui", units) - num;
+    argv[2] = (const char *) date;
+    argvlen[2] = QUOTA_DATE_LEN;
 
     cmd = NULL;
 
@@ -1040,14 +1047,16 @@ static ngx_int_t
 ngx_http_quota_lease_send_now(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_zone_cmd_t *cmd)
 {
-    ngx_str_t  tenant, id;
+    ngx_str_t  tenant, id, start;
 
     tenant.data = (u_char *) cmd->argv[0];
     tenant.len = cmd->argvlen[0];
     id.data = (u_char *) cmd->argv[1];
     id.len = cmd->argvlen[1];
+    start.data = (u_char *) cmd->argv[2];
+    start.len = cmd->argvlen[2];
 
-    return ngx_http_quota_script_settle(qmcf, &tenant, &id,
+    return ngx_http_quota_script_settle(qmcf, &tenant, &id, &start,
                                         (ngx_uint_t) (uintptr_t) cmd->data,
                                         ngx_http_quota_lease_settled, cmd);
 }
@@ -1071,6 +1080,14 @@ ngx_http_quota_lease_settled(void *data, redisReply *reply)
                       "quota: settle of lease %*s failed: %*s",
                       cmd->argvlen[1], cmd->argv[1],
                       (size_t) reply->len, reply->str);
+
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer < 0) {
+        /* the keys named from the grant's reply are not its record's */
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: settle of lease %*s: its record is not of the "
+                      "period %*s, nothing given back",
+                      cmd->argvlen[1], cmd->argv[1], cmd->argvlen[2],
+                      cmd->argv[2]);
     }
 
     ngx_http_quota_lease_out--;

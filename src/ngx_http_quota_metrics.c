@@ -165,7 +165,7 @@ ngx_http_quota_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_NOT_FOUND;
     }
 
-    len = 4096 + 1024 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
+    len = 4096 + 1280 + NGX_HTTP_QUOTA_STATUS_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_LATENCY_BUCKETS * (64 + NGX_ATOMIC_T_LEN)
           + NGX_HTTP_QUOTA_ERR_COUNT * (64 + NGX_ATOMIC_T_LEN)
           + 1536 + NGX_HTTP_QUOTA_LOCAL_COUNT * (64 + NGX_ATOMIC_T_LEN)
@@ -258,6 +258,11 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "answered by EVAL.\n"
                        "# TYPE quota_redis_noscript_total counter\n"
                        "quota_redis_noscript_total %uA\n"
+                       "# HELP quota_redis_anchor_resends_total Charges "
+                       "sent again with the period keys of the "
+                       "account's billing anchor.\n"
+                       "# TYPE quota_redis_anchor_resends_total counter\n"
+                       "quota_redis_anchor_resends_total %uA\n"
                        "# HELP quota_redis_inflight Redis operations sent "
                        "and not answered yet.\n"
                        "# TYPE quota_redis_inflight gauge\n"
@@ -267,7 +272,8 @@ ngx_http_quota_metrics_text(u_char *p, ngx_http_quota_stats_t *st)
                        "cluster slot map with a slot on a new owner.\n"
                        "# TYPE quota_redis_failovers_total counter\n"
                        "quota_redis_failovers_total %uA\n",
-                    st->reconnects, st->noscript, st->inflight,
+                    st->reconnects, st->noscript, st->anchor_resends,
+                    st->inflight,
                     st->failovers);
 
     p = ngx_sprintf(p, "# HELP quota_live_clients quota_live clients "

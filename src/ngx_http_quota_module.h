@@ -47,7 +47,8 @@
  *   ngx_http_quota_script.c      the charge script's argv, EVALSHA, release,
  *                                void and reconcile commands; the embedded
  *                                scripts
- *   lua/NAME.lua                 the Redis scripts (charge, reconcile, void),
+ *   lua/NAME.lua                 the Redis scripts (charge, reconcile, void,
+ *                                settle),
  *                                embedded at build time (config.make)
  *   lua/protocol.def             their C<->Lua protocol, defined once: the
  *                                generated ngx_http_quota_protocol.h (C)
@@ -77,8 +78,14 @@
  *                                per-metric families, account, alert and
  *                                $quota_json_* variables
  *   ngx_http_quota_tenant.c      tenant value, SHA-256, key names
+ *   ngx_http_quota_anchor.c      the billing anchor of a tenant as this
+ *                                worker last learned it (names the
+ *                                period keys the charge declares)
  *   ngx_http_quota_{template,period,parse}.c
  *                                nginx-independent helpers (unit-tested)
+ *   ngx_http_quota_keys.c        the names of a tenant's keys, as the
+ *                                scripts declare them in KEYS (pure,
+ *                                unit-tested)
  */
 
 #ifndef _NGX_HTTP_QUOTA_MODULE_H_INCLUDED_
@@ -252,6 +259,7 @@ typedef struct {
     ngx_atomic_t                 errors[NGX_HTTP_QUOTA_ERR_COUNT];
     ngx_atomic_t                 reconnects;
     ngx_atomic_t                 noscript;
+    ngx_atomic_t                 anchor_resends;  /* CODE_ANCHOR answered */
     ngx_atomic_t                 inflight;
     ngx_atomic_t                 failovers;   /* sentinel: master moved */
     ngx_atomic_t                 live_clients;    /* gauge */
@@ -489,6 +497,7 @@ typedef struct {
 
     unsigned                     have_usage:1;    /* the fields below are set */
     unsigned                     eval_retried:1;  /* NOSCRIPT answered once */
+    unsigned                     anchor_retried:1;  /* CODE_ANCHOR, once */
     unsigned                     redis_failed:1;
     unsigned                     bypass:1;
     unsigned                     slot_taken:1;    /* concurrency slot held */
@@ -558,11 +567,23 @@ typedef struct {
  * The scripts' argument and reply positions, modes, codes (the charge
  * script's answers, NGX_HTTP_QUOTA_CODE_*) and events levels
  * (NGX_HTTP_QUOTA_EVENTS_*) are generated from src/lua/protocol.def.
- * Positions are 1-based, as in Lua: ARGV[pos] of a script with one key
- * is argv[NGX_HTTP_QUOTA_ARGV_AT(pos)] of EVAL/EVALSHA, script, numkeys,
- * KEYS[1]; reply element pos is ngx_http_quota_el(reply, pos).
+ * Positions are 1-based, as in Lua: ARGV[pos] of the charge script is
+ * argv[NGX_HTTP_QUOTA_ARGV_AT(pos)] of EVAL/EVALSHA, script, numkeys,
+ * its CHARGE_NKEYS KEYS; reply element pos is ngx_http_quota_el(reply,
+ * pos).
  */
-#define NGX_HTTP_QUOTA_ARGV_AT(pos)      ((pos) + 3)
+#define NGX_HTTP_QUOTA_ARGV_AT(pos)                                          \
+    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_CHARGE_NKEYS, pos)
+
+/*
+ * A script with nkeys KEYS (protocol.def *_NKEYS): KEYS[pos] is
+ * argv[NGX_HTTP_QUOTA_KEY_AT(pos)], ARGV[pos] argv[..._ARGV_OF(nkeys, pos)];
+ * NGX_HTTP_QUOTA_NUMKEYS(nkeys) is nkeys as the numkeys argument.
+ */
+#define NGX_HTTP_QUOTA_KEY_AT(pos)       ((pos) + 2)
+#define NGX_HTTP_QUOTA_ARGV_OF(nkeys, pos)  ((pos) + 2 + (nkeys))
+#define NGX_HTTP_QUOTA_STR(x)            #x
+#define NGX_HTTP_QUOTA_NUMKEYS(nkeys)    NGX_HTTP_QUOTA_STR(nkeys)
 #define ngx_http_quota_el(reply, pos)    ((reply)->element[(pos) - 1])
 
 
@@ -792,8 +813,8 @@ ngx_int_t ngx_http_quota_script_charge(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx);
 void ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx);
 ngx_int_t ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units,
-    ngx_http_quota_reply_pt handler, void *data);
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_str_t *start,
+    ngx_uint_t units, ngx_http_quota_reply_pt handler, void *data);
 ngx_int_t ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
     ngx_str_t *tenant, int64_t *units, int64_t at_ms, ngx_str_t *id,
     ngx_http_quota_reply_pt handler, void *data);
@@ -808,6 +829,7 @@ ngx_int_t ngx_http_quota_script_reconcile(ngx_http_request_t *r,
 
 /* ngx_http_quota_reply.c */
 ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);
+ngx_uint_t ngx_http_quota_reply_anchor(redisReply *reply);
 ngx_int_t ngx_http_quota_reply_decode(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, redisReply *reply);
 
@@ -928,6 +950,13 @@ u_char *ngx_http_quota_redis_stats_text(u_char *p,
 
 /* ngx_http_quota_variables.c */
 ngx_int_t ngx_http_quota_add_variables(ngx_conf_t *cf);
+
+/* ngx_http_quota_anchor.c */
+ngx_uint_t ngx_http_quota_anchor_guess(ngx_str_t *tenant);
+void ngx_http_quota_anchor_learn(ngx_str_t *tenant, ngx_uint_t anchor,
+    ngx_log_t *log);
+ngx_int_t ngx_http_quota_anchor_keys(ngx_pool_t *pool, const char **argv,
+    size_t *argvlen, ngx_uint_t anchor);
 
 /* ngx_http_quota_tenant.c */
 ngx_int_t ngx_http_quota_tenant_id(ngx_http_request_t *r,

@@ -28,6 +28,37 @@ ngx_http_quota_reply_is_noscript(redisReply *reply)
 }
 
 
+/*
+ * The account's billing anchor (1-31) when the charge script answered
+ * CODE_ANCHOR (the period keys it was given are another anchor's: nothing
+ * written), else 0.
+ */
+ngx_uint_t
+ngx_http_quota_reply_anchor(redisReply *reply)
+{
+    redisReply  *code, *anchor;
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < NGX_HTTP_QUOTA_REPLY_METRICS - 1)
+    {
+        return 0;
+    }
+
+    code = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE);
+    anchor = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_INDEX);
+
+    if (code->type != REDIS_REPLY_INTEGER
+        || code->integer != NGX_HTTP_QUOTA_CODE_ANCHOR
+        || anchor->type != REDIS_REPLY_INTEGER
+        || anchor->integer < 1 || anchor->integer > 31)
+    {
+        return 0;
+    }
+
+    return (ngx_uint_t) anchor->integer;
+}
+
+
 /* the error of a script that ran ("... @user_script:N" since Redis 5), as
    opposed to a command refused before it started */
 static ngx_int_t
@@ -139,7 +170,8 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     granted = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_GRANTED)->integer;
 
     if (code < NGX_HTTP_QUOTA_CODE_CHARGED
-        || code > NGX_HTTP_QUOTA_CODE_RANGE
+        || (code > NGX_HTTP_QUOTA_CODE_RANGE
+            && code != NGX_HTTP_QUOTA_CODE_ANCHOR)
         || (code == NGX_HTTP_QUOTA_CODE_QUOTA
             && (index < 1 || (ngx_uint_t) index > k))
         || (code == NGX_HTTP_QUOTA_CODE_RANGE
@@ -156,6 +188,18 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
 
     /* the reply is understood: the charge ran, or wrote nothing */
     ctx->unknown = 0;
+
+    if (code == NGX_HTTP_QUOTA_CODE_ANCHOR && index >= 1 && index <= 31) {
+        /* again, after a resend with the anchor it named: the account's
+           anchor changed in between (ngx_http_quota_script_reply) */
+        ngx_http_quota_anchor_learn(&ctx->tenant, (ngx_uint_t) index,
+                                    r->connection->log);
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "quota: the billing anchor of tenant \"%V\" changed "
+                      "while charging; nothing charged", &ctx->tenant);
+        return NGX_ERROR;
+    }
 
     if (code == NGX_HTTP_QUOTA_CODE_VOIDED) {
         /* only a charge its gateway gave up on meets its void first */

@@ -22,16 +22,27 @@
 #include "ngx_http_quota_scripts.h"
 
 
-/* argc of EVAL/EVALSHA, script, numkeys, KEYS[1] and nargs ARGV */
+/* argc of EVALSHA, sha, numkeys, the charge's KEYS and nargs ARGV */
 #define NGX_HTTP_QUOTA_ARGC(nargs)  (NGX_HTTP_QUOTA_ARGV_AT(nargs) + 1)
-#define NGX_HTTP_QUOTA_VOID_ARGC  NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_VOID_NARGS)
-#define NGX_HTTP_QUOTA_RC_ARGC    NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_RC_NARGS)
-#define NGX_HTTP_QUOTA_SETTLE_ARGC                                            \
-    NGX_HTTP_QUOTA_ARGC(NGX_HTTP_QUOTA_SETTLE_NARGS)
 
-/* the index in argv of the reconcile script's ARGV[NGX_HTTP_QUOTA_RC_name] */
+/* the index in argv of the void script's ARGV[NGX_HTTP_QUOTA_VOID_name] */
+#define NGX_HTTP_QUOTA_VOID_AT(name)                                          \
+    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_VOID_NKEYS, NGX_HTTP_QUOTA_VOID_##name)
+#define NGX_HTTP_QUOTA_VOID_ARGC  (NGX_HTTP_QUOTA_VOID_AT(NARGS) + 1)
+#define NGX_HTTP_QUOTA_RC_ARGC                                                \
+    (NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_RC_NKEYS,                          \
+                            NGX_HTTP_QUOTA_RC_NARGS) + 1)
+#define NGX_HTTP_QUOTA_SETTLE_AT(name)                                        \
+    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_SETTLE_NKEYS,                       \
+                           NGX_HTTP_QUOTA_SETTLE_##name)
+#define NGX_HTTP_QUOTA_SETTLE_ARGC  (NGX_HTTP_QUOTA_SETTLE_AT(NARGS) + 1)
+
+/* the index in argv of the reconcile script's ARGV[NGX_HTTP_QUOTA_RC_name]
+   and KEYS[NGX_HTTP_QUOTA_RKEY_name] */
 #define NGX_HTTP_QUOTA_RC(name)                                               \
-    NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_RC_##name)
+    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_RC_NKEYS, NGX_HTTP_QUOTA_RC_##name)
+#define NGX_HTTP_QUOTA_RKEY(name)                                             \
+    NGX_HTTP_QUOTA_KEY_AT(NGX_HTTP_QUOTA_RKEY_##name)
 
 
 /* the charge script's argv, each argument put at its ARGV position */
@@ -64,6 +75,8 @@ static ngx_int_t ngx_http_quota_table_num(ngx_conf_t *cf, ngx_str_t *arg,
 static ngx_http_quota_clock_t *ngx_http_quota_clock(
     ngx_http_quota_main_conf_t *qmcf, time_t sec);
 static void ngx_http_quota_script_reply(void *data, redisReply *reply);
+static ngx_int_t ngx_http_quota_script_anchor(ngx_http_request_t *r,
+    ngx_http_quota_ctx_t *ctx, redisReply *reply);
 static ngx_int_t ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
     ngx_pool_t *pool, ngx_http_quota_args_t *a, ngx_str_t *tenant,
     ngx_uint_t k, ngx_http_quota_plan_table_t *table, size_t extra,
@@ -425,7 +438,11 @@ ngx_http_quota_script_charge(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx)
                                    sizeof(ngx_http_quota_id_prefix)
                                    + 7 * NGX_INT64_LEN, NULL)
         != NGX_OK
-        || ngx_http_quota_script_head(r, ctx, &a) != NGX_OK)
+        || ngx_http_quota_script_head(r, ctx, &a) != NGX_OK
+        || ngx_http_quota_anchor_keys(r->pool, a.argv, a.argvlen,
+                                      ngx_http_quota_anchor_guess(
+                                          &ctx->tenant))
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -512,17 +529,16 @@ ngx_http_quota_script_args(ngx_http_quota_main_conf_t *qmcf,
     a->argc = 0;
     a->pool = pool;
 
-    /* KEYS[1]; "P{T}:account" starts with ARG_BASE, "P{T}:" */
+    /* "P{T}:account" starts with ARG_BASE, "P{T}:"; the KEYS are named
+       from it once the charge id is known (ngx_http_quota_anchor_keys) */
     start = ngx_http_quota_key(pool, &qmcf->prefix, tenant, "account", 7,
                                NULL, 0, &len);
     if (start == NULL) {
         return NGX_ERROR;
     }
 
-    a->argv[2] = "1";
-    a->argvlen[2] = 1;
-    a->argv[3] = (const char *) start;
-    a->argvlen[3] = len;
+    a->argv[2] = NGX_HTTP_QUOTA_NUMKEYS(NGX_HTTP_QUOTA_CHARGE_NKEYS);
+    a->argvlen[2] = ngx_strlen(a->argv[2]);
 
     ngx_http_quota_args_str(a, NGX_HTTP_QUOTA_ARG_BASE, start, len - 7);
     ngx_http_quota_args_num(a, NGX_HTTP_QUOTA_ARG_NOW_MS, now_ms);
@@ -756,6 +772,7 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
 {
     ngx_http_quota_ctx_t *ctx = data;
 
+    ngx_int_t                    rc;
     ngx_http_request_t          *r;
     ngx_http_quota_main_conf_t  *qmcf;
 
@@ -796,6 +813,20 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
         reply = NULL;
     }
 
+    if (reply != NULL && !ctx->anchor_retried) {
+        rc = ngx_http_quota_script_anchor(r, ctx, reply);
+
+        if (rc == NGX_OK) {
+            return;
+        }
+
+        if (rc == NGX_ERROR) {
+            /* not resent: the first one wrote nothing */
+            ctx->unknown = 0;
+            reply = NULL;
+        }
+    }
+
     if (ngx_http_quota_reply_decode(r, ctx, reply) != NGX_OK
         || (ctx->build && ctx->build(r, ctx, reply) != NGX_OK))
     {
@@ -817,6 +848,52 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
 
 
 /*
+ * The period keys of the charge were named for an anchor the account does
+ * not have (its guess, ngx_http_quota_anchor.c): the script wrote nothing
+ * and answered CODE_ANCHOR with the account's.  The same charge (same id,
+ * same clock) is named again for it and sent once more, within the
+ * request's timeout: the one case of two round trips for a request (the
+ * first time a worker meets a tenant with another anchor than 1, and
+ * after an anchor changes).  NGX_OK: resent; NGX_DECLINED: not that
+ * answer; NGX_ERROR: not resent.
+ */
+static ngx_int_t
+ngx_http_quota_script_anchor(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
+    redisReply *reply)
+{
+    ngx_uint_t                   anchor;
+    ngx_http_quota_main_conf_t  *qmcf;
+
+    anchor = ngx_http_quota_reply_anchor(reply);
+    if (anchor == 0) {
+        return NGX_DECLINED;
+    }
+
+    qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
+
+    ctx->anchor_retried = 1;
+    ngx_http_quota_anchor_learn(&ctx->tenant, anchor, r->connection->log);
+    ngx_http_quota_count(qmcf, anchor_resends);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "quota: tenant \"%V\" bills from day %ui of the month, "
+                   "charge sent again", &ctx->tenant, anchor);
+
+    if (ngx_http_quota_anchor_keys(r->pool, ctx->argv, ctx->argvlen, anchor)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->op = ngx_http_quota_redis_send(qmcf, ctx->argc, ctx->argv,
+                                        ctx->argvlen,
+                                        ngx_http_quota_script_reply, ctx);
+
+    return ctx->op ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
  * The charge's outcome is unknown: send its void (src/lua/void.lua),
  * right behind the charge on its connection when op is still pending, else
  * on any connection, now or after a reconnect.  Runs from the request's
@@ -825,53 +902,42 @@ ngx_http_quota_script_reply(void *data, redisReply *reply)
 void
 ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
 {
-    u_char                      *key;
-    size_t                       blen;
     size_t                       argvlen[NGX_HTTP_QUOTA_VOID_ARGC];
-    const char                  *base;
+    ngx_uint_t                   i;
     const char                  *argv[NGX_HTTP_QUOTA_VOID_ARGC];
     ngx_http_request_t          *r;
     ngx_http_quota_main_conf_t  *qmcf;
 
+    /* the void's KEYS are the charge's, named for the anchor it was last
+       sent with: a charge that wrote anything wrote those */
+    static const ngx_uint_t      keys[][2] = {
+        { NGX_HTTP_QUOTA_VKEY_RECORD, NGX_HTTP_QUOTA_KEY_RECORD },
+        { NGX_HTTP_QUOTA_VKEY_BUCKET, NGX_HTTP_QUOTA_KEY_BUCKET },
+        { NGX_HTTP_QUOTA_VKEY_USAGE, NGX_HTTP_QUOTA_KEY_USAGE },
+        { NGX_HTTP_QUOTA_VKEY_DAILY, NGX_HTTP_QUOTA_KEY_DAILY },
+        { NGX_HTTP_QUOTA_VKEY_RATE, NGX_HTTP_QUOTA_KEY_RATE },
+        { NGX_HTTP_QUOTA_VKEY_INFLIGHT, NGX_HTTP_QUOTA_KEY_INFLIGHT }
+    };
+
     r = ctx->request;
     qmcf = ngx_http_get_module_main_conf(r, ngx_http_quota_module);
-
-    /* "P{T}:c:ID": the charge's ARG_BASE is "P{T}:" */
-    base = ctx->argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_BASE)];
-    blen = ctx->argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_BASE)];
-
-    key = ngx_alloc(blen + 2 + ctx->charge_id.len, r->connection->log);
-    if (key == NULL) {
-        if (op) {
-            ngx_http_quota_redis_cancel(op, 0, NULL, NULL);
-        }
-
-        return;
-    }
-
-    ngx_memcpy(ngx_cpymem(ngx_cpymem(key, base, blen), "c:", 2),
-               ctx->charge_id.data, ctx->charge_id.len);
 
     argv[0] = "EVAL";
     argvlen[0] = 4;
     argv[1] = (const char *) ngx_http_quota_void_lua.data;
     argvlen[1] = ngx_http_quota_void_lua.len;
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) key;
-    argvlen[3] = blen + 2 + ctx->charge_id.len;
-    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_BASE)] = base;
-    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_BASE)] = blen;
-    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_ID)] =
-                                           (const char *) ctx->charge_id.data;
-    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_ID)] =
-                                                        ctx->charge_id.len;
+    argv[2] = NGX_HTTP_QUOTA_NUMKEYS(NGX_HTTP_QUOTA_VOID_NKEYS);
+    argvlen[2] = ngx_strlen(argv[2]);
 
-    /* the charge's clock names its record's bucket */
-    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_NOW_MS)] =
-                   ctx->argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_NOW_MS)];
-    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_VOID_NOW_MS)] =
-                ctx->argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_ARG_NOW_MS)];
+    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        argv[NGX_HTTP_QUOTA_KEY_AT(keys[i][0])] =
+                                  ctx->argv[NGX_HTTP_QUOTA_KEY_AT(keys[i][1])];
+        argvlen[NGX_HTTP_QUOTA_KEY_AT(keys[i][0])] =
+                               ctx->argvlen[NGX_HTTP_QUOTA_KEY_AT(keys[i][1])];
+    }
+
+    argv[NGX_HTTP_QUOTA_VOID_AT(ID)] = (const char *) ctx->charge_id.data;
+    argvlen[NGX_HTTP_QUOTA_VOID_AT(ID)] = ctx->charge_id.len;
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "quota: voiding charge %V of tenant \"%V\"",
@@ -892,8 +958,6 @@ ngx_http_quota_script_void(ngx_http_quota_ctx_t *ctx, ngx_http_quota_op_t *op)
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "quota: void of charge %V not sent", &ctx->charge_id);
     }
-
-    ngx_free(key);
 }
 
 
@@ -931,16 +995,19 @@ ngx_http_quota_script_release(ngx_http_quota_ctx_t *ctx)
  * reply (NULL: the connection was lost): the caller resends it until Redis
  * answers, for as long as the lease's record lives (not the reliable
  * queue's horizon, a void's); the script is idempotent (the record becomes
- * its tombstone).  NGX_DECLINED: no connection is ready.
+ * its tombstone).  NGX_DECLINED: no connection is ready.  "start": the
+ * grant's period start ("YYYY-MM-DD", its reply's), which names the usage
+ * and daily hashes the script declares.
  */
 ngx_int_t
 ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
-    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_uint_t units,
-    ngx_http_quota_reply_pt handler, void *data)
+    ngx_str_t *tenant, ngx_str_t *charge_id, ngx_str_t *start,
+    ngx_uint_t units, ngx_http_quota_reply_pt handler, void *data)
 {
-    u_char      *key, *num;
+    u_char      *num;
     size_t       argvlen[NGX_HTTP_QUOTA_SETTLE_ARGC];
     ngx_int_t    rc;
+    ngx_uint_t   rec, usage, daily;
     const char  *argv[NGX_HTTP_QUOTA_SETTLE_ARGC];
     ngx_pool_t  *pool;
 
@@ -949,12 +1016,29 @@ ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
         return NGX_ERROR;
     }
 
-    /* "P{T}:c:ID", and ARG "P{T}:" is its start */
-    key = ngx_http_quota_key(pool, &qmcf->prefix, tenant, "c:", 2,
-                             charge_id->data, charge_id->len, &argvlen[3]);
+    /* every key it touches: the grant's record, its period's hashes */
+    rec = NGX_HTTP_QUOTA_KEY_AT(NGX_HTTP_QUOTA_SKEY_RECORD);
+    usage = NGX_HTTP_QUOTA_KEY_AT(NGX_HTTP_QUOTA_SKEY_USAGE);
+    daily = NGX_HTTP_QUOTA_KEY_AT(NGX_HTTP_QUOTA_SKEY_DAILY);
+
+    argv[rec] = (const char *) ngx_http_quota_key(pool, &qmcf->prefix,
+                                                  tenant, "c:", 2,
+                                                  charge_id->data,
+                                                  charge_id->len,
+                                                  &argvlen[rec]);
+    argv[usage] = (const char *) ngx_http_quota_key(pool, &qmcf->prefix,
+                                                    tenant, "usage:", 6,
+                                                    start->data, start->len,
+                                                    &argvlen[usage]);
+    argv[daily] = (const char *) ngx_http_quota_key(pool, &qmcf->prefix,
+                                                    tenant, "daily:", 6,
+                                                    start->data, start->len,
+                                                    &argvlen[daily]);
     num = ngx_pnalloc(pool, NGX_INT_T_LEN);
 
-    if (key == NULL || num == NULL) {
+    if (argv[rec] == NULL || argv[usage] == NULL || argv[daily] == NULL
+        || num == NULL)
+    {
         ngx_destroy_pool(pool);
         return NGX_ERROR;
     }
@@ -963,18 +1047,11 @@ ngx_http_quota_script_settle(ngx_http_quota_main_conf_t *qmcf,
     argvlen[0] = 4;
     argv[1] = (const char *) ngx_http_quota_settle_lua.data;
     argvlen[1] = ngx_http_quota_settle_lua.len;
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) key;
-    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_BASE)] =
-                                                           (const char *) key;
-    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_BASE)] =
-                                             argvlen[3] - 2 - charge_id->len;
-    argv[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_UNITS)] =
-                                                           (const char *) num;
-    argvlen[NGX_HTTP_QUOTA_ARGV_AT(NGX_HTTP_QUOTA_SETTLE_UNITS)] =
-                                             ngx_sprintf(num, "%ui", units)
-                                             - num;
+    argv[2] = NGX_HTTP_QUOTA_NUMKEYS(NGX_HTTP_QUOTA_SETTLE_NKEYS);
+    argvlen[2] = ngx_strlen(argv[2]);
+    argv[NGX_HTTP_QUOTA_SETTLE_AT(UNITS)] = (const char *) num;
+    argvlen[NGX_HTTP_QUOTA_SETTLE_AT(UNITS)] = ngx_sprintf(num, "%ui", units)
+                                               - num;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "quota: settle of lease %V of tenant \"%V\": %ui back",
@@ -1063,6 +1140,11 @@ ngx_http_quota_script_force(ngx_http_quota_main_conf_t *qmcf,
     rc = ngx_http_quota_script_metrics(qmcf, &a, rule, units, k);
 
     if (rc == NGX_OK) {
+        rc = ngx_http_quota_anchor_keys(pool, a.argv, a.argvlen,
+                                        ngx_http_quota_anchor_guess(tenant));
+    }
+
+    if (rc == NGX_OK) {
         rc = ngx_http_quota_script_built(&a, ngx_cycle->log);
     }
 
@@ -1092,7 +1174,7 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     size_t                       argvlen[NGX_HTTP_QUOTA_RC_ARGC];
     time_t                       now;
     ngx_uint_t                   day, ckey, dkey, field, dfield, marks;
-    ngx_uint_t                   suffix;
+    ngx_uint_t                   suffix, acct;
     const char                  *argv[NGX_HTTP_QUOTA_RC_ARGC];
     ngx_str_t                   *name;
     quota_period_t               period, today;
@@ -1141,27 +1223,31 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
     argvlen[0] = 4;
     argv[1] = (const char *) ngx_http_quota_reconcile_lua.data;
     argvlen[1] = ngx_http_quota_reconcile_lua.len;
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
-                                                &ctx->tenant, "account", 7,
-                                                NULL, 0, &argvlen[3]);
+    argv[2] = NGX_HTTP_QUOTA_NUMKEYS(NGX_HTTP_QUOTA_RC_NKEYS);
+    argvlen[2] = ngx_strlen(argv[2]);
+
+    /* every key it touches is a KEY: the charge's period (its reply) */
+    acct = NGX_HTTP_QUOTA_RKEY(ACCOUNT);
+    argv[acct] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
+                                                   &ctx->tenant, "account",
+                                                   7, NULL, 0,
+                                                   &argvlen[acct]);
     quota_format_date(ctx->billing.start ? ctx->billing.start : period.start,
                       (char *) start);
 
-    dkey = NGX_HTTP_QUOTA_RC(DAILY_KEY);
+    dkey = NGX_HTTP_QUOTA_RKEY(DAILY);
     argv[dkey] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
                                                    &ctx->tenant, "daily:", 6,
                                                    start, QUOTA_DATE_LEN,
                                                    &argvlen[dkey]);
-    marks = NGX_HTTP_QUOTA_RC(MARKS_KEY);
+    marks = NGX_HTTP_QUOTA_RKEY(MARKS);
     argv[marks] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
                                                     &ctx->tenant, "alerted:",
                                                     8, start, QUOTA_DATE_LEN,
                                                     &argvlen[marks]);
 
     /* a period=day metric counts in its daily field (see the script) */
-    ckey = NGX_HTTP_QUOTA_RC(COUNTER_KEY);
+    ckey = NGX_HTTP_QUOTA_RKEY(COUNTER);
     field = NGX_HTTP_QUOTA_RC(FIELD);
 
     if (day) {
@@ -1181,7 +1267,7 @@ ngx_http_quota_script_reconcile(ngx_http_request_t *r,
         argvlen[field] = name->len;
     }
 
-    if (argv[3] == NULL || argv[ckey] == NULL || argv[dkey] == NULL
+    if (argv[acct] == NULL || argv[ckey] == NULL || argv[dkey] == NULL
         || argv[marks] == NULL
         || ngx_http_quota_reconcile_alert(r, ctx, name, period.end, &end,
                                           argv, argvlen)
@@ -1229,7 +1315,7 @@ ngx_http_quota_reconcile_alert(ngx_http_request_t *r,
     argvlen[NGX_HTTP_QUOTA_RC(NOTIFY)] =
                                 *p - (u_char *) argv[NGX_HTTP_QUOTA_RC(NOTIFY)];
 
-    i = NGX_HTTP_QUOTA_RC(ALERTS_KEY);
+    i = NGX_HTTP_QUOTA_RKEY(ALERTS);
     argv[i] = (const char *) ngx_http_quota_key(r->pool, &qmcf->prefix,
                                                 &ctx->tenant, "alerts", 6,
                                                 NULL, 0, &argvlen[i]);

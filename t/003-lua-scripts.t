@@ -109,6 +109,41 @@ my $calendar = join ' ', $m0, days($y, $m - 1), ym($m0), days($y, $m),
                          $day_end;
 my $start = ym($m1) . '-01';
 
+# the start of the billing month at $now for an anchor, and of the one
+# before (quota_keys() in src/ngx_http_quota_keys.c)
+sub day_of { strftime('%Y-%m-%d', gmtime $_[0]) }
+sub period_of {
+    my ($anchor) = @_;
+    my $clamp = sub {
+        my ($yy, $mm) = @_;
+        my $d = $anchor > days($yy, $mm) ? days($yy, $mm) : $anchor;
+        return first($yy, $mm) + ($d - 1) * 86400;
+    };
+    my $here = $clamp->($y, $m);
+    return $now >= $here ? (day_of($here), day_of($clamp->($y, $m - 1)))
+                         : (day_of($clamp->($y, $m - 1)),
+                            day_of($clamp->($y, $m - 2)));
+}
+
+# the charge's KEYS (KEY_* of protocol.def), named for an anchor
+sub charge_keys {
+    my ($t, $id, $anchor) = @_;
+    my ($s, $b) = period_of($anchor // 1);
+    my @k;
+    $k[$P{KEY_ACCOUNT}] = "lt{$t}:account";
+    $k[$P{KEY_RECORD}] = "lt{$t}:c:" . ($id // '');
+    $k[$P{KEY_BUCKET}] = "lt{$t}:r:" . int($now * 1000 / $P{RECORD_BUCKET_MS});
+    $k[$P{KEY_USAGE}] = "lt{$t}:usage:$s";
+    $k[$P{KEY_DAILY}] = "lt{$t}:daily:$s";
+    $k[$P{KEY_ALERTED}] = "lt{$t}:alerted:$s";
+    $k[$P{KEY_BEFORE}] = "lt{$t}:usage:$b";
+    $k[$P{KEY_ALERTS}] = "lt{$t}:alerts";
+    $k[$P{KEY_RATE}] = "lt{$t}:rate";
+    $k[$P{KEY_INFLIGHT}] = "lt{$t}:inflight";
+    die "charge_keys: CHARGE_NKEYS\n" unless $#k == $P{CHARGE_NKEYS};
+    return @k[1 .. $#k];
+}
+
 # one metric "requests" (monthly); plans: [name, grace, [limit, per_seat,
 # price]]
 sub charge {
@@ -156,7 +191,8 @@ sub charge {
                     ? $p->[2][0] : join ' ', @{ $p->[2] } if $k;
     }
     die "charge: argument $_ missing\n" for grep { !defined $a[$_] } 1 .. $#a;
-    my $r = run_script('charge', ["lt{$t}:account"], [@a[1 .. $#a]]);
+    my $r = run_script('charge', [charge_keys($t, $o{id}, $o{anchor})],
+                       [@a[1 .. $#a]]);
     return {
         code  => $r->[$P{REPLY_CODE} - 1],
         index => $r->[$P{REPLY_INDEX} - 1],
@@ -174,13 +210,21 @@ sub usage {
     return QuotaTest::redis('HGET', "lt{$t}:usage:$start", $field) // 0;
 }
 
+# the void's KEYS are the charge's (ngx_http_quota_script_void)
 sub void {
-    my ($t, $id) = @_;
-    my @v;
-    $v[$P{VOID_BASE}] = "lt{$t}:";
+    my ($t, $id, $anchor) = @_;
+    my @c = (undef, charge_keys($t, $id, $anchor));
+    my (@k, @v);
+    $k[$P{VKEY_RECORD}] = $c[$P{KEY_RECORD}];
+    $k[$P{VKEY_BUCKET}] = $c[$P{KEY_BUCKET}];
+    $k[$P{VKEY_USAGE}] = $c[$P{KEY_USAGE}];
+    $k[$P{VKEY_DAILY}] = $c[$P{KEY_DAILY}];
+    $k[$P{VKEY_RATE}] = $c[$P{KEY_RATE}];
+    $k[$P{VKEY_INFLIGHT}] = $c[$P{KEY_INFLIGHT}];
     $v[$P{VOID_ID}] = $id;
-    $v[$P{VOID_NOW_MS}] = $now * 1000;
-    return run_script('void', ["lt{$t}:c:$id"], [@v[1 .. $#v]])->[0];
+    is(scalar(@k) - 1, $P{VOID_NKEYS}, 'void: VOID_NKEYS keys');
+    is(scalar(@v) - 1, $P{VOID_NARGS}, 'void: VOID_NARGS arguments');
+    return run_script('void', [@k[1 .. $#k]], [@v[1 .. $#v]])->[0];
 }
 
 sub fresh {
@@ -305,8 +349,6 @@ is(usage('v', 'requests'), 1, 'and wrote nothing');
 fresh('r', plan => 'basic');
 charge(tenant => 'r', plans => \@basic, id => 'r1', cost => 2);
 my @rc;
-$rc[$P{RC_COUNTER_KEY}] = "lt{r}:usage:$start";
-$rc[$P{RC_DAILY_KEY}] = "lt{r}:daily:$start";
 $rc[$P{RC_FIELD}] = 'requests';
 $rc[$P{RC_DELTA}] = -5;
 $rc[$P{RC_DAILY_FIELD}] = "requests:$today";
@@ -315,14 +357,19 @@ $rc[$P{RC_PRICE}] = -1;
 $rc[$P{RC_TTL}] = 100;
 $rc[$P{RC_DAILY_TTL}] = 100;
 $rc[$P{RC_THRESHOLD}] = 80;
-$rc[$P{RC_MARKS_KEY}] = "lt{r}:alerted:$start";
 $rc[$P{RC_MARK_SUFFIX}] = '';
 $rc[$P{RC_METRIC}] = 'requests';
 $rc[$P{RC_EVENTS}] = 0;
 $rc[$P{RC_NOTIFY}] = "r\nlt-events\nnow\nreset";
-$rc[$P{RC_ALERTS_KEY}] = "lt{r}:alerts";
+my @rk;
+$rk[$P{RKEY_ACCOUNT}] = "lt{r}:account";
+$rk[$P{RKEY_COUNTER}] = "lt{r}:usage:$start";
+$rk[$P{RKEY_DAILY}] = "lt{r}:daily:$start";
+$rk[$P{RKEY_MARKS}] = "lt{r}:alerted:$start";
+$rk[$P{RKEY_ALERTS}] = "lt{r}:alerts";
 is(scalar(@rc) - 1, $P{RC_NARGS}, 'reconcile: RC_NARGS arguments');
-is(run_script('reconcile', ["lt{r}:account"], [@rc[1 .. $#rc]])->[0], 0,
+is(scalar(@rk) - 1, $P{RC_NKEYS}, 'reconcile: RC_NKEYS keys');
+is(run_script('reconcile', [@rk[1 .. $#rk]], [@rc[1 .. $#rc]])->[0], 0,
    'reconcile -5 of 2: 0');
 is(usage('r', 'requests'), 0, 'the counter stops at 0');
 is(QuotaTest::redis('HGET', "lt{r}:daily:$start", "requests:$today"), 0,
@@ -330,9 +377,16 @@ is(QuotaTest::redis('HGET', "lt{r}:daily:$start", "requests:$today"), 0,
 
 # --- leases (ARG_LEASE_N), settle, MODE_FORCE -------------------------------
 
+# KEYS: the grant's record, its period's usage and daily hashes
 sub settle {
-    my ($t, $id, $units) = @_;
-    return run_script('settle', ["lt{$t}:c:$id"], ["lt{$t}:", $units])->[0];
+    my ($t, $id, $units, $period) = @_;
+    $period //= $start;
+    my @k;
+    $k[$P{SKEY_RECORD}] = "lt{$t}:c:$id";
+    $k[$P{SKEY_USAGE}] = "lt{$t}:usage:$period";
+    $k[$P{SKEY_DAILY}] = "lt{$t}:daily:$period";
+    die "settle: SETTLE_NKEYS\n" unless $#k == $P{SETTLE_NKEYS};
+    return run_script('settle', [@k[1 .. $#k]], [$units])->[0];
 }
 
 sub daily {
@@ -512,6 +566,59 @@ is(charge(tenant => 'f', plans => \@f, mode => $P{MODE_FORCE}, id => 'f1',
 is(usage('f', 'requests'), 9, 'force resent: still 9');
 is(usage('f', 'overage_cost'), 3000, 'force resent: still 3000');
 
-fresh($_) for qw(a g o s u p v r l h x q c d e f w k i z);
+# --- KEYS: the period keys follow the account's billing anchor --------------
+
+# an account billed from the 15th: a charge whose period keys were named
+# for anchor 1 (the gateway's first guess) writes nothing and answers
+# CODE_ANCHOR with 15; the same charge named for 15 is charged there
+fresh('n', plan => 'basic', anchor => 15);
+my ($s15) = period_of(15);
+$r = charge(tenant => 'n', plans => \@big, id => 'n1');
+is($r->{code}, $P{CODE_ANCHOR}, 'anchor 15, keys of anchor 1: CODE_ANCHOR');
+is($r->{index}, 15, "CODE_ANCHOR: REPLY_INDEX is the account's anchor");
+is_deeply(QuotaTest::redis('KEYS', 'lt{n}:*'), ['lt{n}:account'],
+          'CODE_ANCHOR: nothing written');
+$r = charge(tenant => 'n', plans => \@big, id => 'n1', anchor => 15);
+is($r->{code}, $P{CODE_CHARGED}, 'the keys of anchor 15: charged');
+is(strftime('%Y-%m-%d', gmtime $r->{start}), $s15,
+   "its period starts $s15");
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 1,
+   "usage counted in usage:$s15");
+is(QuotaTest::redis('HGET', "lt{n}:daily:$s15", "requests:$today"), 1,
+   "daily counted in daily:$s15");
+is(usage('n', 'requests'), 0, 'nothing in the calendar month\'s key');
+is(charge(tenant => 'n', plans => \@big, anchor => 15,
+          mode => $P{MODE_REPORT})->{used}, 1,
+   'a report with the keys of anchor 15: used 1');
+is(charge(tenant => 'n', plans => \@big,
+          mode => $P{MODE_REPORT})->{code}, $P{CODE_ANCHOR},
+   'a report with the keys of anchor 1: CODE_ANCHOR');
+is(void('n', 'n1', 15), 1, "the void with the charge's keys undoes it");
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 0,
+   'usage 0 after the void');
+charge(tenant => 'n', plans => \@big, id => 'n2', anchor => 15);
+is(void('n', 'n2', 1), -1, "a void named for another period: -1");
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 1,
+   'nothing undone');
+charge(tenant => 'n', plans => \@big, id => 'n3', anchor => 15, lease => 10);
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 11,
+   'a lease of 10 in the period of anchor 15');
+is(settle('n', 'n3', 4, $start), -1,
+   "a settle named for another period: -1");
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 11,
+   'nothing given back');
+is(QuotaTest::redis('GET', 'lt{n}:c:n3') ne 'v', 1, 'the record stays');
+is(settle('n', 'n3', 4, $s15), 4, "the settle named for $s15: 4 back");
+is(QuotaTest::redis('HGET', "lt{n}:usage:$s15", 'requests'), 7, 'usage 7');
+
+# the calendar month's account, keys named for anchor 31: CODE_ANCHOR 1
+fresh('o2', plan => 'basic');
+$r = charge(tenant => 'o2', plans => \@big, id => 'o1', anchor => 31);
+is($r->{code}, $P{CODE_ANCHOR}, 'anchor 1, keys of anchor 31: CODE_ANCHOR');
+is($r->{index}, 1, 'CODE_ANCHOR 1');
+is_deeply(QuotaTest::redis('KEYS', 'lt{o2}:*'), ['lt{o2}:account'],
+          'nothing written');
+
+fresh($_) for qw(a g o s u p v r l h x q c d e f w k i z n o2);
 
 done_testing();

@@ -8,10 +8,12 @@
 -- value returned is an integer (or a string), and money is kept in
 -- integer micro-USD.
 --
--- KEYS[1]  P{T}:account.  Every other key the script touches is named
---          from ARGV[ARG_BASE] = "P{T}:" because its name depends on the
---          account's billing anchor, which only the script knows; they all
---          carry the tenant's hash tag, so they live in KEYS[1]'s slot.
+-- KEYS: KEY_* of protocol.def, every key the script touches (Redis
+-- Cluster and ACL key patterns check them), all with the tenant's hash
+-- tag.  The period keys (usage, daily, alerted, the period before's usage)
+-- are named by the gateway for the billing anchor it guesses; when the
+-- account's anchor names other keys the script writes nothing and answers
+-- CODE_ANCHOR with the anchor at REPLY_INDEX (the gateway resends).
 --
 -- ARGV: ARG_* of protocol.def, then from ARG_METRICS k x (METRIC, COST,
 -- "m"|"d"), then the plan table (built per rule at configuration time):
@@ -57,7 +59,7 @@
 -- Alerts go to the capped stream P{T}:alerts; the hash
 -- P{T}:alerted:START remembers which fired this period.  Events are
 -- published on the channel named in ARGV[ARG_NOTIFY] as JSON.
-local acct, base = KEYS[1], ARGV[ARG_BASE]
+local acct, base = KEYS[KEY_ACCOUNT], ARGV[ARG_BASE]
 local mode = tonumber(ARGV[ARG_MODE])
 local force = mode == MODE_FORCE
 local now_ms = tonumber(ARGV[ARG_NOW_MS])
@@ -124,7 +126,7 @@ end
 local id = ARGV[ARG_CHARGE_ID]
 local rec_key
 if (mode == MODE_CHARGE or force) and id ~= '' then
-  rec_key = base .. 'c:' .. id
+  rec_key = KEYS[KEY_RECORD]
   if redis.call('EXISTS', rec_key) == 1 then
     return done(CODE_VOIDED, 0, 0)
   end
@@ -228,8 +230,11 @@ end
 r[REPLY_START], r[REPLY_END] = pstart, pend
 -- a period=day metric counts in its daily field (SPEC 6's daily hash):
 -- a "usage:" key named by the day would be the month's on its first day
-local usage_key = base .. 'usage:' .. start
-local daily_key = base .. 'daily:' .. start
+local usage_key = KEYS[KEY_USAGE]
+if usage_key ~= base .. 'usage:' .. start then
+  return done(CODE_ANCHOR, anchor, 0)
+end
+local daily_key = KEYS[KEY_DAILY]
 local today = ARGV[ARG_TODAY]
 local ttl = pend - now + KEEP
 -- limits and usage
@@ -315,7 +320,7 @@ if mode == MODE_PEEK then return done(CODE_CHARGED, 0, 0) end
 local tat_new, interval
 if rate > 0 and not force then
   interval = rate_ms / rate
-  local tat = tonumber(redis.call('GET', base .. 'rate')) or now_ms
+  local tat = tonumber(redis.call('GET', KEYS[KEY_RATE])) or now_ms
   if tat < now_ms then tat = now_ms end
   local wait = tat - now_ms - (burst - 1) * interval
   if wait > 0 then return done(CODE_RATE, 0, math.ceil(wait)) end
@@ -325,7 +330,7 @@ end
 local ckey
 local take_slot = false
 if conc > 0 and id ~= '' and not force then
-  ckey = base .. 'inflight'
+  ckey = KEYS[KEY_INFLIGHT]
   redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now_ms)
   if redis.call('ZCARD', ckey) >= conc then
     return done(CODE_CONCURRENCY, 0, 1000)
@@ -507,7 +512,7 @@ if rec_key and (charged or tat_new or take_slot) then
     -- RECORD_BUCKET_MS: a key per charge cost Redis about 5 us more (a new
     -- key and its expiry, then its deletion); the hash expires RECORD_TTL
     -- after the bucket ends
-    local bucket = base .. 'r:' .. math.floor(now_ms / RECORD_BUCKET_MS)
+    local bucket = KEYS[KEY_BUCKET]
     -- the field "_" is there from the bucket's first record on: HSET
     -- answers 2 new fields exactly when it creates the bucket
     if redis.call('HSET', bucket, '_', '1', id, rec) == 2 then
@@ -516,7 +521,7 @@ if rec_key and (charged or tat_new or take_slot) then
   end
 end
 if tat_new then
-  redis.call('SET', base .. 'rate', tat_new, 'PX',
+  redis.call('SET', KEYS[KEY_RATE], tat_new, 'PX',
              math.ceil(tat_new - now_ms) + 1000)
 end
 if take_slot then
@@ -541,13 +546,10 @@ for i = 1, k do
       redis.call('HINCRBY', usage_key, m.name .. ':overage', int(m.over))
     end
 -- the first units of a new period, after usage in the previous one
+-- (KEY_BEFORE: the usage of the period before this one)
     if m.used == m.cost and not m.daily then
-      -- the start of the period before this one
-      local c, _, before = words(ARGV[ARG_CALENDAR])
-      if in_here then _, before = clamped(anchor, c[1], c[2], c[3])
-      else _, before = clamped(anchor, c[6], c[7], c[8]) end
-      if (tonumber(redis.call('HGET', base .. 'usage:' .. before,
-                              m.name)) or 0) > 0 then
+      if (tonumber(redis.call('HGET', KEYS[KEY_BEFORE], m.name)) or 0)
+         > 0 then
         alerts = alerts or {}
         alerts[#alerts + 1], alerts[#alerts + 2] = 'quota_reset', i
       end
@@ -595,10 +597,10 @@ if alerts or (updates and charged) then
     if is_alert then
       local field = kind .. ':' .. (m and m.name or '')
       if m and m.daily then field = field .. ':' .. today end
-      local mark_key = base .. 'alerted:' .. start
+      local mark_key = KEYS[KEY_ALERTED]
       if redis.call('HSETNX', mark_key, field, 1) == 0 then return end
       redis.call('EXPIRE', mark_key, ttl)
-      redis.call('XADD', base .. 'alerts', 'MAXLEN', '~', 1000, '*',
+      redis.call('XADD', KEYS[KEY_ALERTS], 'MAXLEN', '~', 1000, '*',
                  'type', kind, 'metric', m and m.name or '',
                  'used', m and m.used or 0, 'limit', m and m.limit or -1,
                  'at', n)

@@ -6,11 +6,13 @@
 -- admitted already.  A key or field it creates gets its TTL, and a line it
 -- crosses upwards fires its alert, as a charge would (once per period).
 --
--- KEYS[1] P{T}:account; ARGV: the RC_* positions of protocol.def (a
--- period=day metric: RC_COUNTER_KEY = RC_DAILY_KEY and RC_FIELD =
+-- KEYS: the RKEY_* of protocol.def, every key it touches (the counter's
+-- hash, the daily hash, the alert marks and stream: the charge's period,
+-- named by C from the charge's reply); ARGV: the RC_* positions (a
+-- period=day metric: KEYS[RKEY_COUNTER] = KEYS[RKEY_DAILY] and RC_FIELD =
 -- RC_DAILY_FIELD).
 local MAXI = 9007199254740991
-local ckey, dkey = ARGV[RC_COUNTER_KEY], ARGV[RC_DAILY_KEY]
+local ckey, dkey = KEYS[RKEY_COUNTER], KEYS[RKEY_DAILY]
 local field, dfield = ARGV[RC_FIELD], ARGV[RC_DAILY_FIELD]
 local delta = tonumber(ARGV[RC_DELTA])
 local used = tonumber(redis.call('HGET', ckey, field)) or 0
@@ -30,7 +32,7 @@ if ckey ~= dkey or field ~= dfield then
 end
 local over = 0
 if limit >= 0 and price >= 0 then
-  local a = redis.call('HMGET', KEYS[1], 'overage', 'status')
+  local a = redis.call('HMGET', KEYS[RKEY_ACCOUNT], 'overage', 'status')
   if a[1] == '1' and a[2] ~= 'trial' then
     over = math.max(0, used + delta - limit) - math.max(0, used - limit)
     if over ~= 0 and math.abs(over * price) <= MAXI then
@@ -43,15 +45,15 @@ local new = redis.call('HINCRBY', ckey, field, int(delta))
 if used == 0 then redis.call('EXPIRE', ckey, ARGV[RC_TTL]) end
 local function alert(kind)
   local metric = ARGV[RC_METRIC]
-  if redis.call('HSETNX', ARGV[RC_MARKS_KEY],
+  if redis.call('HSETNX', KEYS[RKEY_MARKS],
                 kind .. ':' .. metric .. ARGV[RC_MARK_SUFFIX], 1) == 0
   then
     return
   end
-  redis.call('EXPIRE', ARGV[RC_MARKS_KEY], ARGV[RC_DAILY_TTL])
+  redis.call('EXPIRE', KEYS[RKEY_MARKS], ARGV[RC_DAILY_TTL])
   local t, ch, n, reset =
     string.match(ARGV[RC_NOTIFY], '^(.-)\n(.-)\n(.-)\n(.*)$')
-  redis.call('XADD', ARGV[RC_ALERTS_KEY], 'MAXLEN', '~', 1000, '*',
+  redis.call('XADD', KEYS[RKEY_ALERTS], 'MAXLEN', '~', 1000, '*',
              'type', kind, 'metric', metric, 'used', new, 'limit', limit,
              'at', n)
   if tonumber(ARGV[RC_EVENTS]) == EVENTS_OFF then return end

@@ -12,21 +12,23 @@
 -- the tombstone, so a resend, a second settle or a void after it does
 -- nothing.  Alerts the grant fired stay.
 --
--- KEYS[1] P{T}:c:ID; ARGV: SETTLE_BASE "P{T}:", SETTLE_UNITS R.
--- Returns the units given back (0: no record, or settled or voided).
-local rec = redis.call('GET', KEYS[1])
+-- KEYS: SKEY_* of protocol.def, the grant's record P{T}:c:ID and the
+-- usage and daily hashes of its period (named by the gateway from the
+-- grant's reply: every key the script touches is declared); ARGV:
+-- SETTLE_UNITS R.  Returns the units given back (0: no record, or settled
+-- or voided; -1: the record's period is not the one of KEYS, nothing done).
+local rec = redis.call('GET', KEYS[SKEY_RECORD])
 if not rec or rec == 'v' then return 0 end
-redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
 local w = {}
 for x in string.gmatch(rec, '%S+') do w[#w + 1] = x end
+if string.sub(KEYS[SKEY_USAGE], -#w[1]) ~= w[1] then return -1 end
+redis.call('SET', KEYS[SKEY_RECORD], 'v', 'EX', TOMBSTONE_TTL)
 local n = tonumber(w[5])
 local back = math.min(math.max(math.floor(tonumber(ARGV[SETTLE_UNITS])), 0),
                       n)
 if back == 0 then return 0 end
 local function int(v) return string.format('%d', v) end
-local base = ARGV[SETTLE_BASE]
-local usage_key = base .. 'usage:' .. w[1]
-local daily_key = base .. 'daily:' .. w[1]
+local usage_key, daily_key = KEYS[SKEY_USAGE], KEYS[SKEY_DAILY]
 local cost_back = 0
 for j = 6, #w - 5, 6 do
   local name = w[j]

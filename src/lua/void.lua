@@ -7,38 +7,42 @@
 -- and the in-flight slot named by the charge id is removed.  Alerts the
 -- charge fired stay.
 --
--- KEYS[1] P{T}:c:ID; ARGV: VOID_BASE "P{T}:", VOID_ID the charge id,
--- VOID_NOW_MS the charge's ARG_NOW_MS.  The record is KEYS[1] for a lease
--- or a forced charge, else the field ID of P{T}:r:BUCKET (charge.lua).
+-- KEYS: VKEY_* of protocol.def, the charge's own KEYS (every key the void
+-- touches is declared: the record P{T}:c:ID, the bucket P{T}:r:BUCKET of
+-- the charge's clock, the usage and daily hashes of its period, rate,
+-- inflight); ARGV: VOID_ID the charge id.  The record is KEYS[VKEY_RECORD]
+-- for a lease or a forced charge, else the field ID of KEYS[VKEY_BUCKET].
 -- The record (charge.lua): "START TODAY GCRA_STEP OVERAGE_COST N", then
 -- per charged metric "NAME COST m|d OVERAGE_UNITS PRICE LIMIT"; a settled
 -- lease's record is already the tombstone: nothing to undo.  As in the
 -- settle, overage goes back against the counter as it is now (LIMIT >= 0:
 -- max(0, U - LIMIT) - max(0, U - COST - LIMIT) units at PRICE), so that a
--- late void leaves overage = max(0, used - LIMIT) at rest.
-local rec = redis.call('GET', KEYS[1])
-local b = ARGV[VOID_BASE]
-redis.call('SET', KEYS[1], 'v', 'EX', TOMBSTONE_TTL)
-redis.call('ZREM', b .. 'inflight', ARGV[VOID_ID])
+-- late void leaves overage = max(0, used - LIMIT) at rest.  Returns 1
+-- (undone), 0 (nothing to undo), -1 (the record's period is not the one
+-- of KEYS: nothing undone).
+local rec = redis.call('GET', KEYS[VKEY_RECORD])
+redis.call('SET', KEYS[VKEY_RECORD], 'v', 'EX', TOMBSTONE_TTL)
+redis.call('ZREM', KEYS[VKEY_INFLIGHT], ARGV[VOID_ID])
 if rec == 'v' then return 0 end
-local id = ARGV[VOID_ID]
+local id, u = ARGV[VOID_ID], KEYS[VKEY_USAGE]
+local h
 if not rec then
-  local h = b .. 'r:' .. math.floor(ARGV[VOID_NOW_MS] / RECORD_BUCKET_MS)
+  h = KEYS[VKEY_BUCKET]
   rec = redis.call('HGET', h, id)
   if not rec then return 0 end
-  redis.call('HDEL', h, id)
 end
 -- sent with every void (EVAL): kept short
 local w = {}
 for x in rec:gmatch('%S+') do w[#w + 1] = x end
-local u = b .. 'usage:' .. w[1]
+if u:sub(-#w[1]) ~= w[1] then return -1 end
+if h then redis.call('HDEL', h, id) end
 local function add(k, f, v)
   redis.pcall('HINCRBY', k, f, ('%d'):format(v))
 end
 local function get(f) return tonumber(redis.pcall('HGET', u, f)) or 0 end
 if w[3] ~= '0' then
-  local t = tonumber(redis.pcall('GET', b .. 'rate'))
-  if t then redis.pcall('SET', b .. 'rate', t - w[3], 'KEEPTTL') end
+  local t = tonumber(redis.pcall('GET', KEYS[VKEY_RATE]))
+  if t then redis.pcall('SET', KEYS[VKEY_RATE], t - w[3], 'KEEPTTL') end
 end
 local back = 0
 for j = 6, #w - 5, 6 do
@@ -53,7 +57,7 @@ for j = 6, #w - 5, 6 do
     end
   end
   if w[j + 2] ~= 'd' then add(u, m, -c) end
-  add(b .. 'daily:' .. w[1], m .. ':' .. w[2], -c)
+  add(KEYS[VKEY_DAILY], m .. ':' .. w[2], -c)
 end
 if back > 0 then add(u, 'overage_cost', -back) end
 return 1
