@@ -49,6 +49,12 @@
 #define NGX_HTTP_QUOTA_CLUSTER_MAX_NODES  64      /* masters */
 #define NGX_HTTP_QUOTA_NO_NODE            0xff
 
+/* TRYAGAIN (a multi-key command on a migrating slot): sent again this
+   often, at most for a reliable command's horizon */
+#define NGX_HTTP_QUOTA_CLUSTER_AGAIN      50
+#define NGX_HTTP_QUOTA_CLUSTER_TRIES                                          \
+    (NGX_HTTP_QUOTA_RELIABLE_HORIZON * 1000 / NGX_HTTP_QUOTA_CLUSTER_AGAIN)
+
 /* servers with their own metric labels; the rest are server="other" */
 #define NGX_HTTP_QUOTA_REDIS_SERVERS      64
 
@@ -93,6 +99,7 @@ struct ngx_http_quota_op_s {
     time_t                       since;       /* RELIABLE: first sent */
     ngx_http_quota_op_kind_e     kind;
     u_char                       node;        /* cluster: parked for it */
+    u_short                      tries;       /* cluster: TRYAGAIN resends */
     unsigned                     redirected:1;    /* MOVED/ASK followed */
     unsigned                     ask:1;       /* parked after an ASK */
 };
@@ -197,6 +204,11 @@ struct ngx_http_quota_worker_s {
     ngx_http_quota_op_t         *parked;
     ngx_http_quota_op_t         *parked_tail;
     ngx_uint_t                   nparked;
+
+    /* ops answered TRYAGAIN, sent again by again_ev */
+    ngx_http_quota_op_t         *again;
+    ngx_http_quota_op_t         *again_tail;
+    ngx_event_t                  again_ev;
 
     ngx_msec_t                   dead_after;  /* the dead-peer threshold */
     unsigned                     ever_ready:1;

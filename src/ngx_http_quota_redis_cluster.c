@@ -24,6 +24,14 @@
  * being imported there).  A second redirection is given to the caller as
  * the error it is (quota_failure_mode).
  *
+ * Every key a script touches is declared (ngx_http_quota_keys.c), so a
+ * script is a multi-key command: while its slot migrates, the source (with
+ * some of the keys) and the destination (after ASK, without all of them)
+ * answer TRYAGAIN, and nothing ran.  The op is sent again to the slot's
+ * master every NGX_HTTP_QUOTA_CLUSTER_AGAIN ms (MOVED and ASK followed
+ * again) until the migration ends, its caller gives up (timeout=), or a
+ * reliable command's horizon.
+ *
  * A redirection to a node just learned (a replica promoted at a failover)
  * finds its connections still connecting: the op is parked in the worker
  * (not sent anywhere, so nothing to undo) and sent as soon as one of them
@@ -50,6 +58,10 @@ static void ngx_http_quota_redis_cluster_park(ngx_http_quota_worker_t *w,
     ngx_http_quota_op_t *op);
 static ngx_uint_t ngx_http_quota_redis_cluster_trying(
     ngx_http_quota_worker_t *w, ngx_uint_t node);
+static ngx_int_t ngx_http_quota_redis_cluster_again(
+    ngx_http_quota_redis_conn_t *rc, ngx_http_quota_op_t *op,
+    redisReply *reply);
+static void ngx_http_quota_redis_cluster_again_handler(ngx_event_t *ev);
 
 
 static const char  ngx_http_quota_redis_asking[] =
@@ -76,6 +88,11 @@ ngx_http_quota_redis_cluster_init(ngx_http_quota_worker_t *w)
     ngx_memset(w->slots, NGX_HTTP_QUOTA_NO_NODE, NGX_HTTP_QUOTA_CLUSTER_SLOTS);
 
     ngx_http_quota_redis_conn_init(rc, w, 0);
+
+    w->again_ev.handler = ngx_http_quota_redis_cluster_again_handler;
+    w->again_ev.data = w;
+    w->again_ev.log = w->log;
+    w->again_ev.cancelable = 1;
 
     seeds = w->qmcf->redis_cluster->elts;
 
@@ -470,6 +487,10 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
     p = (u_char *) reply->str;
     last = p + reply->len;
 
+    if (reply->len >= 8 && ngx_strncmp(p, "TRYAGAIN", 8) == 0) {
+        return ngx_http_quota_redis_cluster_again(rc, op, reply);
+    }
+
     if (reply->len > 6 && ngx_strncmp(p, "MOVED ", 6) == 0) {
         ask = 0;
         p += 6;
@@ -554,6 +575,109 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
     op->redirected = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * TRYAGAIN for op, already out of rc's FIFO: nothing ran (Redis checks the
+ * keys before executing anything); NGX_OK when it waits to be sent again.
+ */
+static ngx_int_t
+ngx_http_quota_redis_cluster_again(ngx_http_quota_redis_conn_t *rc,
+    ngx_http_quota_op_t *op, redisReply *reply)
+{
+    ngx_http_quota_worker_t  *w;
+
+    w = rc->worker;
+
+    if (w->exiting || op->cmd.data == NULL || op->route == 0
+        || (op->kind == NGX_HTTP_QUOTA_OP_REPLY && op->handler == NULL)
+        || op->tries >= NGX_HTTP_QUOTA_CLUSTER_TRIES)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (op->tries++ == 0) {
+        ngx_log_error(NGX_LOG_INFO, w->log, 0,
+                      "quota: redis cluster: \"%*s\" from %V, sending again "
+                      "every %d ms", (size_t) ngx_min(reply->len, 80),
+                      reply->str, &rc->addr->name,
+                      NGX_HTTP_QUOTA_CLUSTER_AGAIN);
+    }
+
+    /* out of every FIFO (a cancel() sends no undo: nothing ran), and free
+       to follow MOVED or ASK again */
+    op->conn = NULL;
+    op->next = NULL;
+    op->redirected = 0;
+
+    if (w->again_tail) {
+        w->again_tail->next = op;
+
+    } else {
+        w->again = op;
+    }
+
+    w->again_tail = op;
+
+    if (!w->again_ev.timer_set) {
+        ngx_add_timer(&w->again_ev, NGX_HTTP_QUOTA_CLUSTER_AGAIN);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the ops answered TRYAGAIN go to their slot's master again, in order */
+static void
+ngx_http_quota_redis_cluster_again_handler(ngx_event_t *ev)
+{
+    ngx_uint_t                    node;
+    ngx_http_quota_op_t          *op, *next;
+    ngx_http_quota_worker_t      *w;
+    ngx_http_quota_redis_conn_t  *to;
+
+    w = ev->data;
+
+    op = w->again;
+    w->again = NULL;
+    w->again_tail = NULL;
+
+    for ( /* void */ ; op; op = next) {
+        next = op->next;
+
+        if (w->exiting
+            || (op->kind == NGX_HTTP_QUOTA_OP_REPLY && op->handler == NULL))
+        {
+            ngx_http_quota_redis_dispatch_lost(w, op);
+            continue;
+        }
+
+        node = w->slots[op->route - 1];
+        to = (node == NGX_HTTP_QUOTA_NO_NODE) ? NULL
+             : ngx_http_quota_redis_cluster_pick_node(w, node, 0,
+                                                      op->cmd.len + 32);
+
+        if (to != NULL) {
+            if (ngx_http_quota_redis_cluster_send(w, to, op, 0) != NGX_OK) {
+                ngx_http_quota_redis_dispatch_lost(w, op);
+            }
+
+            continue;
+        }
+
+        if (node != NGX_HTTP_QUOTA_NO_NODE
+            && ngx_http_quota_redis_cluster_trying(w, node)
+            && w->nparked < NGX_HTTP_QUOTA_MAX_PENDING)
+        {
+            op->node = (u_char) node;
+            op->ask = 0;
+            ngx_http_quota_redis_cluster_park(w, op);
+            continue;
+        }
+
+        ngx_http_quota_redis_dispatch_lost(w, op);
+    }
 }
 
 

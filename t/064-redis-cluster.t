@@ -3,7 +3,9 @@
 # spread over all three masters are charged exactly, each on the master of
 # its slot (CRC16 of the hash tag), 402 at the limit; the usage endpoint
 # works; a tenant's slot migrated while nginx runs is followed through ASK
-# (during the migration) and MOVED (after it) with nothing charged twice;
+# and TRYAGAIN (during the migration: the scripts declare every key, so the
+# destination runs them only once it holds them all; the charges wait and
+# are sent again) and MOVED (after it) with nothing charged twice;
 # two Redis modes at once and db= fail nginx -t.  Metrics: each master's
 # round trips on its own server label, the seed that is down has its connect
 # errors, and the migrated slot is one quota_redis_failovers_total.
@@ -19,6 +21,7 @@ use QuotaProm;
 use QuotaTime;
 use Time::HiRes qw(time sleep);
 use File::Temp ();
+use POSIX ();
 
 my $start = month_start();
 my $valgrind = $ENV{TEST_NGINX_USE_VALGRIND};
@@ -102,6 +105,7 @@ sub post {
 }
 
 my $dead = free_port();
+my $kid_dir = File::Temp::tempdir(CLEANUP => 1);
 my (%codes, $usage, @ask, @moved, $m0, $m1);
 
 my $log = nginx_run(
@@ -139,11 +143,34 @@ my $log = nginx_run(
         $src->cmd('MIGRATE', '127.0.0.1', $dst->{port}, '', 0, 5000,
                   'KEYS', @$keys) if @$keys;
 
-        push @ask, post($port, $mover) for 1 .. 2;
+        # every key of the script is declared (KEYS): the source, without
+        # the keys, answers ASK, and the destination, without all of them,
+        # TRYAGAIN; the charges wait, sent again, until the slot has moved
+        my @kids;
+        for my $i (1 .. 2) {
+            my $f = "$kid_dir/ask$i";
+            my $pid = fork // die "fork: $!";
+            if ($pid == 0) {
+                my $st = post($port, $mover)->{headers}{'x-status'} // '';
+                open my $fh, '>', $f or die "$f: $!";
+                print $fh $st;
+                close $fh;
+                POSIX::_exit(0);
+            }
+            push @kids, [$pid, $f];
+        }
+        sleep(0.5 * $slack);
 
         # the slot now belongs to the destination: the source answers MOVED
         $_->cmd('CLUSTER', 'SETSLOT', $mslot, 'NODE', $id{ $dst->{port} })
             for $dst, $src, grep { $_ != $src && $_ != $dst } @nodes;
+
+        for my $k (@kids) {
+            waitpid($k->[0], 0);
+            open my $fh, '<', $k->[1] or die "$k->[1]: $!";
+            push @ask, { headers => { 'x-status' => scalar <$fh> } };
+            close $fh;
+        }
 
         push @moved, post($port, $mover) for 1 .. 2;
         # MOVED asks for the map again: wait for its answer
@@ -181,6 +208,8 @@ is_deeply([map { $_->{headers}{'x-status'} // '' } @moved],
 unlike($log, qr/"(?:MOVED|ASK) (?!$mslot )\d+/,
        'every other command went to the master of its slot at once');
 like($log, qr/"ASK $mslot 127\.0\.0\.1:$dst->{port}" from/, 'ASK was followed');
+like($log, qr/"TRYAGAIN[^"]*" from 127\.0\.0\.1:$dst->{port}, sending again/,
+     'the destination without every key answered TRYAGAIN: sent again');
 like($log, qr/"MOVED $mslot 127\.0\.0\.1:$dst->{port}" from/, 'MOVED was followed');
 is($dst->cmd('HGET', "quota:{$mover}:usage:$start", 'api_requests'), 5,
    'the new owner holds every admitted charge of the moved tenant: none twice');
