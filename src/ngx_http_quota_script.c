@@ -27,7 +27,8 @@
 
 /* the index in argv of the void script's ARGV[NGX_HTTP_QUOTA_VOID_name] */
 #define NGX_HTTP_QUOTA_VOID_AT(name)                                          \
-    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_VOID_NKEYS, NGX_HTTP_QUOTA_VOID_##name)
+    NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_VOID_NKEYS,                         \
+                           NGX_HTTP_QUOTA_VOID_##name)
 #define NGX_HTTP_QUOTA_VOID_ARGC  (NGX_HTTP_QUOTA_VOID_AT(NARGS) + 1)
 #define NGX_HTTP_QUOTA_RC_ARGC                                                \
     (NGX_HTTP_QUOTA_ARGV_OF(NGX_HTTP_QUOTA_RC_NKEYS,                          \
