@@ -820,4 +820,6 @@ ngx_http_quota_exit_process(ngx_cycle_t *cycle)
         ngx_http_quota_lease_exit_worker();
         ngx_http_quota_fallback_exit_worker();
     }
+
+    ngx_http_quota_anchor_exit_worker();
 }

@@ -150,6 +150,33 @@ ngx_http_quota_anchor_learn(ngx_str_t *tenant, ngx_uint_t anchor,
 }
 
 
+/*
+ * The entries are the worker's own memory, freed at its exit: the tree's
+ * root is a static of this module, which nginx unloads then.
+ */
+void
+ngx_http_quota_anchor_exit_worker(void)
+{
+    ngx_queue_t              *q;
+    ngx_http_quota_anchor_t  *a;
+
+    if (!ngx_http_quota_anchor_ready) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&ngx_http_quota_anchor_lru)) {
+        q = ngx_queue_head(&ngx_http_quota_anchor_lru);
+        a = ngx_queue_data(q, ngx_http_quota_anchor_t, queue);
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&ngx_http_quota_anchor_tree, &a->sn.node);
+        ngx_free(a);
+    }
+
+    ngx_http_quota_anchor_n = 0;
+}
+
+
 static ngx_http_quota_anchor_t *
 ngx_http_quota_anchor_find(ngx_str_t *tenant, uint32_t hash)
 {

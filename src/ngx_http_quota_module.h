@@ -957,6 +957,7 @@ void ngx_http_quota_anchor_learn(ngx_str_t *tenant, ngx_uint_t anchor,
     ngx_log_t *log);
 ngx_int_t ngx_http_quota_anchor_keys(ngx_pool_t *pool, const char **argv,
     size_t *argvlen, ngx_uint_t anchor);
+void ngx_http_quota_anchor_exit_worker(void);
 
 /* ngx_http_quota_tenant.c */
 ngx_int_t ngx_http_quota_tenant_id(ngx_http_request_t *r,

@@ -179,6 +179,11 @@ ngx_http_quota_redis_exit_worker(ngx_http_quota_main_conf_t *qmcf)
         ngx_http_quota_redis_cluster_unpark(w);
     }
 
+    if (w->again) {
+        /* and so does each op waiting to be sent again (TRYAGAIN) */
+        ngx_http_quota_redis_cluster_retry(w);
+    }
+
     if (w->nreliable) {
         ngx_log_error(NGX_LOG_WARN, w->log, 0,
                       "quota: %ui redis commands not sent at exit",

@@ -287,6 +287,7 @@ void ngx_http_quota_redis_cluster_lost(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_cluster_refresh(ngx_http_quota_worker_t *w);
 ngx_uint_t ngx_http_quota_redis_cluster_ready(ngx_http_quota_worker_t *w);
 void ngx_http_quota_redis_cluster_unpark(ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_cluster_retry(ngx_http_quota_worker_t *w);
 ngx_http_quota_redis_conn_t *ngx_http_quota_redis_cluster_pick(
     ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity,
     ngx_uint_t route);

@@ -628,16 +628,27 @@ ngx_http_quota_redis_cluster_again(ngx_http_quota_redis_conn_t *rc,
 }
 
 
-/* the ops answered TRYAGAIN go to their slot's master again, in order */
 static void
 ngx_http_quota_redis_cluster_again_handler(ngx_event_t *ev)
 {
+    ngx_http_quota_redis_cluster_retry(ev->data);
+}
+
+
+/*
+ * The ops answered TRYAGAIN go to their slot's master again, in order; an
+ * exiting worker's fail (a reliable one is kept, as at a lost connection).
+ */
+void
+ngx_http_quota_redis_cluster_retry(ngx_http_quota_worker_t *w)
+{
     ngx_uint_t                    node;
     ngx_http_quota_op_t          *op, *next;
-    ngx_http_quota_worker_t      *w;
     ngx_http_quota_redis_conn_t  *to;
 
-    w = ev->data;
+    if (w->again_ev.timer_set) {
+        ngx_del_timer(&w->again_ev);
+    }
 
     op = w->again;
     w->again = NULL;
