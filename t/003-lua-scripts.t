@@ -315,7 +315,7 @@ charge(tenant => 'w', plans => [['basic', 0, [5, 0, 250]]], id => 'w2');
 is(QuotaTest::redis('HGET', $wb, 'w2'), "$start $today 0 0 1 requests 1 m 0 250 5",
    'a priced metric: the script builds it, its price and limit in it');
 fresh('w', plan => 'basic', anchor => 15);
-charge(tenant => 'w', plans => \@basic, id => 'w3');
+charge(tenant => 'w', plans => \@basic, id => 'w3', anchor => 15);
 like(QuotaTest::redis('HGET', $wb, 'w3'),
      qr/^\d{4}-\d\d-15 \Q$today\E 0 0 1 requests 1 m 0 -1 -1$/,
      'anchor 15: the script builds it, its period starts on a 15th');
