@@ -1071,6 +1071,7 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
 {
     ngx_http_quota_force_t *fc = data;
 
+    ngx_uint_t               anchor;
     ngx_http_quota_probe_t  *p;
 
     p = &ngx_http_quota_probe;
@@ -1093,6 +1094,26 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
                       "quota: the fallback charge %V of tenant \"%V\" "
                       "failed: %*s", &fc->id, &fc->tenant,
                       (size_t) reply->len, reply->str);
+    }
+
+    anchor = ngx_http_quota_reply_anchor(reply);
+
+    if (anchor != 0) {
+        /* its period keys were named for another billing anchor than the
+           account's: nothing was written; sent again, named for it (once
+           the worker knows it: a cache that cannot keep it gives up) */
+        ngx_http_quota_anchor_learn(&fc->tenant, anchor, ngx_cycle->log);
+
+        if (ngx_http_quota_anchor_guess(&fc->tenant) == anchor) {
+            ngx_http_quota_count(p->qmcf, anchor_resends);
+            ngx_http_quota_fallback_send(p->qmcf, fc);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "was not charged: billing anchor %ui not kept",
+                      &fc->id, &fc->tenant, anchor);
     }
 
     ngx_http_quota_fallback_done(p->qmcf, fc);

@@ -14,8 +14,10 @@ use warnings;
 use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
-use QuotaTest;
+use QuotaTest qw(:DEFAULT nginx_stop);
 use QuotaTime;
+use QuotaFallback;
+use IO::Socket::INET;
 use POSIX qw(strftime);
 use Time::Local qw(timegm);
 
@@ -144,6 +146,42 @@ like($report->{body}, qr/"a":\{"used":3,/, 'and reports its 3 units');
 like($metrics, qr/^quota_redis_anchor_resends_total 3$/m,
      'quota_redis_anchor_resends_total: 3 resends');
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
+
+# quota_fallback: units admitted while Redis did not answer are FORCEd
+# later; the account's anchor changed (15 -> 20) after this worker learned
+# it: the FORCE, named for 15, is answered CODE_ANCHOR and sent again named
+# for 20, charged once in its period
+{
+    my $s20 = period_of(20);
+    my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+    my $root = QuotaTest::_servroot_base() . '_088';
+    $rs->cmd('HSET', 'quota:{fb}:account', 'anchor', 15);
+    my $port = free_port();
+    my $h = QuotaFallback::start_nginx($root, $port, 1, rport => $rs->{port},
+                                       nodes => 1, failure_mode => 'closed',
+                                       limit => 100);
+    my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        or die;
+    my @qs = (QuotaFallback::req($c, 'fb')->{qs});
+    $rs->cmd('HSET', 'quota:{fb}:account', 'anchor', 20);
+    my $pid = QuotaFallback::redis_sleep($rs, 0.4);
+    push @qs, QuotaFallback::req($c, 'fb')->{qs};
+    waitpid $pid, 0;
+    my $got = QuotaFallback::wait_for(5, sub {
+        ($rs->cmd('HGET', "quota:{fb}:usage:$s20", 'api') // 0) == 1 });
+    my $resends = QuotaFallback::metric($port, 'quota_redis_anchor_resends_total');
+    close $c;
+    nginx_stop($h, master => 1, check => 'fallback, anchor changed');
+    is_deeply(\@qs, ['ALLOWED', 'FALLBACK'],
+              'fallback: charged, then admitted from the zone (Redis asleep)');
+    is($rs->cmd('HGET', "quota:{fb}:usage:$s15", 'api') // 0, 1,
+       "the charge in usage:$s15");
+    ok($got, "the FORCE named for anchor 15 was charged in usage:$s20")
+        or diag(QuotaFallback::logs($root));
+    is($rs->cmd('HGET', "quota:{fb}:usage:$s20", 'api') // 0, 1, 'once');
+    is($resends, 2, 'two resends: the first charge and the FORCE');
+    stop_redis($rs);
+}
 
 # a lease granted in the anchored period is settled there when nginx quits
 redis_flush();
