@@ -172,6 +172,7 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     if (code < NGX_HTTP_QUOTA_CODE_CHARGED
         || (code > NGX_HTTP_QUOTA_CODE_RANGE
             && code != NGX_HTTP_QUOTA_CODE_ANCHOR)
+        || (code == NGX_HTTP_QUOTA_CODE_ANCHOR && (index < 1 || index > 31))
         || (code == NGX_HTTP_QUOTA_CODE_QUOTA
             && (index < 1 || (ngx_uint_t) index > k))
         || (code == NGX_HTTP_QUOTA_CODE_RANGE
@@ -189,7 +190,7 @@ ngx_http_quota_reply_decode(ngx_http_request_t *r, ngx_http_quota_ctx_t *ctx,
     /* the reply is understood: the charge ran, or wrote nothing */
     ctx->unknown = 0;
 
-    if (code == NGX_HTTP_QUOTA_CODE_ANCHOR && index >= 1 && index <= 31) {
+    if (code == NGX_HTTP_QUOTA_CODE_ANCHOR) {
         /* again, after a resend with the anchor it named: the account's
            anchor changed in between (ngx_http_quota_script_reply) */
         ngx_http_quota_anchor_learn(&ctx->tenant, (ngx_uint_t) index,

@@ -86,6 +86,11 @@ my %reply = (
     # a lease nobody asked for, or no unit at all
     granted2  => ints(1, 0, 1, $S, $E, 0, 0, 7, 10, granted => 2),
     granted0  => ints(1, 0, 1, $S, $E, 0, 0, 7, 10, granted => 0),
+    # CODE_ANCHOR names an anchor 1-31; one answered again after the resend
+    # (the account's anchor changed meanwhile) is a failure too
+    anchor0   => ints($P{CODE_ANCHOR}, 0, 1, $S, $E, 0, 0, 7, 10),
+    anchor32  => ints($P{CODE_ANCHOR}, 32, 1, $S, $E, 0, 0, 7, 10),
+    anchor15  => ints($P{CODE_ANCHOR}, 15, 1, $S, $E, 0, 0, 7, 10),
     error     => "-ERR boom\r\n",
     nil       => "\$-1\r\n",
     integer   => ":1\r\n",
@@ -93,7 +98,8 @@ my %reply = (
 );
 my @malformed = qw(short long empty string strused nilelem code0 code99
                    codeneg index0 index2 backwards retryneg granted2
-                   granted0 error nil integer status);
+                   granted0 error nil integer status anchor0 anchor32
+                   anchor15);
 
 # --- the fake Redis ---------------------------------------------------------
 
@@ -239,6 +245,8 @@ for my $t (@malformed) {
 is($r{after}{status}, 200, 'after all of them the connection still serves');
 
 like($log, qr/unexpected reply from the charge script/, 'a malformed reply is logged');
+like($log, qr/the billing anchor of tenant "anchor15" changed while charging/,
+     'CODE_ANCHOR again after its resend: logged');
 unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'no alert, no crash');
 
 done_testing();
