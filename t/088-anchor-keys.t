@@ -164,7 +164,8 @@ unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
         or die;
     my @qs = (QuotaFallback::req($c, 'fb')->{qs});
     $rs->cmd('HSET', 'quota:{fb}:account', 'anchor', 20);
-    my $pid = QuotaFallback::redis_sleep($rs, 0.4);
+    # asleep far longer than timeout=300ms, even on a loaded machine
+    my $pid = QuotaFallback::redis_sleep($rs, 1);
     push @qs, QuotaFallback::req($c, 'fb')->{qs};
     waitpid $pid, 0;
     my $got = QuotaFallback::wait_for(5, sub {
