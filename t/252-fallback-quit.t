@@ -27,11 +27,7 @@ sub usage {
     return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'api') // 0;
 }
 
-sub conf {
-    my ($port) = @_;
-    return (servroot => $root, port => $port, workers => 1,
-            master => 1, no_root_location => 1,
-            http_config => <<"_EOC_", config => <<"_EOC_");
+my $http = <<"_EOC_";
     quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms pool=1;
     quota_zone ledger:1m;
     quota_fallback local nodes=1;
@@ -40,6 +36,12 @@ sub conf {
     quota_plan p { limit api 100; }
     quota_default_plan p;
 _EOC_
+
+sub conf {
+    my ($port) = @_;
+    return (servroot => $root, port => $port, workers => 1,
+            master => 1, no_root_location => 1,
+            http_config => $http, config => <<"_EOC_");
     quota on;
     quota_tenant \$http_x_api_key;
     quota_route POST /api/** api=1;
@@ -68,7 +70,7 @@ for my $case (['quit', 'QUIT'], ['reload', 'HUP']) {
     my $port = free_port();
     my $h = nginx_start(conf($port));
     die $h->{error} if $h->{error};
-    QuotaTest::wait_module_ready($root, "quota_redis", 1);
+    QuotaTest::wait_module_ready($root, $http, 1);
 
     is(status($port, $t), 'ALLOWED', "$t: 1 charged, the zone learned it");
     kill 'STOP', $rs->{pid};
@@ -87,7 +89,7 @@ for my $case (['quit', 'QUIT'], ['reload', 'HUP']) {
         is(status($port, $t), 'ALLOWED', "$t: the new worker charges");
         sleep 0.5;
     }
-    nginx_stop($h, master => 1, stop_timeout => 15);
+    nginx_stop($h, master => 1, stop_timeout => 15, check => $t);
     is(usage($t), $sig eq 'HUP' ? 4 : 3,
        "$t: every admitted request charged once, exact at rest");
     unlike(logs(), qr/\[alert\]|\[crit\]|\[emerg\]/, "$t: no alert");

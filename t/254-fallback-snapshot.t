@@ -47,10 +47,7 @@ sub req {
 
 $rs->cmd('HSET', "quota:{k}:usage:$start", 'api', 90);
 
-my $port = free_port();
-my $h = nginx_start(servroot => $root, port => $port, workers => 2,
-                    master => 1, no_root_location => 1,
-                    http_config => <<"_EOC_", config => <<"_EOC_");
+my $http = <<"_EOC_";
     quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms pool=1;
     quota_zone ledger:1m;
     quota_fallback local nodes=1;
@@ -59,6 +56,11 @@ my $h = nginx_start(servroot => $root, port => $port, workers => 2,
     quota_plan p { limit api 100; }
     quota_default_plan p;
 _EOC_
+
+my $port = free_port();
+my $h = nginx_start(servroot => $root, port => $port, workers => 2,
+                    master => 1, no_root_location => 1,
+                    http_config => $http, config => <<"_EOC_");
     quota on;
     quota_tenant \$http_x_api_key;
     quota_route POST /api/** api=1;
@@ -70,7 +72,7 @@ _EOC_
     location /origin { quota off; return 200 "ok"; }
 _EOC_
 die $h->{error} if $h->{error};
-QuotaTest::wait_module_ready($root, "quota_redis", 2);
+QuotaTest::wait_module_ready($root, $http, 2);
 
 my %conn;
 for (1 .. 60) {
@@ -121,7 +123,7 @@ SKIP: {
 }
 $rs->cmd('CONFIG', 'SET', 'maxclients', 10000);
 
-nginx_stop($h, master => 1);
+nginx_stop($h, master => 1, stop_timeout => 15, check => 't/254');
 stop_redis($rs);
 
 done_testing();
