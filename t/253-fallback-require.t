@@ -68,8 +68,10 @@ nginx_run(workers => 1, master => 1, http_config => $http, config => $server,
     # Redis down: 3 failures open the circuit (tenant "x", unknown)
     kill 'STOP', $rs->{pid};
     $post->('/open', 'x') for 1 .. 3;
-    push @{ $st{down} }, $post->('/strict', 'nobody'), $post->('/open', 'nobody'),
-                         $post->('/strict', 'known'), $post->('/open', 'known');
+    push @{ $st{down} }, $post->('/strict', 'nobody'),
+                         $post->('/open', 'nobody'),
+                         $post->('/strict', 'known'),
+                         $post->('/open', 'known');
     kill 'CONT', $rs->{pid};
     sleep 2;
 });
