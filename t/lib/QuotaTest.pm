@@ -382,6 +382,16 @@ sub sanitizer_problems {
     return @problems;
 }
 
+# the valgrind command line nginx runs under (logs into $logdir)
+sub _valgrind_cmd {
+    my ($logdir) = @_;
+    my $supp = _repo_root() . '/valgrind.suppress';
+    return ('valgrind', '--tool=memcheck', '--leak-check=full',
+            '--show-possibly-lost=no', '--num-callers=30',
+            '--keep-debuginfo=yes', "--log-file=$logdir/valgrind.%p.log",
+            (-f $supp ? ("--suppressions=$supp") : ()));
+}
+
 # returns the repository root (where valgrind.suppress lives)
 sub _repo_root {
     my $dir = __FILE__;
@@ -501,13 +511,7 @@ sub nginx_start {
 
     my @cmd = ($ENV{TEST_NGINX_BINARY} || 'nginx',
                '-p', "$root/", '-c', 'conf/nginx.conf', '-e', 'logs/error.log');
-    if ($h->{valgrind}) {
-        my $supp = _repo_root() . '/valgrind.suppress';
-        unshift @cmd, 'valgrind', '--tool=memcheck', '--leak-check=full',
-            '--show-possibly-lost=no', '--num-callers=30',
-            '--keep-debuginfo=yes', "--log-file=$root/logs/valgrind.%p.log",
-            (-f $supp ? ("--suppressions=$supp") : ());
-    }
+    unshift @cmd, _valgrind_cmd("$root/logs") if $h->{valgrind};
 
     my $pid = fork;
     die "nginx_start: fork: $!\n" unless defined $pid;
@@ -720,6 +724,8 @@ END {
 # QuotaTest::nginx_t($http): "nginx -t" on a configuration whose http{}
 # block is $http (the modules of TEST_NGINX_LOAD_MODULES loaded). Returns
 # (exit code, output, the conf file, the number of the line marked #HERE).
+# Under valgrind it runs there too (the directives' parsers and their
+# error paths run nowhere else): its problems are a failed test.
 # Not exported: call it fully qualified.
 sub nginx_t {
     my ($http) = @_;
@@ -736,8 +742,11 @@ sub nginx_t {
     close $fh;
     my @lines = split /\n/, $conf;
     my ($line) = grep { $lines[$_ - 1] =~ /#HERE/ } 1 .. @lines;
-    my $out = `$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
-    return ($? >> 8, $out, "$dir/conf/nginx.conf", $line);
+    my $vg = _use_valgrind() ? join(' ', _valgrind_cmd("$dir/logs")) . ' ' : '';
+    my $out = `$vg$nginx -t -p $dir -c conf/nginx.conf 2>&1`;
+    my $rc = $? >> 8;
+    report_problems({ servroot => $dir, valgrind => 1 }, 'nginx -t') if $vg;
+    return ($rc, $out, "$dir/conf/nginx.conf", $line);
 }
 
 # nginx_run(http_config => TEXT (alias conf), config => SERVER_TEXT,
