@@ -121,7 +121,7 @@ for my $n (@nodes) {
     while (<$fh>) {
         my ($t, $c) = split ' ';
         $origin{$t}[0]++;
-        $origin{$t}[1] += $c;
+        $origin{$t}[1] += $c eq '-' ? 0 : $c;    # the warm-up sends no cost
     }
     my $log = do { local $/; open my $e, '<', "$n->{root}/logs/error.log"; <$e> // '' };
     unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/,
