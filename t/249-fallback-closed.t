@@ -46,7 +46,11 @@ sub start {
 
     my %adm;
     $adm{ req($w1, 'k')->{qs} }++;                  # 98, learned
-    my $pid = redis_sleep(0.38);
+    # worker 1's charge must wait past timeout= (300 ms), worker 2's, sent
+    # once worker 1 was answered, less than that: a sleep under 0.6 s
+    # and over 0.3 s + the time worker 1 takes to send its charge (under
+    # valgrind on a busy machine, more than the 80 ms 0.38 s left)
+    my $pid = redis_sleep(0.55);
     my $r = req($w1, 'k');                          # times out
     is($r->{qs}, 'FALLBACK', 'worker 1: timed out, admitted in fallback');
     $adm{ $r->{qs} }++;
@@ -69,7 +73,7 @@ sub start {
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
         or die;
     is(req($s, 'q')->{qs}, 'ALLOWED', 'q: 1 charged');
-    my $pid = redis_sleep(0.4);
+    my $pid = redis_sleep(0.55);    # past timeout=, even under valgrind
     is(req($s, 'q')->{qs}, 'FALLBACK', 'q: timed out, FALLBACK');
     close $s;
     kill 'QUIT', $h->{pid};
