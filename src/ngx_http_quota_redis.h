@@ -50,10 +50,11 @@
 #define NGX_HTTP_QUOTA_NO_NODE            0xff
 
 /* TRYAGAIN (a multi-key command on a migrating slot): sent again this
-   often, at most for a reliable command's horizon */
+   often; a reliable command within its horizon, any other this many
+   times (5 s), then given back as a lost reply: its caller's own resend
+   horizon decides (a FORCE's, a settle's) */
 #define NGX_HTTP_QUOTA_CLUSTER_AGAIN      50
-#define NGX_HTTP_QUOTA_CLUSTER_TRIES                                          \
-    (NGX_HTTP_QUOTA_RELIABLE_HORIZON * 1000 / NGX_HTTP_QUOTA_CLUSTER_AGAIN)
+#define NGX_HTTP_QUOTA_CLUSTER_TRIES      100
 
 /* servers with their own metric labels; the rest are server="other" */
 #define NGX_HTTP_QUOTA_REDIS_SERVERS      64

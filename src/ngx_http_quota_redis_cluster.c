@@ -29,8 +29,10 @@
  * some of the keys) and the destination (after ASK, without all of them)
  * answer TRYAGAIN, and nothing ran.  The op is sent again to the slot's
  * master every NGX_HTTP_QUOTA_CLUSTER_AGAIN ms (MOVED and ASK followed
- * again) until the migration ends, its caller gives up (timeout=), or a
- * reliable command's horizon.
+ * again) until the migration ends, its caller gives up (timeout=), a
+ * reliable command's horizon, or, for any other, 5 s: then its caller
+ * gets a lost reply and resends it within its own horizon (a FORCE's
+ * resend must find its first run's record).
  *
  * A redirection to a node just learned (a replica promoted at a failover)
  * finds its connections still connecting: the op is parked in the worker
@@ -591,10 +593,29 @@ ngx_http_quota_redis_cluster_again(ngx_http_quota_redis_conn_t *rc,
     w = rc->worker;
 
     if (w->exiting || op->cmd.data == NULL || op->route == 0
-        || (op->kind == NGX_HTTP_QUOTA_OP_REPLY && op->handler == NULL)
-        || op->tries >= NGX_HTTP_QUOTA_CLUSTER_TRIES)
+        || (op->kind == NGX_HTTP_QUOTA_OP_REPLY && op->handler == NULL))
     {
         return NGX_DECLINED;
+    }
+
+    if (op->kind == NGX_HTTP_QUOTA_OP_RELIABLE
+        ? ngx_time() - op->since >= NGX_HTTP_QUOTA_RELIABLE_HORIZON
+        : op->tries >= NGX_HTTP_QUOTA_CLUSTER_TRIES)
+    {
+        ngx_log_error(NGX_LOG_WARN, w->log, 0,
+                      "quota: redis cluster: \"%*s\" from %V for %d "
+                      "tries, giving the command up",
+                      (size_t) ngx_min(reply->len, 80), reply->str,
+                      &rc->addr->name, (int) op->tries);
+
+        if (op->kind != NGX_HTTP_QUOTA_OP_REPLY) {
+            return NGX_DECLINED;
+        }
+
+        /* nothing ran: its caller resends it or not, within its own
+           horizon (a FORCE's record must still be there, a settle's) */
+        ngx_http_quota_redis_dispatch_lost(w, op);
+        return NGX_OK;
     }
 
     if (op->tries++ == 0) {
