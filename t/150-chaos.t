@@ -447,19 +447,28 @@ if (wanted('reload')) {
     my $counter = QuotaTest::redis_at($rh->{port}, 'HGET',
                                       "quota:{reload}:usage:$start", 'api_requests') // 0;
     is($counter, $adm, 'reload: Redis counter = admitted');
+    my $log = gateway_stop($gw);
     # under valgrind or ASan a reload starts workers that need seconds to get
     # going (their first Redis connection may time out): exactness and
     # memory are checked there, not availability and timing
     if ($slow == 1) {
-        is(join(' ', sort keys %n), '200 402',
-           'reload: only 200 and 402 (no 5xx, no connection error)')
+        # a reply later than timeout= (150 ms) is a 503 (fail closed) on a
+        # loaded machine, reload or not: a 503 counts only as one of the
+        # request timeouts the gateway logged, and they stay rare
+        my $late = () = $log =~ /redis did not answer within/g;
+        my $n503 = $n{503} // 0;
+        is(join(' ', grep { $_ ne '503' } sort keys %n), '200 402',
+           'reload: only 200 and 402 (no connection error, no other 5xx)')
+            or diag(QuotaLoad::statuses($res));
+        ok($n503 <= $late && $n503 <= 0.01 * @$res,
+           "reload: no 503 but for a Redis reply later than timeout= "
+           . "($n503 503, $late timed out)")
             or diag(QuotaLoad::statuses($res));
         my $want = @$res < $L ? scalar @$res : $L;
         is($adm, $want, 'reload: admitted = min(limit, attempts)');
         is(scalar(grep { QuotaLoad::net_latency($_) > $TIMEOUT + $MARGIN } @$res), 0,
            'reload: every request answered within the timeout + margin');
     }
-    my $log = gateway_stop($gw);
     no_crash('reload', $log);
     my $gens = () = $log =~ /SIGHUP/g;
     is($gens, 5, 'reload: the master reconfigured five times');
