@@ -230,9 +230,21 @@ end
 r[REPLY_START], r[REPLY_END] = pstart, pend
 -- a period=day metric counts in its daily field (SPEC 6's daily hash):
 -- a "usage:" key named by the day would be the month's on its first day
+-- (the keys C named for its guess of the anchor: another anchor's answer
+-- CODE_ANCHOR, nothing written)
 local usage_key = KEYS[KEY_USAGE]
 if usage_key ~= base .. 'usage:' .. start then
   return done(CODE_ANCHOR, anchor, 0)
+end
+-- anchors 28-31 clamped in a short month start on the same day (30 and 31
+-- in November): the periods before tell them apart (KEY_BEFORE)
+if anchor >= 28 then
+  local c, _, before = words(ARGV[ARG_CALENDAR])
+  if in_here then _, before = clamped(anchor, c[1], c[2], c[3])
+  else _, before = clamped(anchor, c[6], c[7], c[8]) end
+  if KEYS[KEY_BEFORE] ~= base .. 'usage:' .. before then
+    return done(CODE_ANCHOR, anchor, 0)
+  end
 end
 local daily_key = KEYS[KEY_DAILY]
 local today = ARGV[ARG_TODAY]
