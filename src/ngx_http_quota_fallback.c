@@ -72,9 +72,11 @@
 /* tenants charged per flush (one lock); more: the flush runs again */
 #define NGX_HTTP_QUOTA_FLUSH_BATCH       64
 
-/* a FORCE is resent every 100 ms, after 5 s every second; for as long as
-   the record of its first run may live (it was sent before it ran), and
-   by a quitting worker for at most FORCE_QUIT ms after the quit */
+/* a FORCE is resent every 100 ms, after 5 s every second: for as long as
+   the record of its first run may live, counted from its first send (it
+   ran after that; one no connection took yet has no record and waits for
+   one, however long Redis is away), and by a quitting worker for at most
+   FORCE_QUIT ms after the quit */
 #define NGX_HTTP_QUOTA_FORCE_RETRY       100
 #define NGX_HTTP_QUOTA_FORCE_SLOW        1000
 #define NGX_HTTP_QUOTA_FORCE_FAST_FOR    5000
@@ -103,7 +105,11 @@ typedef struct ngx_http_quota_force_s  ngx_http_quota_force_t;
 
 struct ngx_http_quota_force_s {
     ngx_http_quota_force_t      *next;        /* the retry list */
-    ngx_msec_t                   since;       /* first sent */
+    ngx_msec_t                   since;       /* made */
+    ngx_msec_t                   sent;        /* first handed to a
+                                                 connection */
+    unsigned                     went:1;      /* sent is set: it may have
+                                                 run */
     int64_t                      at_ms;
     ngx_str_t                    tenant;
     ngx_str_t                    id;          /* the same for every resend */
@@ -832,6 +838,7 @@ ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf)
 
         fc->next = NULL;
         fc->since = ngx_current_msec;
+        fc->went = 0;
         fc->at_ms = f[i].at_ms;
         fc->units = (int64_t *) &fc[1];
         ngx_memcpy(fc->units, f[i].units, z->nmetrics * sizeof(int64_t));
@@ -1058,6 +1065,12 @@ ngx_http_quota_fallback_send(ngx_http_quota_main_conf_t *qmcf,
     if (rc == NGX_DECLINED) {
         fc->next = p->retries;
         p->retries = fc;
+
+    } else if (!fc->went) {
+        /* the horizon runs from here: before, no record of it can exist
+           and a resend can never charge twice */
+        fc->went = 1;
+        fc->sent = ngx_current_msec;
     }
 
     if (!p->retry.timer_set) {
@@ -1192,9 +1205,9 @@ ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
             delay = NGX_HTTP_QUOTA_FORCE_RETRY;
         }
 
-        /* past FORCE_KEEP its first run's record may be gone: a resend
-           could charge twice */
-        if (age > NGX_HTTP_QUOTA_FORCE_KEEP
+        /* FORCE_KEEP after it was first sent its first run's record may be
+           gone: a resend could charge twice */
+        if ((fc->went && now - fc->sent > NGX_HTTP_QUOTA_FORCE_KEEP)
             || (p->quit_at
                 && (ngx_msec_int_t) (now - p->quit_at)
                    > NGX_HTTP_QUOTA_FORCE_QUIT))
