@@ -164,6 +164,8 @@ static int64_t ngx_http_quota_fallback_now(void);
 static void ngx_http_quota_fallback_send(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_force_t *fc);
 static void ngx_http_quota_fallback_forced(void *data, redisReply *reply);
+static void ngx_http_quota_fallback_refused(ngx_http_quota_force_t *fc,
+    redisReply *reply);
 static void ngx_http_quota_fallback_done(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_force_t *fc);
 static void ngx_http_quota_fallback_retry_handler(ngx_event_t *ev);
@@ -1089,9 +1091,22 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
 
     p = &ngx_http_quota_probe;
 
-    if (reply == NULL) {
-        /* the connection went away: it may or may not have run; the
-           resend under the same id is a no-op if it did */
+    if (reply == NULL
+        || (reply->type == REDIS_REPLY_ERROR
+            && !ngx_http_quota_reply_script_error(reply)))
+    {
+        /* the connection went away (it may or may not have run), or Redis
+           refused it before it ran (BUSY, LOADING, OOM, READONLY, ...:
+           nothing was written): the resend under the same id is a no-op
+           if it did run */
+        if (reply != NULL) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "quota: the fallback charge %V of tenant \"%V\" "
+                          "was refused before it ran, sent again: %*s",
+                          &fc->id, &fc->tenant,
+                          (size_t) reply->len, reply->str);
+        }
+
         fc->next = p->retries;
         p->retries = fc;
 
@@ -1103,6 +1118,8 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
+        /* the script failed: it checks everything before its first write,
+           so it wrote nothing; a resend would fail the same way */
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "quota: the fallback charge %V of tenant \"%V\" "
                       "failed: %*s", &fc->id, &fc->tenant,
@@ -1127,9 +1144,57 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
                       "quota: the fallback charge %V of tenant \"%V\" "
                       "was not charged: billing anchor %ui not kept",
                       &fc->id, &fc->tenant, anchor);
+
+    } else if (reply->type == REDIS_REPLY_ARRAY) {
+        ngx_http_quota_fallback_refused(fc, reply);
     }
 
     ngx_http_quota_fallback_done(p->qmcf, fc);
+}
+
+
+/* a FORCE answered with a code other than charged (or voided: a resend
+   that found its first run's record) wrote nothing: its units are lost,
+   so say so, with what stopped it (review R7) */
+static void
+ngx_http_quota_fallback_refused(ngx_http_quota_force_t *fc,
+    redisReply *reply)
+{
+    int64_t      code;
+    redisReply  *el, *what;
+
+    if (reply->elements < NGX_HTTP_QUOTA_REPLY_METRICS) {
+        code = -1;
+
+    } else {
+        el = ngx_http_quota_el(reply, NGX_HTTP_QUOTA_REPLY_CODE);
+        code = (el->type == REDIS_REPLY_INTEGER) ? el->integer : -1;
+    }
+
+    if (code == NGX_HTTP_QUOTA_CODE_CHARGED
+        || code == NGX_HTTP_QUOTA_CODE_VOIDED)
+    {
+        return;
+    }
+
+    what = reply->element[reply->elements - 1];
+
+    if (code == NGX_HTTP_QUOTA_CODE_CORRUPT
+        && what->type == REDIS_REPLY_STRING)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "was not charged: redis holds a value that is not a "
+                      "number: key and field \"%*s\"",
+                      &fc->id, &fc->tenant, (size_t) what->len, what->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "quota: the fallback charge %V of tenant \"%V\" was not "
+                  "charged: %s", &fc->id, &fc->tenant,
+                  code == NGX_HTTP_QUOTA_CODE_RANGE
+                  ? "a counter would pass 2^53 - 1" : "unexpected reply");
 }
 
 

@@ -830,6 +830,7 @@ ngx_int_t ngx_http_quota_script_reconcile(ngx_http_request_t *r,
 /* ngx_http_quota_reply.c */
 ngx_int_t ngx_http_quota_reply_is_noscript(redisReply *reply);
 ngx_uint_t ngx_http_quota_reply_anchor(redisReply *reply);
+ngx_int_t ngx_http_quota_reply_script_error(redisReply *reply);
 ngx_int_t ngx_http_quota_reply_decode(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, redisReply *reply);
 

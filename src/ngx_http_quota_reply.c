@@ -14,7 +14,6 @@
 #include "ngx_http_quota_module.h"
 
 
-static ngx_int_t ngx_http_quota_reply_script_error(redisReply *reply);
 static ngx_int_t ngx_http_quota_reply_failed(ngx_http_request_t *r,
     ngx_http_quota_ctx_t *ctx, redisReply *reply);
 
@@ -60,8 +59,9 @@ ngx_http_quota_reply_anchor(redisReply *reply)
 
 
 /* the error of a script that ran ("... @user_script:N" since Redis 5), as
-   opposed to a command refused before it started */
-static ngx_int_t
+   opposed to a command refused before it started (BUSY, LOADING, OOM,
+   READONLY, ...: nothing was written); also the fallback's FORCE reply */
+ngx_int_t
 ngx_http_quota_reply_script_error(redisReply *reply)
 {
     return ngx_strnstr((u_char *) reply->str, "user_script", reply->len)
