@@ -49,7 +49,10 @@
  * a no-op), until Redis answers it: while the record of a first run may
  * still exist, and by a quitting worker (graceful quit, reload) for at
  * most NGX_HTTP_QUOTA_FORCE_QUIT after the quit (a non-cancelable timer
- * keeps it meanwhile).  Forced units stay spent against the share until
+ * keeps it meanwhile).  One that no connection ever took cannot have run:
+ * when its worker gives up on it (the quit's horizon, exit) its units go
+ * back to the zone, for the next flush of any worker (a reload's new
+ * ones).  Forced units stay spent against the share until
  * a snapshot that surely includes them: the reply of a charge sent after
  * the FORCE was answered (ngx_http_quota_zone_learn).
  */
@@ -134,6 +137,8 @@ typedef struct {
                                                  cancelable */
     ngx_http_quota_force_t      *retries;     /* to resend */
     ngx_uint_t                   out;         /* FORCEs not answered */
+    ngx_uint_t                   retrying;    /* in the retry handler: it
+                                                 arms the timer itself */
     ngx_msec_t                   quit_at;
 } ngx_http_quota_probe_t;
 
@@ -153,6 +158,7 @@ static void ngx_http_quota_probe_timeout(ngx_event_t *ev);
 static void ngx_http_quota_fallback_closed(ngx_http_quota_main_conf_t *qmcf,
     const char *by);
 static void ngx_http_quota_fallback_flush_handler(ngx_event_t *ev);
+static void ngx_http_quota_fallback_queued(ngx_http_quota_main_conf_t *qmcf);
 static void ngx_http_quota_fallback_flush(ngx_http_quota_main_conf_t *qmcf);
 static ngx_uint_t ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
     ngx_http_quota_flush_t *f, ngx_uint_t *more);
@@ -168,6 +174,10 @@ static void ngx_http_quota_fallback_refused(ngx_http_quota_force_t *fc,
     redisReply *reply);
 static void ngx_http_quota_fallback_done(ngx_http_quota_main_conf_t *qmcf,
     ngx_http_quota_force_t *fc);
+static void ngx_http_quota_fallback_undo(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc);
+static void ngx_http_quota_fallback_drop(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc, const char *when);
 static void ngx_http_quota_fallback_retry_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_quota_fallback_evict(ngx_http_quota_zone_t *z,
     ngx_http_quota_zone_node_t *node);
@@ -307,6 +317,9 @@ ngx_http_quota_fallback_outcome(ngx_http_request_t *r,
     if (!ctx->redis_failed || ctx->data_error) {
         if (quota_breaker_success(b)) {
             ngx_http_quota_fallback_closed(qmcf, "a reply");
+
+        } else {
+            ngx_http_quota_fallback_queued(qmcf);
         }
 
         return;
@@ -977,6 +990,34 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 }
 
 
+/*
+ * Redis answered with the circuit closed: units queued in the zone that no
+ * worker of this one's is about to flush (given back by a worker that quit
+ * without sending them) are flushed by this one.  An unlocked read of the
+ * queue's head, a hint (the flush takes the lock): the request path of a
+ * healthy Redis writes nothing shared.  Nodes of another configuration
+ * (a reload) may keep it non-empty: at most one flush per FLUSH_DELAY.
+ */
+static void
+ngx_http_quota_fallback_queued(ngx_http_quota_main_conf_t *qmcf)
+{
+    ngx_queue_t             *head;
+    ngx_http_quota_probe_t  *p;
+
+    p = &ngx_http_quota_probe;
+
+    if (p->qmcf != qmcf || p->flush.timer_set) {
+        return;
+    }
+
+    head = ((volatile ngx_queue_t *) &qmcf->zone->sh->fb_queue)->next;
+
+    if (head != NULL && head != &qmcf->zone->sh->fb_queue) {
+        ngx_add_timer(&p->flush, NGX_HTTP_QUOTA_FLUSH_DELAY);
+    }
+}
+
+
 /* units left queued (a batch that was full, a worker that quit) */
 static void
 ngx_http_quota_fallback_flush_handler(ngx_event_t *ev)
@@ -1075,7 +1116,10 @@ ngx_http_quota_fallback_send(ngx_http_quota_main_conf_t *qmcf,
         fc->sent = ngx_current_msec;
     }
 
-    if (!p->retry.timer_set) {
+    /* the retry handler arms it after its loop, at its own cadence
+       (FORCE_SLOW after FORCE_FAST_FOR): nginx cleared timer_set before
+       calling it, so arming here would resend every FORCE_RETRY */
+    if (!p->retry.timer_set && !p->retrying) {
         ngx_add_timer(&p->retry, NGX_HTTP_QUOTA_FORCE_RETRY);
     }
 }
@@ -1110,7 +1154,9 @@ ngx_http_quota_fallback_forced(void *data, redisReply *reply)
         fc->next = p->retries;
         p->retries = fc;
 
-        if (!p->retry.timer_set && p->qmcf->worker != NULL) {
+        if (!p->retry.timer_set && !p->retrying
+            && p->qmcf->worker != NULL)
+        {
             ngx_add_timer(&p->retry, NGX_HTTP_QUOTA_FORCE_RETRY);
         }
 
@@ -1240,6 +1286,98 @@ ngx_http_quota_fallback_done(ngx_http_quota_main_conf_t *qmcf,
 }
 
 
+/*
+ * A FORCE this worker gives up on (a quit, exit, its record's horizon):
+ * one no connection ever took cannot have run, its units go back to the
+ * zone, charged by the next flush of any worker (the zone outlives a
+ * reload); one that may have run is dropped: a resend could charge twice.
+ */
+static void
+ngx_http_quota_fallback_drop(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc, const char *when)
+{
+    if (!fc->went) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "(admitted at %L) never sent to redis, %s: its units "
+                      "go back to the zone", &fc->id, &fc->tenant,
+                      fc->at_ms, when);
+        ngx_http_quota_fallback_undo(qmcf, fc);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "quota: the fallback charge %V of tenant \"%V\" "
+                  "(admitted at %L) not answered by redis, %s: its units "
+                  "may not be charged", &fc->id, &fc->tenant, fc->at_ms,
+                  when);
+    ngx_http_quota_fallback_done(qmcf, fc);
+}
+
+
+/*
+ * A FORCE that never ran: its units are pending again in the zone for the
+ * day they were admitted in (as if collect() had not taken them) and the
+ * node is queued for the next flush.  Frees fc.
+ */
+static void
+ngx_http_quota_fallback_undo(ngx_http_quota_main_conf_t *qmcf,
+    ngx_http_quota_force_t *fc)
+{
+    ngx_int_t                      d;
+    ngx_uint_t                     i;
+    ngx_http_quota_zone_t         *z;
+    ngx_http_quota_zone_node_t    *qn;
+    ngx_http_quota_zone_metric_t  *m;
+
+    z = qmcf->zone;
+
+    ngx_http_quota_zone_lock(z);
+
+    qn = ngx_http_quota_zone_node(z, &fc->tenant, 0);
+    d = NGX_ERROR;
+
+    if (qn && qn->sig == z->sig) {
+        d = ngx_http_quota_fallback_day(qn, fc->at_ms);
+    }
+
+    if (d == NGX_ERROR) {
+        /* two other days wait (or the node is gone): dropped as before */
+        ngx_http_quota_zone_unlock(z);
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "quota: the fallback charge %V of tenant \"%V\" "
+                      "(admitted at %L) has no day left in the zone: its "
+                      "units are not charged", &fc->id, &fc->tenant,
+                      fc->at_ms);
+        ngx_http_quota_fallback_done(qmcf, fc);
+        return;
+    }
+
+    m = ngx_http_quota_zone_metrics(qn);
+
+    for (i = 0; i < qn->nmetrics; i++) {
+        m[i].fb_pending[d] += fc->units[i];
+        m[i].fb_forced -= ngx_min(fc->units[i], m[i].fb_forced);
+    }
+
+    if (qn->fb_ms[d] < fc->at_ms) {
+        qn->fb_ms[d] = fc->at_ms;
+    }
+
+    if (qn->fb_flight) {
+        qn->fb_flight--;
+    }
+
+    ngx_http_quota_fallback_pending(z, qn);
+
+    ngx_http_quota_zone_unlock(z);
+
+    ngx_http_quota_probe.out--;
+    ngx_free(fc);
+}
+
+
 /* FORCEs without a connection are resent; in flight, waited for */
 static void
 ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
@@ -1258,6 +1396,7 @@ ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
 
     list = p->retries;
     p->retries = NULL;
+    p->retrying = 1;
 
     while (list) {
         fc = list;
@@ -1277,17 +1416,14 @@ ngx_http_quota_fallback_retry_handler(ngx_event_t *ev)
                 && (ngx_msec_int_t) (now - p->quit_at)
                    > NGX_HTTP_QUOTA_FORCE_QUIT))
         {
-            ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                          "quota: the fallback charge %V of tenant \"%V\" "
-                          "(admitted at %L) not answered by redis, giving "
-                          "up: its units may not be charged", &fc->id,
-                          &fc->tenant, fc->at_ms);
-            ngx_http_quota_fallback_done(p->qmcf, fc);
+            ngx_http_quota_fallback_drop(p->qmcf, fc, "giving up");
             continue;
         }
 
         ngx_http_quota_fallback_send(p->qmcf, fc);
     }
+
+    p->retrying = 0;
 
     if (p->quit_at) {
         /* signed: quit_at may be one more than the clock (| 1) */
@@ -1332,12 +1468,6 @@ ngx_http_quota_fallback_exit_worker(void)
         fc = p->retries;
         p->retries = fc->next;
 
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "quota: the fallback charge %V of tenant \"%V\" "
-                      "(admitted at %L) not answered by redis before exit: "
-                      "its units may not be charged", &fc->id, &fc->tenant,
-                      fc->at_ms);
-
-        ngx_http_quota_fallback_done(p->qmcf, fc);
+        ngx_http_quota_fallback_drop(p->qmcf, fc, "before exit");
     }
 }
