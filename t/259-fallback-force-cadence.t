@@ -18,7 +18,7 @@ use QuotaFallback;
 use Time::HiRes qw(sleep time);
 
 my $rs = QuotaTest::restartable_redis();
-my $root = QuotaTest::_servroot_base() . '_t258';
+my $root = QuotaTest::_servroot_base() . '_t259';
 my $port = free_port();
 my $h = QuotaFallback::start_nginx($root, $port, 1, rport => $rs->{port},
                                    nodes => 1, failure_mode => 'closed');
@@ -35,7 +35,7 @@ sleep 0.3;
 is(status(), 'FALLBACK', 'Redis gone: admitted in fallback, its FORCE waits');
 
 sleep 10;
-nginx_stop($h, master => 1, check => 't/258');
+nginx_stop($h, master => 1, check => 't/259');
 my $log = QuotaFallback::logs($root);
 
 # the error log's time stamps have whole seconds
