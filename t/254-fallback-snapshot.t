@@ -14,6 +14,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
 use QuotaTime;
+use QuotaFallback;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
@@ -26,24 +27,8 @@ sub usage {
     return $rs->cmd('HGET', "quota:{k}:usage:$start", 'api') // 0;
 }
 
-sub req {
-    my ($s, $t) = @_;
-    print $s "POST /api/x HTTP/1.1\r\nHost: x\r\nX-API-Key: $t\r\n"
-             . "Content-Length: 0\r\n\r\n";
-    my $head = '';
-    while ($head !~ /\r\n\r\n/) {
-        my $n = sysread($s, my $buf, 1);
-        return { qs => 'closed', pid => 0 } unless $n;
-        $head .= $buf;
-    }
-    my ($len) = $head =~ /Content-Length: (\d+)/i;
-    my $body = '';
-    sysread($s, $body, $len - length $body, length $body)
-        while length $body < ($len // 0);
-    my ($qs) = $head =~ /X-Quota-Status: (\S+)/i;
-    my ($pid) = $head =~ /X-Pid: (\d+)/i;
-    return { qs => $qs // '', pid => $pid // 0 };
-}
+# POST /api/x on a keep-alive socket: QuotaFallback::req
+sub req { QuotaFallback::req(@_) }
 
 $rs->cmd('HSET', "quota:{k}:usage:$start", 'api', 90);
 
