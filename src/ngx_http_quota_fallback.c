@@ -454,6 +454,12 @@ ngx_http_quota_fallback_reconcile(ngx_http_request_t *r,
         delta = -sm->fb_pending[d];
     }
 
+    if (delta == 0) {
+        /* all of it charged already: no day slot, nothing to queue */
+        ngx_http_quota_zone_unlock(z);
+        return;
+    }
+
     sm->fb_pending[d] += delta;
     sm->fb_spent += delta;
 
@@ -918,7 +924,7 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 {
     u_char                        *ids;
     int64_t                       *units, any;
-    ngx_uint_t                     d, i, n, seen;
+    ngx_uint_t                     d, i, n, seen, taken;
     ngx_queue_t                   *q, *queue;
     ngx_http_quota_zone_node_t    *qn;
     ngx_http_quota_zone_metric_t  *m;
@@ -930,6 +936,7 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 
     queue = ngx_http_quota_fallback_queue(z);
     n = 0;
+    taken = 0;
 
     for (seen = 0;
          seen < NGX_HTTP_QUOTA_FLUSH_BATCH && !ngx_queue_empty(queue);
@@ -947,6 +954,7 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
 
         q->next = NULL;
         q->prev = NULL;
+        taken++;
 
         m = ngx_http_quota_zone_metrics(qn);
 
@@ -983,8 +991,12 @@ ngx_http_quota_fallback_collect(ngx_http_quota_zone_t *z,
         }
     }
 
-    /* only nodes of another configuration left: their workers flush them */
-    *more = (seen != 0 && n != 0 && !ngx_queue_empty(queue));
+    /*
+     * Go on while this pass unqueued nodes of this configuration, even if
+     * all of them were reconciled down to nothing (n == 0: review 16 R6);
+     * only nodes of another configuration left: their workers flush them.
+     */
+    *more = (taken != 0 && !ngx_queue_empty(queue));
 
     return n;
 }
