@@ -11,37 +11,26 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
-use QuotaTime;
+use QuotaFallback;
 use Time::HiRes qw(sleep time);
 
-my $start = month_start();
 my $rs = start_redis();
-my $rport = $rs->{port};
 my $zeros = 140;
 
-sub usage {
-    my ($t) = @_;
-    return $rs->cmd('HGET', "quota:{$t}:usage:$start", 'tok') // 0;
-}
+sub usage { return QuotaFallback::usage($rs, $_[0]) }
 
 my %qs;
 my $log = nginx_run(
     workers => 1,
     no_root_location => 1,
-    http_config => <<"_EOC_",
-    quota_redis 127.0.0.1:$rport timeout=300ms connect_timeout=300ms;
-    quota_zone q:1m;
-    quota_fallback local nodes=1;
-    quota_metric tok;
-    quota_plan p { limit tok 100000; }
-    quota_default_plan p;
-_EOC_
+    http_config => QuotaFallback::http_config(rport => $rs->{port},
+                                              limit => 100000, nodes => 1),
     config => <<'_EOC_',
     quota on;
     quota_tenant $http_x_t;
-    quota_route POST /zero tok=1;
-    quota_route POST /one tok=1;
-    quota_reconcile tok $upstream_http_x_actual;
+    quota_route POST /zero api=1;
+    quota_route POST /one api=1;
+    quota_reconcile api $upstream_http_x_actual;
 
     location / {
         add_header X-Quota-Status $quota_status always;
