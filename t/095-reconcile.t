@@ -12,6 +12,7 @@ BEGIN { *redis_at = \&QuotaTest::redis_at }
 use QuotaTime;
 use IO::Socket::INET;
 use POSIX ();
+use File::Temp ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
@@ -67,8 +68,8 @@ _EOC_
 sub used { my ($t, $m) = @_; redis_at($rport, 'HGET', "quota:{$t}:usage:$start", $m // 'ai_tokens') }
 
 sub settle {
-    my ($t, $want) = @_;
-    my $deadline = time + 3;
+    my ($t, $want, $secs) = @_;
+    my $deadline = time + ($secs || 3);
     my $v;
     while (time < $deadline) {
         $v = used($t);
@@ -78,17 +79,35 @@ sub settle {
     return $v;
 }
 
-# an upstream that answers after 400 ms, reporting ?used= tokens
+# an upstream that answers after 400 ms, reporting ?used= tokens.  For
+# tenant "delay" it puts Redis to sleep for 2 s first (DEBUG SLEEP on its
+# own connection, reply not read) and writes the time it did so into
+# $slept: it has the request, so the charge is done, and the correction
+# (sent when the response is) finds Redis asleep
+my $SLEEP = 2;
+my $slept = File::Temp::tempdir(CLEANUP => 1) . '/slept';
 my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                               Listen => 16, ReuseAddr => 1) or die $!;
 $ENV{TEST_NGINX_SLOW_PORT} = $l->sockport;
 my $upid = fork;
 if ($upid == 0) {
     alarm 20;
+    my $s;
     while (my $c = $l->accept) {
         my $req = '';
         while (defined(my $line = <$c>)) { $req .= $line; last if $line eq "\r\n" }
         my ($used) = $req =~ /used=(\d+)/;
+        if ($req =~ /^X-T: delay\r$/mi) {
+            $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $rport)
+                or die $!;
+            $s->autoflush(1);
+            print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$1\r\n$SLEEP\r\n";
+            my $t = time;
+            open my $f, '>', "$slept.tmp" or die $!;
+            print $f $t;
+            close $f;
+            rename "$slept.tmp", $slept;
+        }
         sleep 0.4;
         print $c "HTTP/1.1 200 OK\r\nX-AI-Tokens-Used: $used\r\nContent-Length: 3\r\n"
                  . "Connection: close\r\n\r\nok\n";
@@ -183,26 +202,23 @@ my $log = nginx_run(
         }
 
         # the response is not delayed when Redis is slow to take the correction:
-        # the charge is done, then Redis stalls for 1 s while the response goes out
-        my $t0 = time;
+        # the charge is done, then Redis stalls for 2 s (from the upstream,
+        # once it has the request: not before the charge, however loaded
+        # the machine) and the upstream answers 0.4 s into it
         my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port) or die $!;
-        my $pid = fork;
-        if ($pid == 0) {
-            sleep 0.15;
-            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $rport);
-            print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$1\r\n1\r\n";
-            my $x = <$s>;
-            POSIX::_exit(0);
-        }
-        # the upstream answers at 0.4 s, while Redis sleeps from 0.15 s to 1.15 s
         print $c "POST /slow/chat?used=700 HTTP/1.1\r\nHost: x\r\nX-T: delay\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         local $/;
         my $resp = <$c>;
-        my $elapsed = time - $t0;
+        my $t_resp = time;
         like($resp, qr{^HTTP/1\.1 200}, 'not delayed: 200');
-        ok($elapsed < 0.9, "not delayed: the response completed while Redis slept (${\ sprintf '%.2f', $elapsed}s)");
-        waitpid $pid, 0;
-        is(settle('delay', 700), 700, 'not delayed: the correction landed after Redis woke up');
+        my $t_sleep = -e $slept ? QuotaTest::_slurp($slept) : undef;
+        ok(defined $t_sleep, 'not delayed: the upstream put Redis to sleep');
+        # a response held for the correction comes when Redis wakes, >= 2 s
+        my $elapsed = $t_resp - ($t_sleep // 0);
+        ok($elapsed < $SLEEP - 0.8, "not delayed: the response completed while Redis slept "
+           . "(${\ sprintf '%.2f', $elapsed}s into its ${SLEEP}s sleep)");
+        is(settle('delay', 700, $SLEEP + 3), 700,
+           'not delayed: the correction landed after Redis woke up');
     },
 );
 
