@@ -66,20 +66,47 @@ _EOC_
 
 # start_nginx($servroot, $port, $workers, %http): nginx_start (a master,
 # no root location) with http_config(%http) and server_config($port); dies
-# when it does not start. Returns once each worker's Redis connection is
-# ready: under valgrind that takes seconds, and a request that came first
-# would get the failure mode.
+# when it does not start. The listen has reuseport: each worker has its
+# own socket and the kernel spreads new connections over them (without
+# it, accept_mutex off, one worker may take every connection while the
+# other is busy or still starting: worker_conns found one worker only).
+# Returns once each worker logged a ready Redis connection (wait_ready):
+# a request that came first would get the failure mode, and a worker
+# still starting takes no connection.
 sub start_nginx {
     my ($root, $port, $workers, %http) = @_;
     my $conf = http_config(%http);
     my $h = QuotaTest::nginx_start(servroot => $root, port => $port,
                                    workers => $workers, master => 1,
                                    no_root_location => 1,
+                                   listen_opts => 'reuseport',
                                    http_config => $conf,
                                    config => server_config($port));
     die "nginx: $h->{error}\n" if $h->{error};
-    QuotaTest::wait_module_ready($root, $conf, $workers);
+    wait_ready($root, $workers);
     return $h;
+}
+
+# ready_pids($servroot): { pid => 1 } of the workers that logged "quota:
+# redis connection #N ready" (at info, the level of nginx_start/nginx_run)
+sub ready_pids {
+    my ($root) = @_;
+    my %pids = map { $_ => 1 }
+        (QuotaTest::_slurp("$root/logs/error.log") // '')
+            =~ /\d+#(\d+): quota: redis connection #\d+ ready/g;
+    return \%pids;
+}
+
+# wait_ready($servroot, $n, $secs, $except): waits (at most $secs, 30)
+# until $n workers, not counting the pids of the hash $except (the
+# workers before a reload), logged a ready Redis connection; whatever
+# the build (valgrind, sanitizers) or the load. True when they did.
+sub wait_ready {
+    my ($root, $n, $secs, $except) = @_;
+    $except //= {};
+    return wait_for($secs // 30, sub {
+        (grep { !$except->{$_} } keys %{ ready_pids($root) }) >= ($n || 1)
+    });
 }
 
 # usage($rs, $tenant): the tenant's "api" usage this month in the

@@ -429,6 +429,7 @@ sub nginx_conf {
     my $level = $o{log_level} || 'info';
     my $wc = $o{worker_connections} || 1024;
     my $port = $o{port};
+    my $listen = $o{listen_opts} ? " $o{listen_opts}" : '';
     # like the real Test::Nginx: TEST_NGINX_EVENT_TYPE picks the method
     my $use = $ENV{TEST_NGINX_EVENT_TYPE} ? "    use $ENV{TEST_NGINX_EVENT_TYPE};\n" : '';
     my $root_loc = $o{no_root_location} ? '' : <<"_EOC_";
@@ -463,7 +464,7 @@ http {
 
 @{[ $o{http_config} || '' ]}
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$port$listen;
         server_name localhost;
         client_max_body_size 30M;
 
@@ -493,7 +494,11 @@ sub _listening {
 # waits until the port listens. Returns a handle; on failure the handle has
 # {error} set and nginx is not running. %o: servroot, port, main_config,
 # http_config, config, workers, master, log_level, env, no_root_location,
-# load_modules, expect_failure (for must_die: just wait for the exit).
+# load_modules, expect_failure (for must_die: just wait for the exit),
+# listen_opts (appended to the server's listen: 'reuseport' gives each
+# worker its own socket, the kernel spreads new connections over them by
+# a hash of their addresses; without it, accept_mutex off, the first
+# worker waiting in epoll may take every connection).
 sub nginx_start {
     my (%o) = @_;
     my $root = $o{servroot} or die "nginx_start: no servroot\n";
@@ -779,6 +784,7 @@ sub nginx_run {
         log_level   => $o{log_level},
         env         => $o{env},
         no_root_location => $o{no_root_location},
+        listen_opts => $o{listen_opts},
     );
     die "nginx_run: @errs\n" if @errs;
 
