@@ -97,7 +97,10 @@ my $log = nginx_run(
     config => $server,
     log_level => 'info',
     code => sub {
-        my ($port) = @_;
+        my ($port, $root) = @_;
+        # the worker's Redis connection first: a request that came before
+        # it would get the failure mode (a slow start: sanitizers, load)
+        QuotaFallback::wait_ready($root, 1);
         my $post = sub {
             my ($t) = @_;
             my $n = evalshas();
@@ -168,7 +171,7 @@ unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
     my $pid = QuotaFallback::redis_sleep($rs, 1);
     push @qs, QuotaFallback::req($c, 'fb')->{qs};
     waitpid $pid, 0;
-    my $got = QuotaFallback::wait_for(5, sub {
+    my $got = QuotaFallback::wait_for(15, sub {
         ($rs->cmd('HGET', "quota:{fb}:usage:$s20", 'api') // 0) == 1 });
     my $resends = QuotaFallback::metric($port, 'quota_redis_anchor_resends_total');
     close $c;
@@ -198,7 +201,8 @@ my $llog = nginx_run(
                    . "    quota_plan basic { limit a 1000; }\n",
     config => "    quota_lease 50;\n" . $server,
     code => sub {
-        my ($port) = @_;
+        my ($port, $root) = @_;
+        QuotaFallback::wait_ready($root, 1);
         push @lst, http_request($port, 'POST', '/a', { 'X-T' => 'l15' },
                                 '')->{headers}{'x-status'} // ''
             for 1 .. 5;
@@ -239,7 +243,10 @@ for my $c (['gw', 'a1', 'closed', 'ALLOWED', 1, $s15],
                        . "    quota_plan basic { limit a 100; }\n",
         config => $server,
         code => sub {
-            $r = http_request($_[0], 'POST', '/a', { 'X-T' => $t }, '');
+            my ($port, $root) = @_;
+            # AUTH and SCRIPT LOAD done: the request meets the script
+            QuotaFallback::wait_ready($root, 1);
+            $r = http_request($port, 'POST', '/a', { 'X-T' => $t }, '');
         },
     );
     is($r->{headers}{'x-status'} // '', $want,

@@ -34,7 +34,10 @@ my $log = nginx_run(
                                               limit => 1000),
     config => QuotaFallback::server_config(),
     code => sub {
-        my ($port) = @_;
+        my ($port, $root) = @_;
+        # the worker's Redis connection first: a request that came before
+        # it would get the failure mode (a slow start: sanitizers, load)
+        QuotaFallback::wait_ready($root, 1);
 
         my @s = map { post($port) } 1 .. 3;
         is("@s", 'ALLOWED ALLOWED ALLOWED', '3 admitted');

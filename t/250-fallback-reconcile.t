@@ -10,6 +10,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
+use QuotaFallback;
 use Time::HiRes qw(sleep time);
 
 my $start = month_start();
@@ -48,7 +49,10 @@ _EOC_
     location = /metrics { quota_metrics; }
 _EOC_
     code => sub {
-        my ($port) = @_;
+        my ($port, $root) = @_;
+        # the worker's Redis connection first: a request that came before
+        # it would get the failure mode (a slow start: sanitizers, load)
+        QuotaFallback::wait_ready($root, 1);
         my $r = http_request($port, 'POST', '/a', { 'X-T' => 'r' }, '', 10);
         $qs{ $r->{headers}{'x-quota-status'} // '' }++;
         my $deadline = time + 5;

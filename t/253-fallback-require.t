@@ -14,6 +14,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest;
 use QuotaTime;
+use QuotaFallback;
 
 my $start = month_start();
 my $rs = start_redis();
@@ -55,7 +56,10 @@ _EOC_
 my %st;
 nginx_run(workers => 1, master => 1, http_config => $http, config => $server,
           no_root_location => 1, code => sub {
-    my ($port) = @_;
+    my ($port, $root) = @_;
+    # the worker's Redis connection first: a request that came before it
+    # would get the failure mode (a slow start: sanitizers, load)
+    QuotaFallback::wait_ready($root, 1);
     my $post = sub {
         my ($path, $t) = @_;
         my $r = http_request($port, 'POST', $path, { 'X-T' => $t }, '', 10);
@@ -73,7 +77,12 @@ nginx_run(workers => 1, master => 1, http_config => $http, config => $server,
                          $post->('/strict', 'known'),
                          $post->('/open', 'known');
     kill 'CONT', $rs->{pid};
-    sleep 2;
+    # the probe closes the circuit, the flush charges what was admitted
+    QuotaFallback::wait_for(20, sub {
+        ($rs->cmd('HGET', "quota:{nobody}:usage:$start", 'a') // 0) == 2
+        && ($rs->cmd('HGET', "quota:{known}:usage:$start", 'a') // 0) == 3
+    });
+    sleep 0.5;    # and nothing more
 });
 kill 'CONT', $rs->{pid};
 

@@ -14,6 +14,7 @@ use FindBin;
 BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
+use QuotaFallback;
 use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -66,7 +67,10 @@ my $h = nginx_start(servroot => $root, port => $port, workers => 1,
     location /origin { quota off; return 200 "ok"; }
 _EOC_
 die $h->{error} if $h->{error};
-QuotaTest::wait_module_ready($root, $http, 1);
+# the worker's Redis connection ready, whatever the build or the load: a
+# request that came before it would get the failure mode
+QuotaFallback::wait_ready($root, 1)
+    or diag('no ready redis connection: ' . QuotaFallback::logs($root));
 
 # the slow request, from a child
 my $cpid = fork;
@@ -86,7 +90,11 @@ is($r->{headers}{'x-quota-status'}, 'FAIL_OPEN', 'a charge times out');
 # the slow request ends after the connection was declared dead (3 s)
 waitpid $cpid, 0;
 kill 'QUIT', $h->{pid};
-sleep 1;
+# the worker is quitting (its slot release waits) before Redis is back
+QuotaFallback::wait_for(15, sub {
+    (QuotaTest::_slurp("$root/logs/error.log") // '')
+        =~ /gracefully shutting down/
+});
 kill 'CONT', $rs->{pid};
 
 $deadline = time + 15;

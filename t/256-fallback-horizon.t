@@ -18,6 +18,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
 use File::Temp qw(tempdir);
+use QuotaFallback;
 use Time::HiRes qw(sleep time);
 
 my ($faketime) = grep { -e } map { "$_/faketime/libfaketime.so.1" }
@@ -76,7 +77,10 @@ my $h;
 _EOC_
 }
 die "nginx: $h->{error}\n" if $h->{error};
-QuotaTest::wait_module_ready($root, $http, 1);
+# the worker's Redis connection ready, whatever the build or the load: a
+# request that came before it would get the failure mode
+QuotaFallback::wait_ready($root, 1)
+    or diag('no ready redis connection: ' . QuotaFallback::logs($root));
 
 sub status {
     my $r = http_request($port, 'POST', '/api/x', { 'X-API-Key' => 'f' }, '',
@@ -89,8 +93,15 @@ $rs->down('KILL');
 sleep 0.3;
 is(status(), 'FALLBACK', 'Redis gone: admitted in fallback, its FORCE waits');
 
+my $mark = length(QuotaTest::_slurp("$root/logs/error.log") // '');
 set_clock($clock, '+400');
-sleep 1.5;
+# the FORCE is sent again (about every second after 5 s) with the clock
+# 400 s ahead: it must not be dropped
+QuotaFallback::wait_for(15, sub {
+    substr(QuotaTest::_slurp("$root/logs/error.log") // '', $mark)
+        =~ /charging what fallback admitted for tenant "f"/
+});
+sleep 0.5;
 $rs->up;
 my $deadline = time + 15;
 sleep 0.1 while time < $deadline

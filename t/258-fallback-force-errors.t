@@ -19,6 +19,7 @@ BEGIN { push @INC, "$FindBin::Bin/lib" }
 use Test::More;
 use QuotaTest qw(:DEFAULT nginx_start nginx_stop);
 use QuotaTime;
+use QuotaFallback;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use POSIX ();
@@ -51,7 +52,10 @@ _EOC_
     location /origin { quota off; return 200 "ok"; }
 _EOC_
 die $h->{error} if $h->{error};
-QuotaTest::wait_module_ready($root, undef, 1);
+# the worker's Redis connection ready, whatever the build or the load: a
+# request that came before it would get the failure mode
+QuotaFallback::wait_ready($root, 1)
+    or diag('no ready redis connection: ' . QuotaFallback::logs($root));
 
 sub status {
     my ($t) = @_;

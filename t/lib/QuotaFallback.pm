@@ -150,15 +150,23 @@ sub wait_for {
 # runs what it was sent late, after the sleep. The command is written by
 # this process, before anything the test sends next, so Redis reads it
 # first however loaded the machine (a child that connects and sends it
-# may run after the test's next request); a child keeps the connection
-# and reads the reply, so the test goes on. Waits $settle s (0.05) for
-# Redis to read it. Returns the child's pid (waitpid it: it exits when
-# the sleep is over).
+# may run after the test's next request), on a connection Redis has
+# already accepted (a PING answered): a new one is accepted in one event
+# loop pass and read in the next, and a command that came in between
+# would be answered before the sleep. A child keeps the connection and
+# reads the reply, so the test goes on. Waits $settle s (0.05) for Redis
+# to read it. Returns the child's pid (waitpid it: it exits when the
+# sleep is over).
 sub redis_sleep {
     my ($rs, $secs, $settle) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $rs->{port})
         or die "QuotaFallback: connect to redis: $!\n";
+    print $s "*1\r\n\$4\r\nPING\r\n";
+    $s->flush;
+    my $pong = <$s>;
+    die "QuotaFallback: redis PING: " . ($pong // 'closed') . "\n"
+        unless defined $pong && $pong =~ /^\+PONG/;
     print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
              . "\r\n$secs\r\n";
     $s->flush;
