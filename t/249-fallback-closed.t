@@ -79,7 +79,7 @@ sub start {
     kill 'QUIT', $h->{pid};
     waitpid $pid, 0;
     nginx_stop($h, master => 1, check => "2. graceful quit");
-    my $deadline = time + 5;
+    my $deadline = time + 15;
     sleep 0.1 while time < $deadline && usage('q') != 2;
     is(usage('q'), 2, 'q: both admitted requests charged once nginx quit');
     unlike(logs(), qr/\[alert\]|\[crit\]|\[emerg\]/, 'no alert');
