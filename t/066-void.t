@@ -332,7 +332,12 @@ sub slow_upstream {
 
 
 # a TCP proxy to Redis: SIGUSR1 closes every connection and stops
-# listening (connects are refused), SIGUSR2 listens again
+# listening (connects are refused), SIGUSR2 listens again.  SIGTERM drains
+# it: once nginx has exited, whatever nginx wrote (the last slot release is
+# written just before the response) is forwarded, and each Redis side is
+# half-closed and read until Redis closes it, i.e. until Redis has run every
+# command; then the proxy exits.  Killing it instead could drop a release
+# still in its buffers (the flake of 'F2: no slot left').
 sub down_proxy {
     my ($rport) = @_;
     my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
@@ -341,17 +346,26 @@ sub down_proxy {
     my $ppid = fork;
     die "fork: $!" unless defined $ppid;
     if ($ppid == 0) {
-        my ($down, $up) = (0, 0);
+        my ($down, $up, $stop) = (0, 0, 0);
         local $SIG{USR1} = sub { $down = 1 };
         local $SIG{USR2} = sub { $up = 1 };
+        local $SIG{TERM} = sub { $stop = 1 };
+        local $SIG{PIPE} = 'IGNORE';    # nginx may be gone: EPIPE, not death
         alarm 30;
         my $sel = IO::Select->new($l);
-        my %peer;
+        my (%peer, %redis_side);
         while (1) {
+            if ($stop && $l) {
+                $sel->remove($l);
+                close $l;
+                $l = undef;
+            }
+            POSIX::_exit(0) if $stop && !$sel->count;
             if ($down) {
                 $down = 0;
                 for my $h ($sel->handles) { $sel->remove($h); close $h }
                 %peer = ();
+                %redis_side = ();
                 $l = undef;
             }
             if ($up) {
@@ -368,15 +382,28 @@ sub down_proxy {
                     my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                                   PeerPort => $rport) or next;
                     $peer{$c} = $u; $peer{$u} = $c;
+                    $redis_side{$u} = 1;
                     $sel->add($c, $u);
                     next;
                 }
                 next unless defined fileno($h);    # its peer closed it
                 my $buf;
                 my $n = sysread($h, $buf, 65536);
+                if (!$n && !$redis_side{$h} && $peer{$h}) {
+                    # nginx closed: Redis still runs what was forwarded,
+                    # its side stays open until Redis closes it
+                    my $o = delete $peer{$h};
+                    delete $peer{$o};
+                    $sel->remove($h);
+                    close $h;
+                    shutdown($o, 1);
+                    next;
+                }
                 if (!$n) {
                     my $o = delete $peer{$h};
                     delete $peer{$o} if $o;
+                    delete $redis_side{$h};
+                    delete $redis_side{$o} if $o;
                     $sel->remove($h); $sel->remove($o) if $o;
                     close $h; close $o if $o;
                     next;
@@ -432,7 +459,8 @@ _EOC_
             $next = QuotaTest::http_request($port, 'POST', '/slow/x?ms=0', { 'X-T' => 'f2' }, '');
         },
     );
-    kill 'KILL', $ppid;
+    # nginx has exited: the proxy forwards what it still holds, then exits
+    kill 'TERM', $ppid;
     waitpid($ppid, 0);
     kill 'TERM', $up_pid;
     waitpid($up_pid, 0);
