@@ -89,6 +89,13 @@ my $log = nginx_run(
         my ($port, $root) = @_;
         my @r;
 
+        # both workers' Redis connections first: a request that came
+        # before them (a first handshake slower than connect_timeout=
+        # 300ms, sanitizers on a loaded machine) would get the failure
+        # mode and count towards opening the circuit
+        ok(QuotaFallback::wait_ready($root, 2),
+           'both workers connected to redis');
+
         # the zone learns: a at 20 of 100, b at 96 of 100
         @r = burst($port, 'fb-a', 20);
         is(count(\@r, 'ALLOWED'), 20, 'a: 20 admitted by redis');
