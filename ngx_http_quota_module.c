@@ -791,6 +791,15 @@ ngx_http_quota_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    /*
+     * nginx last updated its cached clock when ngx_init_cycle() began, before
+     * the configuration was read (and a worker inherits the master's): the
+     * connect timers and the hold window armed below must count from now,
+     * or a configuration that took connect_timeout= to read leaves the first
+     * connection timed out before its handshake could answer
+     */
+    ngx_time_update();
+
     if (ngx_http_quota_script_init_worker(cycle->log) != NGX_OK) {
         return NGX_ERROR;
     }
