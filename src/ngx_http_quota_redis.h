@@ -231,6 +231,8 @@ void ngx_http_quota_redis_stats_latency(ngx_http_quota_redis_conn_t *rc,
     uint64_t us);
 void ngx_http_quota_redis_stats_master(ngx_http_quota_worker_t *w);
 void ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w);
+void ngx_http_quota_redis_stats_moved(ngx_http_quota_worker_t *w,
+    ngx_uint_t slot, ngx_uint_t node);
 
 /* ngx_http_quota_redis.c */
 ngx_http_quota_op_t *ngx_http_quota_redis_op_alloc(

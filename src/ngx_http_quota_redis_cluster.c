@@ -535,6 +535,7 @@ ngx_http_quota_redis_cluster_redirect(ngx_http_quota_redis_conn_t *rc,
 
     if (!ask && node != NGX_HTTP_QUOTA_NO_NODE) {
         w->slots[slot] = (u_char) node;
+        ngx_http_quota_redis_stats_moved(w, slot, node);
         ngx_http_quota_redis_cluster_refresh(w);
     }
 

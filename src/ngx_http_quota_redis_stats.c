@@ -23,10 +23,16 @@
  *
  * Failovers: the zone records the sentinels' master and a cluster's slot
  * owners (CRC32 of the owner's address per slot) as last seen by any
- * worker.  The worker that first sees a different master, or a slot map in
- * which some slot has another owner, counts one failover and records what
- * it saw; the other workers then see nothing new.  A slot map missing a
- * slot (a failover in progress) changes nothing for that slot.
+ * worker.  The worker that first sees a different master, a slot map in
+ * which some slot has another owner, or a MOVED naming another owner,
+ * counts one failover and records what it saw; the other workers then see
+ * nothing new.  A slot map missing a slot (a failover in progress) changes
+ * nothing for that slot.  A MOVED is the word of the node that owned the
+ * slot, and the only one while the seeds still answer the map from before
+ * (a seed cut off from the other nodes keeps its old view): the owner the
+ * last map gave is kept next to the one MOVED named, and a map that still
+ * names it is taken as older than the MOVED: neither counted nor recorded,
+ * until a map names the new owner.
  */
 
 
@@ -42,6 +48,15 @@
 
 /* the per-server kinds: "unavailable" belongs to no server */
 #define NGX_HTTP_QUOTA_REDIS_SERVER_KINDS  4
+
+/* distinct owner changes learnt from MOVED a slot map may confirm */
+#define NGX_HTTP_QUOTA_MOVED_SEEN  8
+
+
+typedef struct {
+    uint32_t                     from;
+    uint32_t                     to;
+} ngx_http_quota_redis_moved_t;
 
 
 typedef struct {
@@ -64,6 +79,8 @@ struct ngx_http_quota_redis_stats_s {
     size_t                       master_len;  /* 0: none seen yet */
     u_char                       master[NGX_SOCKADDR_STRLEN];
     uint32_t                     owner[NGX_HTTP_QUOTA_CLUSTER_SLOTS];
+    /* the owner a map gave before MOVED named owner[]; 0: none */
+    uint32_t                     mapped[NGX_HTTP_QUOTA_CLUSTER_SLOTS];
 };
 
 
@@ -78,6 +95,13 @@ static u_char *ngx_http_quota_redis_stats_histogram(u_char *p,
     ngx_http_quota_redis_server_t *s, ngx_str_t *name);
 static u_char *ngx_http_quota_redis_stats_escape(u_char *p, u_char *s,
     size_t len);
+static ngx_uint_t ngx_http_quota_redis_stats_seen(
+    ngx_http_quota_redis_stats_t *rs, ngx_http_quota_redis_moved_t *seen);
+static ngx_uint_t ngx_http_quota_redis_stats_known_move(
+    ngx_http_quota_redis_moved_t *seen, ngx_uint_t n, uint32_t from,
+    uint32_t to);
+static uint32_t ngx_http_quota_redis_stats_owner(
+    ngx_http_quota_redis_node_t *node);
 
 
 static const char  *ngx_http_quota_redis_server_kinds[] = {
@@ -349,13 +373,18 @@ ngx_http_quota_redis_stats_master(ngx_http_quota_worker_t *w)
 }
 
 
-/* a new slot map in w->slots: a failover if a slot has another owner */
+/*
+ * A new slot map in w->slots: a failover if a slot has another owner,
+ * unless a MOVED already counted that change (the other slots of the
+ * failed master move with the one MOVED named).
+ */
 void
 ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w)
 {
     uint32_t                       crc, node[NGX_HTTP_QUOTA_CLUSTER_MAX_NODES];
-    ngx_uint_t                     i, moved;
+    ngx_uint_t                     i, moved, nseen;
     ngx_http_quota_redis_stats_t  *rs;
+    ngx_http_quota_redis_moved_t   seen[NGX_HTTP_QUOTA_MOVED_SEEN];
 
     rs = w->qmcf->redis_stats;
 
@@ -364,14 +393,14 @@ ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w)
     }
 
     for (i = 0; i < w->nnodes; i++) {
-        /* never 0, which means "no owner recorded" */
-        node[i] = ngx_crc32_short(w->nodes[i].text, w->nodes[i].addr.name.len)
-                  | 1;
+        node[i] = ngx_http_quota_redis_stats_owner(&w->nodes[i]);
     }
 
     moved = 0;
 
     ngx_shmtx_lock(&rs->shpool->mutex);
+
+    nseen = ngx_http_quota_redis_stats_seen(rs, seen);
 
     for (i = 0; i < NGX_HTTP_QUOTA_CLUSTER_SLOTS; i++) {
         if (w->slots[i] == NGX_HTTP_QUOTA_NO_NODE) {
@@ -380,10 +409,25 @@ ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w)
 
         crc = node[w->slots[i]];
 
-        if (rs->owner[i] != crc) {
-            moved |= (rs->owner[i] != 0);
-            rs->owner[i] = crc;
+        if (rs->owner[i] == crc) {
+            /* the owner a MOVED named, if it was one: confirmed */
+            rs->mapped[i] = 0;
+            continue;
         }
+
+        if (rs->mapped[i] == crc) {
+            continue;       /* a map from before the MOVED */
+        }
+
+        if (rs->owner[i] != 0
+            && !ngx_http_quota_redis_stats_known_move(seen, nseen,
+                                                      rs->owner[i], crc))
+        {
+            moved = 1;
+        }
+
+        rs->owner[i] = crc;
+        rs->mapped[i] = 0;
     }
 
     ngx_shmtx_unlock(&rs->shpool->mutex);
@@ -391,6 +435,99 @@ ngx_http_quota_redis_stats_slots(ngx_http_quota_worker_t *w)
     if (moved) {
         ngx_http_quota_count(w->qmcf, failovers);
     }
+}
+
+
+/* the owner changes MOVED counted that no map confirmed yet, distinct */
+static ngx_uint_t
+ngx_http_quota_redis_stats_seen(ngx_http_quota_redis_stats_t *rs,
+    ngx_http_quota_redis_moved_t *seen)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < NGX_HTTP_QUOTA_CLUSTER_SLOTS; i++) {
+        if (rs->mapped[i] == 0
+            || ngx_http_quota_redis_stats_known_move(seen, n, rs->mapped[i],
+                                                     rs->owner[i]))
+        {
+            continue;
+        }
+
+        if (n == NGX_HTTP_QUOTA_MOVED_SEEN) {
+            break;          /* then a change beyond these counts again */
+        }
+
+        seen[n].from = rs->mapped[i];
+        seen[n].to = rs->owner[i];
+        n++;
+    }
+
+    return n;
+}
+
+
+static ngx_uint_t
+ngx_http_quota_redis_stats_known_move(ngx_http_quota_redis_moved_t *seen,
+    ngx_uint_t n, uint32_t from, uint32_t to)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (seen[i].from == from && seen[i].to == to) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* "MOVED slot node": a failover if the slot had another owner */
+void
+ngx_http_quota_redis_stats_moved(ngx_http_quota_worker_t *w,
+    ngx_uint_t slot, ngx_uint_t node)
+{
+    uint32_t                       crc;
+    ngx_uint_t                     moved;
+    ngx_http_quota_redis_stats_t  *rs;
+
+    rs = w->qmcf->redis_stats;
+
+    if (rs == NULL) {
+        return;
+    }
+
+    crc = ngx_http_quota_redis_stats_owner(&w->nodes[node]);
+    moved = 0;
+
+    ngx_shmtx_lock(&rs->shpool->mutex);
+
+    if (rs->owner[slot] != crc) {
+        moved = (rs->owner[slot] != 0);
+
+        /* the owner the last map gave stays the one to ignore */
+        if (rs->mapped[slot] == 0) {
+            rs->mapped[slot] = rs->owner[slot];
+        }
+
+        rs->owner[slot] = crc;
+    }
+
+    ngx_shmtx_unlock(&rs->shpool->mutex);
+
+    if (moved) {
+        ngx_http_quota_count(w->qmcf, failovers);
+    }
+}
+
+
+/* a slot owner's record: CRC32 of its address, never 0 ("none") */
+static uint32_t
+ngx_http_quota_redis_stats_owner(ngx_http_quota_redis_node_t *node)
+{
+    return ngx_crc32_short(node->text, node->addr.name.len) | 1;
 }
 
 

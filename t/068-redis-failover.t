@@ -13,6 +13,12 @@
 #    node wait for its connection instead of failing open, every tenant's
 #    count equals its admitted requests (none charged twice, none lost),
 #    and quota_redis_failovers_total is 1.
+# 3. The same cluster behind a seed whose map is stale (a node cut off from
+#    the others keeps answering the map it last knew: here a fake seed
+#    that answers CLUSTER SLOTS with the map from before the failover);
+#    CLUSTER FAILOVER back to the first master: the failover is seen only
+#    through MOVED, and counted once (not 0 because no map shows it, nor
+#    once more at each stale map).
 
 use strict;
 use warnings;
@@ -24,6 +30,8 @@ use QuotaHA ();
 use QuotaTime;
 use QuotaProm;
 use File::Temp ();
+use IO::Socket::INET;
+use POSIX ();
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
@@ -39,6 +47,55 @@ sub post {
 }
 
 sub status { $_[0]{headers}{'x-status'} // '' }
+
+# stale_seed($map): a fake cluster node that answers CLUSTER SLOTS with
+# $map ([[from, to, [ip, port, id], replicas...], ...], as read from a real
+# node) whatever happens to the cluster, PING and AUTH as a node would;
+# returns (port, pid)
+sub stale_seed {
+    my ($map) = @_;
+    my $bulk = sub { '$' . length($_[0]) . "\r\n$_[0]\r\n" };
+    my $slots = '*' . @$map . "\r\n";
+    for my $r (@$map) {
+        my ($from, $to, @n) = @$r;
+        $slots .= '*' . (2 + @n) . "\r\n:$from\r\n:$to\r\n";
+        $slots .= "*3\r\n" . $bulk->($_->[0]) . ":$_->[1]\r\n" . $bulk->($_->[2])
+            for @n;
+    }
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 16, ReuseAddr => 1) or die $!;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        $SIG{CHLD} = 'IGNORE';
+        alarm 120;
+        while (my $c = $l->accept) {
+            next if fork;
+            alarm 120;
+            local $/ = "\r\n";
+            while (defined(my $n = <$c>)) {
+                my @cmd;
+                if ($n =~ /^\*(\d+)/) {
+                    for (1 .. $1) {
+                        my ($len) = (scalar <$c>) =~ /^\$(\d+)/ or last;
+                        read($c, my $arg, $len + 2);
+                        push @cmd, uc substr($arg, 0, $len);
+                    }
+                }
+                my $cmd = join ' ', @cmd[0 .. ($#cmd < 1 ? $#cmd : 1)];
+                print $c $cmd eq 'CLUSTER SLOTS' ? $slots
+                       : $cmd =~ /^(AUTH|PING)/ ? ($1 eq 'PING' ? "+PONG\r\n" : "+OK\r\n")
+                       : "-ERR unknown command\r\n";
+                $c->flush;
+            }
+            POSIX::_exit(0);
+        }
+        POSIX::_exit(0);
+    }
+    my $port = $l->sockport;
+    close $l;
+    return ($port, $pid);
+}
 
 my $server = <<'_EOC_';
     quota on;
@@ -275,6 +332,73 @@ SKIP: {
                          server => "127.0.0.1:$new") // 0) >= 20,
        'cluster: round trips on the promoted node\'s label')
         or diag(join "\n", grep { /latency_seconds_count/ } split /\n/, $metrics);
+
+    # 3. a stale seed; CLUSTER FAILOVER back to $old (now $new's replica)
+    my $vslot = QuotaHA::slot($victim);
+    my $map;
+    ok(QuotaHA::wait_until(20, sub {
+           $map = $nodes[0]->cmd('CLUSTER', 'SLOTS');
+           grep { $_->[0] <= $vslot && $vslot <= $_->[1] && $_->[2][1] == $new } @$map;
+       }), 'stale seed: the map names the promoted node');
+    # the promoted node knows the demoted one as its replica (else it
+    # ignores the failover request), and the replication link is up
+    my $new_id = $by_port{$new}->cmd('CLUSTER', 'MYID');
+    ok(QuotaHA::wait_until(20, sub {
+           (grep { /\b127\.0\.0\.1:$old\b/ }
+                 @{ $by_port{$new}->cmd('CLUSTER', 'REPLICAS', $new_id) })
+           && $by_port{$old}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+       'stale seed: the demoted master follows the promoted one');
+    my ($sport, $spid) = stale_seed($map);
+    my $usage = sub { $by_port{$_[0]}->cmd('HGET', "quota:{$victim}:usage:$start",
+                                           'api_requests') // 0 };
+    my ($before, @v3, $back);
+    $metrics = undef;
+    $log = nginx_run(
+        no_root_location => 1,
+        workers => 2,
+        http_config => "    quota_redis_cluster 127.0.0.1:$sport"
+                       . " timeout=2s connect_timeout=3s;\n"
+                       . "    quota_metric api_requests;\n",
+        config => $server,
+        code => sub {
+            my ($port) = @_;
+            QuotaHA::wait_until(10 * $slack, sub {
+                3 == grep { status(post($port, "warm-$_")) eq 'ALLOWED' } @tenants });
+            $before = $usage->($new);
+            $by_port{$old}->cmd('CLUSTER', 'FAILOVER');
+            my $after = 0;
+            my $t0 = time;
+            while (time - $t0 < 40 * $slack) {
+                push @v3, post($port, $victim);
+                $back ||= eval { $by_port{$old}->cmd('ROLE')->[0] eq 'master' };
+                # 20 in a row charged after the failover
+                $after = $back && status($v3[-1]) eq 'ALLOWED' ? $after + 1 : 0;
+                last if $after >= 20;
+            }
+            $metrics = http_get($port, '/metrics')->{body};
+        },
+    );
+    kill 'KILL', $spid;
+    waitpid($spid, 0);
+
+    ok($back, 'stale seed: CLUSTER FAILOVER promoted the first master again');
+    my $admitted = grep { status($_) eq 'ALLOWED' } @v3;
+    is(scalar(grep { status($_) ne 'ALLOWED' } @v3), 0,
+       'stale seed: every request charged');
+    is($usage->($old) - $before, $admitted,
+       "stale seed: counted exactly on the master $old ($admitted admitted)");
+    my @maps = $log =~ /map from 127\.0\.0\.1:$sport/g;
+    my @moved = $log =~ /"MOVED $vslot 127\.0\.0\.1:$old" from 127\.0\.0\.1:$new, following/g;
+    # each worker's first map, then at least one stale map undoing a
+    # MOVED: a MOVED more than one per worker
+    ok(@maps >= 3 && @moved >= 3,
+       'stale seed: the stale map was asked again after each MOVED ('
+       . scalar(@maps) . ' maps, ' . scalar(@moved) . ' MOVED)');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'stale seed: no alert, no crash');
+    $p = eval { QuotaProm::parse($metrics) };
+    ok($p, 'stale seed: valid Prometheus text') or diag($@);
+    is(QuotaProm::value($p, 'quota_redis_failovers_total'), 1,
+       'stale seed: one failover, seen through MOVED only, two workers');
 
     stop_redis($_) for @nodes;
 }
