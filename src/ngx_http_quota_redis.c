@@ -239,16 +239,21 @@ ngx_http_quota_redis_send(ngx_http_quota_main_conf_t *qmcf, int argc,
     {
         op = ngx_http_quota_redis_hold(w, &cmd);
 
-        if (op != NULL) {
-            op->route = route;
-            op->handler = handler;
-            op->data = data;
-            op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
+    } else {
+        /* a cluster master just learned, still connecting */
+        op = ngx_http_quota_redis_cluster_wait(w, &cmd, route);
+    }
 
-            redisFreeCommand((char *) cmd.data);
-            ngx_http_quota_count(qmcf, inflight);
-            return op;
-        }
+    if (rc == NULL && op != NULL) {
+        /* held or parked: sent once a connection is ready */
+        op->route = route;
+        op->handler = handler;
+        op->data = data;
+        op->sent_us = qmcf->stats ? ngx_http_quota_now_us() : 0;
+
+        redisFreeCommand((char *) cmd.data);
+        ngx_http_quota_count(qmcf, inflight);
+        return op;
     }
 
     if (op == NULL) {

@@ -85,6 +85,7 @@ typedef struct {
     ngx_addr_t                   addr;
     ngx_sockaddr_t               sa;
     u_char                       text[NGX_SOCKADDR_STRLEN];
+    unsigned                     used:1;      /* a command went there */
 } ngx_http_quota_redis_node_t;
 
 
@@ -290,6 +291,8 @@ void ngx_http_quota_redis_cluster_lost(ngx_http_quota_redis_conn_t *rc);
 void ngx_http_quota_redis_cluster_refresh(ngx_http_quota_worker_t *w);
 ngx_uint_t ngx_http_quota_redis_cluster_ready(ngx_http_quota_worker_t *w);
 void ngx_http_quota_redis_cluster_unpark(ngx_http_quota_worker_t *w);
+ngx_http_quota_op_t *ngx_http_quota_redis_cluster_wait(
+    ngx_http_quota_worker_t *w, ngx_str_t *cmd, ngx_uint_t route);
 void ngx_http_quota_redis_cluster_retry(ngx_http_quota_worker_t *w);
 ngx_http_quota_redis_conn_t *ngx_http_quota_redis_cluster_pick(
     ngx_http_quota_worker_t *w, size_t len, ngx_uint_t affinity,

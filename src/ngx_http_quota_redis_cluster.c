@@ -39,7 +39,10 @@
  * (not sent anywhere, so nothing to undo) and sent as soon as one of them
  * is ready.  It fails when none of them is still trying (connect_timeout=
  * at most); a caller that gave up meanwhile (its timeout=) leaves an op
- * that is dropped unsent.
+ * that is dropped unsent.  The commands that follow it to that node (the
+ * map now names it) wait the same way until a command has gone there; a
+ * node that was used and is reconnecting fails them at once, as a lost
+ * master does.
  */
 
 
@@ -458,11 +461,62 @@ ngx_http_quota_redis_cluster_pick_node(ngx_http_quota_worker_t *w,
         rc = &w->conns[node * pool + i];
 
         if (ngx_http_quota_redis_can_take(rc, len) == NGX_OK) {
+            w->nodes[node].used = 1;
             return rc;
         }
     }
 
     return NULL;
+}
+
+
+/*
+ * No connection of the slot's master can take cmd: when the master was
+ * just learned (no command went there yet) and one of its connections is
+ * being made, a copy of cmd waits parked for it, as the redirected command
+ * that named the master does, instead of failing at once.
+ */
+ngx_http_quota_op_t *
+ngx_http_quota_redis_cluster_wait(ngx_http_quota_worker_t *w, ngx_str_t *cmd,
+    ngx_uint_t route)
+{
+    ngx_uint_t            node;
+    ngx_http_quota_op_t  *op;
+
+    if (w->slots == NULL || route == 0 || w->exiting) {
+        return NULL;
+    }
+
+    node = w->slots[route - 1];
+
+    if (node == NGX_HTTP_QUOTA_NO_NODE
+        || w->nodes[node].used
+        || !ngx_http_quota_redis_cluster_trying(w, node)
+        || w->nparked >= NGX_HTTP_QUOTA_MAX_PENDING)
+    {
+        return NULL;
+    }
+
+    op = ngx_http_quota_redis_op_alloc(w);
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->cmd.data = ngx_alloc(cmd->len, w->log);
+    if (op->cmd.data == NULL) {
+        ngx_http_quota_redis_op_free(w, op);
+        return NULL;
+    }
+
+    ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
+    op->cmd.len = cmd->len;
+    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
+    op->node = (u_char) node;
+    op->ask = 0;
+
+    ngx_http_quota_redis_cluster_park(w, op);
+
+    return op;
 }
 
 

@@ -19,6 +19,11 @@
 #    CLUSTER FAILOVER back to the first master: the failover is seen only
 #    through MOVED, and counted once (not 0 because no map shows it, nor
 #    once more at each stale map).
+# 4. A master learned while the gateway runs (a new map: here a fake
+#    seed's, naming a proxy in front of the victim's master that holds
+#    connections until told): the victim's charges sent while its
+#    connection is being made wait for it (parked, as a redirected one
+#    does) instead of failing open at once.
 
 use strict;
 use warnings;
@@ -31,6 +36,7 @@ use QuotaTime;
 use QuotaProm;
 use File::Temp ();
 use IO::Socket::INET;
+use IO::Select;
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
@@ -48,20 +54,26 @@ sub post {
 
 sub status { $_[0]{headers}{'x-status'} // '' }
 
-# stale_seed($map): a fake cluster node that answers CLUSTER SLOTS with
-# $map ([[from, to, [ip, port, id], replicas...], ...], as read from a real
-# node) whatever happens to the cluster, PING and AUTH as a node would;
-# returns (port, pid)
+# stale_seed($map, [$then, $file]): a fake cluster node that answers
+# CLUSTER SLOTS with $map ([[from, to, [ip, port, id], replicas...], ...],
+# as read from a real node) whatever happens to the cluster (with $then
+# once $file exists), PING and AUTH as a node would; returns (port, pid)
 sub stale_seed {
-    my ($map) = @_;
+    my ($map, $then, $file) = @_;
     my $bulk = sub { '$' . length($_[0]) . "\r\n$_[0]\r\n" };
-    my $slots = '*' . @$map . "\r\n";
-    for my $r (@$map) {
-        my ($from, $to, @n) = @$r;
-        $slots .= '*' . (2 + @n) . "\r\n:$from\r\n:$to\r\n";
-        $slots .= "*3\r\n" . $bulk->($_->[0]) . ":$_->[1]\r\n" . $bulk->($_->[2])
-            for @n;
-    }
+    my $resp = sub {
+        my ($m) = @_;
+        my $out = '*' . @$m . "\r\n";
+        for my $r (@$m) {
+            my ($from, $to, @n) = @$r;
+            $out .= '*' . (2 + @n) . "\r\n:$from\r\n:$to\r\n";
+            $out .= "*3\r\n" . $bulk->($_->[0]) . ":$_->[1]\r\n"
+                    . $bulk->($_->[2]) for @n;
+        }
+        return $out;
+    };
+    my $slots = $resp->($map);
+    my $slots2 = $then ? $resp->($then) : $slots;
     my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                   Listen => 16, ReuseAddr => 1) or die $!;
     my $pid = fork;
@@ -83,7 +95,8 @@ sub stale_seed {
                     }
                 }
                 my $cmd = join ' ', @cmd[0 .. ($#cmd < 1 ? $#cmd : 1)];
-                print $c $cmd eq 'CLUSTER SLOTS' ? $slots
+                print $c $cmd eq 'CLUSTER SLOTS'
+                         ? ($file && -e $file ? $slots2 : $slots)
                        : $cmd =~ /^(AUTH|PING)/ ? ($1 eq 'PING' ? "+PONG\r\n" : "+OK\r\n")
                        : "-ERR unknown command\r\n";
                 $c->flush;
@@ -91,6 +104,51 @@ sub stale_seed {
             POSIX::_exit(0);
         }
         POSIX::_exit(0);
+    }
+    my $port = $l->sockport;
+    close $l;
+    return ($port, $pid);
+}
+
+# gated_proxy($to): a TCP proxy to 127.0.0.1:$to that accepts connections
+# but forwards nothing until SIGUSR1; returns (port, pid)
+sub gated_proxy {
+    my ($to) = @_;
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 16, ReuseAddr => 1) or die $!;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        my $open = 0;
+        local $SIG{USR1} = sub { $open = 1 };
+        local $SIG{PIPE} = 'IGNORE';
+        alarm 120;
+        my $sel = IO::Select->new($l);
+        my (@held, %peer);
+        while (1) {
+            while ($open && (my $c = shift @held)) {
+                my $u = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                              PeerPort => $to) or next;
+                $peer{$c} = $u; $peer{$u} = $c;
+                $sel->add($c, $u);
+            }
+            for my $h ($sel->can_read(0.01)) {
+                if ($h == $l) {
+                    push @held, $l->accept // next;
+                    next;
+                }
+                next unless $peer{$h};
+                my $n = sysread($h, my $buf, 65536);
+                if (!$n) {
+                    my $o = delete $peer{$h};
+                    delete $peer{$o};
+                    $sel->remove($h, $o);
+                    close $h; close $o;
+                    next;
+                }
+                syswrite($peer{$h}, $buf);
+            }
+        }
     }
     my $port = $l->sockport;
     close $l;
@@ -399,6 +457,75 @@ SKIP: {
     ok($p, 'stale seed: valid Prometheus text') or diag($@);
     is(QuotaProm::value($p, 'quota_redis_failovers_total'), 1,
        'stale seed: one failover, seen through MOVED only, two workers');
+
+    # 4. the victim's master behind a proxy that holds its connections:
+    #    the map (a fake seed's) names the proxy
+    ok(QuotaHA::wait_until(20, sub {
+           $map = $nodes[0]->cmd('CLUSTER', 'SLOTS');
+           grep { $_->[0] <= $vslot && $vslot <= $_->[1] && $_->[2][1] == $old } @$map;
+       }), 'held: the map names the master');
+    my ($gport, $gpid) = gated_proxy($old);
+    my $map2 = [ map { [ @$_ ] } @$map ];
+    $_->[2] = [ '127.0.0.1', $gport, $_->[2][2] ]
+        for grep { $_->[0] <= $vslot && $vslot <= $_->[1] } @$map2;
+    my $switch = File::Temp::tempdir(CLEANUP => 1) . '/map2';
+    ($sport, $spid) = stale_seed($map, $map2, $switch);
+    my (@held, $learned);
+    $before = $usage->($old);
+    $log = nginx_run(
+        no_root_location => 1,
+        http_config => "    quota_redis_cluster 127.0.0.1:$sport"
+                       . " timeout=5s connect_timeout=10s;\n"
+                       . "    quota_metric api_requests;\n",
+        config => $server,
+        code => sub {
+            my ($port, $root) = @_;
+            QuotaHA::wait_until(10 * $slack, sub {
+                3 == grep { status(post($port, "warm-$_")) eq 'ALLOWED' }
+                          @tenants });
+            # the next map names the proxy: asked after a lost connection
+            open my $fh, '>', $switch or die "$switch: $!";
+            close $fh;
+            $by_port{ $owner[QuotaHA::slot($tenants[1])] }
+                ->cmd('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+            $learned = QuotaHA::wait_until(10 * $slack, sub {
+                QuotaTest::_slurp("$root/logs/error.log")
+                    =~ /redis cluster master 127\.0\.0\.1:$gport\b/ });
+            my @kids;
+            for (1 .. 5) {
+                pipe(my $r, my $w) or die "pipe: $!";
+                my $pid = fork;
+                die "fork: $!" unless defined $pid;
+                if ($pid == 0) {
+                    close $r;
+                    my $x = post($port, $victim);
+                    print $w status($x) . ' ' . $x->{elapsed};
+                    close $w;
+                    POSIX::_exit(0);
+                }
+                close $w;
+                push @kids, [$pid, $r];
+            }
+            # every one sent: the master's connection is still held
+            sleep 0.5;
+            kill 'USR1', $gpid;
+            for my $k (@kids) {
+                my $fh = $k->[1];
+                local $/;
+                push @held, [split ' ', <$fh> // ''];
+                waitpid($k->[0], 0);
+            }
+        },
+    );
+    for my $pid ($spid, $gpid) {
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+    }
+    ok($learned, 'held: the proxy learned as the victim\'s master');
+    is(join(' ', map { $_->[0] // '' } @held), join(' ', ('ALLOWED') x 5),
+       'held: the charges sent while the master was being connected waited for it');
+    is($usage->($old) - $before, 5, 'held: each charged once');
+    unlike($log, qr/\[(alert|crit|emerg)\]|exited on signal/, 'held: no alert, no crash');
 
     stop_redis($_) for @nodes;
 }
