@@ -113,19 +113,30 @@ sub metric {
     return $r->{body} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
 }
 
-# DEBUG SLEEP from a child with its own connection, so the test goes on
+# DEBUG SLEEP on a connection of its own, written by the test itself on a
+# connection Redis has already accepted (a PING answered), so that it is
+# in Redis' buffers before any request the test sends next (a child that
+# connected and wrote it itself could be scheduled after them on a busy
+# machine); a child waits for its reply, so the test goes on
 sub redis_sleep {
     my ($port, $secs) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        or die "redis_sleep: connect: $!";
+    print $s "*1\r\n\$4\r\nPING\r\n";
+    $s->flush;
+    my $pong = <$s>;
+    die 'redis_sleep: PING: ' . ($pong // 'closed') . "\n"
+        unless defined $pong && $pong =~ /^\+PONG/;
+    print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
+             . "\r\n$secs\r\n";
+    $s->flush;
     my $pid = fork;
     die "fork: $!" unless defined $pid;
     if ($pid == 0) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $port) or POSIX::_exit(1);
-        print $s "*3\r\n\$5\r\nDEBUG\r\n\$5\r\nSLEEP\r\n\$" . length($secs)
-                 . "\r\n$secs\r\n";
         my $line = <$s>;
         POSIX::_exit(0);
     }
+    close $s;
     sleep 0.05;    # let the sleep begin
     return $pid;
 }
