@@ -17,13 +17,12 @@ use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
 my $start = month_start();
-my $rs = start_redis(args => ['--enable-debug-command', 'yes']);
+my $rs = start_redis();
 my $rport = $rs->{port};
 my $root = QuotaTest::_servroot_base() . '_249';
 
 sub usage { QuotaFallback::usage($rs, @_) }
 sub req { QuotaFallback::req(@_) }
-sub redis_sleep { QuotaFallback::redis_sleep($rs, @_) }
 sub logs { QuotaFallback::logs($root) }
 
 # nginx on $port with $workers workers, once their Redis connections are
@@ -46,16 +45,19 @@ sub start {
 
     my %adm;
     $adm{ req($w1, 'k')->{qs} }++;                  # 98, learned
-    # worker 1's charge must wait past timeout= (300 ms), worker 2's, sent
-    # once worker 1 was answered, less than that: a sleep under 0.6 s
-    # and over 0.3 s + the time worker 1 takes to send its charge (under
-    # valgrind on a busy machine, more than the 80 ms 0.38 s left)
-    my $pid = redis_sleep(0.55);
+    # Redis holds the charges: worker 1's times out (300 ms), is admitted
+    # in fallback and its FORCE sent at once, behind it; at UNPAUSE both
+    # run before UNPAUSE is answered, then worker 2's charges come, sent
+    # at once (well within the 100 ms a batched FORCE used to wait).  A
+    # DEBUG SLEEP of a fixed length (under 0.6 s: worker 1's charge must
+    # time out, worker 2's not) missed one side or the other on a loaded
+    # machine.
+    QuotaFallback::redis_pause($rs);
     my $r = req($w1, 'k');                          # times out
     is($r->{qs}, 'FALLBACK', 'worker 1: timed out, admitted in fallback');
+    QuotaFallback::redis_unpause($rs);
     $adm{ $r->{qs} }++;
     $adm{ req($w2, 'k')->{qs} }++ for 1 .. 3;       # Redis decides
-    waitpid $pid, 0;
     sleep 1;
     nginx_stop($h, master => 1, check => "1. two workers");
 
@@ -73,11 +75,13 @@ sub start {
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
         or die;
     is(req($s, 'q')->{qs}, 'ALLOWED', 'q: 1 charged');
-    my $pid = redis_sleep(0.55);    # past timeout=, even under valgrind
+    QuotaFallback::redis_pause($rs);               # the charge times out
     is(req($s, 'q')->{qs}, 'FALLBACK', 'q: timed out, FALLBACK');
     close $s;
     kill 'QUIT', $h->{pid};
-    waitpid $pid, 0;
+    # the worker quits with its FORCE not answered yet
+    QuotaFallback::wait_for(15, sub { logs() =~ /gracefully shutting down/ });
+    QuotaFallback::redis_unpause($rs);
     nginx_stop($h, master => 1, check => "2. graceful quit");
     my $deadline = time + 15;
     sleep 0.1 while time < $deadline && usage('q') != 2;

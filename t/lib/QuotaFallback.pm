@@ -181,6 +181,25 @@ sub redis_sleep {
     return $pid;
 }
 
+# redis_pause($rs) / redis_unpause($rs): CLIENT PAUSE WRITE (30 s at
+# most) and CLIENT UNPAUSE. Meanwhile Redis reads every command but holds
+# each script (EVAL and EVALSHA are "may replicate": the charges, their
+# voids, the FORCEs), so a charge sent in between times out (timeout=)
+# however loaded the machine, while the test's own commands (reads,
+# CLIENT) go on. At UNPAUSE the held commands run in the order they came
+# (each connection's in its own order) before UNPAUSE is answered. For a
+# slow reply while the circuit stays closed only: the probe (PING) is
+# not held.
+sub redis_pause {
+    my ($rs) = @_;
+    return $rs->cmd('CLIENT', 'PAUSE', 30000, 'WRITE');
+}
+
+sub redis_unpause {
+    my ($rs) = @_;
+    return $rs->cmd('CLIENT', 'UNPAUSE');
+}
+
 # req($sock, $tenant): POST /api/x on the keep-alive connection $sock;
 # returns { qs => X-Quota-Status, pid => the worker's pid }, qs 'closed'
 # when the connection closed first
