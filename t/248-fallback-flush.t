@@ -98,7 +98,7 @@ _C_
     waitpid $pid, 0;
 
     # the probe closes the circuit, every unit is charged once
-    ok(wait_for(8, sub { usage($A) == 2 && usage($B) == 2 }),
+    ok(wait_for(15, sub { usage($A) == 2 && usage($B) == 2 }),
        'A and B: 1 + 1 fallback unit each charged')
         or diag("A " . usage($A) . ", B " . usage($B));
     nginx_stop($h, master => 1, check => "1. the race");

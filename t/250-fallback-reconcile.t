@@ -55,7 +55,7 @@ _EOC_
         QuotaFallback::wait_ready($root, 1);
         my $r = http_request($port, 'POST', '/a', { 'X-T' => 'r' }, '', 10);
         $qs{ $r->{headers}{'x-quota-status'} // '' }++;
-        my $deadline = time + 5;
+        my $deadline = time + 15;
         sleep 0.05 while time < $deadline && usage() != 50;
         is(usage(), 50, 'redis decided: estimate 1, reconciled to 50');
 
@@ -66,7 +66,7 @@ _EOC_
         }
         kill 'CONT', $rs->{pid};
 
-        $deadline = time + 10;
+        $deadline = time + 20;
         sleep 0.05 while time < $deadline && usage() != 6 * 50;
         is(usage(), 6 * 50, 'every admitted request billed its actual 50');
         sleep 0.5;

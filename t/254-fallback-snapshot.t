@@ -106,7 +106,7 @@ SKIP: {
 
     $rs->cmd('CONFIG', 'SET', 'maxclients', 10000);
     my $admitted = 90 + ($adm{ALLOWED} // 0) + ($adm{FALLBACK} // 0);
-    my $deadline = time + 10;
+    my $deadline = time + 20;
     sleep 0.1 while time < $deadline && usage() != $admitted;
     ok($admitted <= 100, "admitted ($admitted) within the limit 100: "
        . join(', ', map { "$_ $adm{$_}" } sort keys %adm));

@@ -79,7 +79,7 @@ if ($cpid == 0) {
     http_request($port, 'POST', '/slow', { 'X-API-Key' => 's' }, '', 30);
     POSIX::_exit(0);
 }
-my $deadline = time + 5;
+my $deadline = time + 15;
 sleep 0.05 while time < $deadline
                  && ($rs->cmd('ZCARD', 'quota:{s}:inflight') // 0) != 1;
 is($rs->cmd('ZCARD', 'quota:{s}:inflight'), 1, 'the slow request holds a slot');

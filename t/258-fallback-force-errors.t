@@ -93,12 +93,12 @@ is(status('t1'), 'FALLBACK', 't1: BUSY is an outage, admitted in fallback');
 is(status('t2'), 'FALLBACK', 't2: admitted in fallback');
 waitpid($pid, 0);
 
-my $deadline = time + 10;
+my $deadline = time + 20;
 sleep 0.2 while time < $deadline && (eval { usage('t1') } // 0) < 2;
 is(usage('t1'), 2, 't1: the fallback admission is charged once Redis is '
                    . 'free (its FORCE was refused before it ran: sent again)');
 my $log;
-$deadline = time + 5;
+$deadline = time + 15;
 while (time < $deadline) {
     $log = QuotaTest::_slurp("$root/logs/error.log") // '';
     last if $log =~ /tenant "t2" was not charged/;
