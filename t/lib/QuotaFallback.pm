@@ -1,12 +1,14 @@
 package QuotaFallback;
 
-# Helpers of the quota_fallback tests (t/245, t/247, t/248, t/249): the
-# gateway they configure (one metric "api", POST /api/** costs 1, the
-# tenant in X-API-Key, $quota_status and the worker's pid in response
-# headers, /metrics), a tenant's usage in Redis, a /metrics value, a DEBUG
-# SLEEP in the background, one request on a keep-alive connection and a
-# polling wait. Core Perl only; nothing is exported: call them fully
-# qualified (QuotaFallback::usage(...)).
+# Helpers of the quota_fallback tests (t/245-t/259, t/088): the gateway
+# they configure (one metric "api", POST /api/** costs 1, the tenant in
+# X-API-Key, $quota_status and the worker's pid in response headers,
+# /metrics), the wait for each worker's ready Redis connection, a
+# tenant's usage in Redis, a /metrics value, a DEBUG SLEEP in the
+# background, Redis holding the scripts (CLIENT PAUSE WRITE) until the
+# test lets them go, one request on a keep-alive connection, one
+# connection on each worker and a polling wait. Core Perl only; nothing
+# is exported: call them fully qualified (QuotaFallback::usage(...)).
 
 use strict;
 use warnings;
