@@ -402,13 +402,16 @@ SKIP: {
            $map = $nodes[0]->cmd('CLUSTER', 'SLOTS');
            grep { $_->[0] <= $vslot && $vslot <= $_->[1] && $_->[2][1] == $new } @$map;
        }), 'stale seed: the map names the promoted node');
-    # the promoted node knows the demoted one as its replica (else it
-    # ignores the failover request), and the replication link is up
+    # every node knows the demoted master as the promoted one's replica
+    # (else the promoted one ignores the failover request, and a master
+    # that still sees a master in it denies its vote), and the replication
+    # link is up
     my $new_id = $by_port{$new}->cmd('CLUSTER', 'MYID');
-    ok(QuotaHA::wait_until(20, sub {
-           (grep { /\b127\.0\.0\.1:$old\b/ }
-                 @{ $by_port{$new}->cmd('CLUSTER', 'REPLICAS', $new_id) })
-           && $by_port{$old}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
+    ok(QuotaHA::wait_until(30, sub {
+           6 == grep { $_->cmd('CLUSTER', 'NODES')
+                       =~ /^\S+ 127\.0\.0\.1:$old\@\S* (?:myself,)?slave $new_id /m }
+                     @nodes
+           and $by_port{$old}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
        'stale seed: the demoted master follows the promoted one');
     my ($sport, $spid) = stale_seed($map);
     my $usage = sub { $by_port{$_[0]}->cmd('HGET', "quota:{$victim}:usage:$start",
