@@ -30,6 +30,24 @@ sub wait_until {
 
 my @sentinels;
 
+# replica_has_all($m, $r, $secs): waits (20 s) until the replica $r has
+# applied everything its master $m holds now: its slave_repl_offset reaches
+# the master_repl_offset the master reports when called.  WAIT cannot tell
+# this: it waits for the writes of the connection it is sent on only, and
+# the test's connection wrote nothing (nginx did): it answers at once even
+# while the replica is stopped.  Returns true once it has.
+sub replica_has_all {
+    my ($m, $r, $secs) = @_;
+    my ($want) = ($m->cmd('INFO', 'replication') // '')
+                 =~ /^master_repl_offset:(\d+)/m;
+    return undef unless defined $want;
+    return wait_until($secs // 20, sub {
+        my ($got) = ($r->cmd('INFO', 'replication') // '')
+                    =~ /^slave_repl_offset:(\d+)/m;
+        defined $got && $got >= $want;
+    });
+}
+
 # start_sentinel($master_port, $extra): redis-server --sentinel with its
 # own writable config (servroot_sentinel-PORT next to the test) monitoring
 # "billing" at 127.0.0.1:$master_port (quorum 1, down after 3 s); $extra
