@@ -490,8 +490,9 @@ ngx_http_quota_redis_stats_moved(ngx_http_quota_worker_t *w,
     ngx_uint_t slot, ngx_uint_t node)
 {
     uint32_t                       crc;
-    ngx_uint_t                     moved;
+    ngx_uint_t                     moved, nseen;
     ngx_http_quota_redis_stats_t  *rs;
+    ngx_http_quota_redis_moved_t   seen[NGX_HTTP_QUOTA_MOVED_SEEN];
 
     rs = w->qmcf->redis_stats;
 
@@ -505,7 +506,17 @@ ngx_http_quota_redis_stats_moved(ngx_http_quota_worker_t *w,
     ngx_shmtx_lock(&rs->shpool->mutex);
 
     if (rs->owner[slot] != crc) {
-        moved = (rs->owner[slot] != 0);
+        /*
+         * the failed master's other slots move with it: their MOVED, while
+         * no map confirmed the first one, is the same failover (a MOVED is
+         * rare: the scan of the slots is cheap enough here)
+         */
+        if (rs->owner[slot] != 0) {
+            nseen = ngx_http_quota_redis_stats_seen(rs, seen);
+            moved = !ngx_http_quota_redis_stats_known_move(seen, nseen,
+                                                           rs->owner[slot],
+                                                           crc);
+        }
 
         /* the owner the last map gave stays the one to ignore */
         if (rs->mapped[slot] == 0) {

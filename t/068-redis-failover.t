@@ -415,9 +415,15 @@ SKIP: {
            and $by_port{$old}->cmd('INFO', 'replication') =~ /master_link_status:up/ }),
        'stale seed: the demoted master follows the promoted one');
     my ($sport, $spid) = stale_seed($map);
-    my $usage = sub { $by_port{$_[0]}->cmd('HGET', "quota:{$victim}:usage:$start",
-                                           'api_requests') // 0 };
-    my ($before, @v3, $back);
+    # a second tenant of the same master, in another slot: its first MOVED
+    # is the same failover, not a second one
+    my ($victim2) = grep { QuotaHA::slot($_) != $vslot
+                           && $owner[QuotaHA::slot($_)] == $old }
+                    map { "c$_" } 0 .. 999;
+    my $usage = sub { my ($at, $t) = @_;
+                      $by_port{$at}->cmd('HGET', "quota:{" . ($t // $victim)
+                                         . "}:usage:$start", 'api_requests') // 0 };
+    my ($before, $before2, @v3, @v3b, $back);
     $metrics = undef;
     $log = nginx_run(
         no_root_location => 1,
@@ -440,11 +446,13 @@ SKIP: {
             QuotaHA::wait_until(10 * $slack, sub {
                 3 == grep { status(post($port, "warm-$_")) eq 'ALLOWED' } @tenants });
             $before = $usage->($new);
+            $before2 = $usage->($new, $victim2);
             $by_port{$old}->cmd('CLUSTER', 'FAILOVER');
             my $after = 0;
             my $t0 = time;
             while (time - $t0 < 40 * $slack) {
                 push @v3, post($port, $victim);
+                push @v3b, post($port, $victim2);
                 $back ||= eval { $by_port{$old}->cmd('ROLE')->[0] eq 'master' };
                 # 20 in a row charged after the failover, and the stale
                 # map was asked again (on a loaded machine a worker's
@@ -464,6 +472,11 @@ SKIP: {
        'stale seed: every request charged');
     is($usage->($old) - $before, $admitted,
        "stale seed: counted exactly on the master $old ($admitted admitted)");
+    my $admitted2 = grep { status($_) eq 'ALLOWED' } @v3b;
+    is(scalar(grep { status($_) ne 'ALLOWED' } @v3b), 0,
+       'stale seed: every request of the second tenant charged');
+    is($usage->($old, $victim2) - $before2, $admitted2,
+       "stale seed: the second tenant counted exactly on $old ($admitted2 admitted)");
     my @maps = $log =~ /map from 127\.0\.0\.1:$sport/g;
     my @moved = $log =~ /"MOVED $vslot 127\.0\.0\.1:$old" from 127\.0\.0\.1:$new, following/g;
     # each worker's first map, then at least one stale map undoing a
@@ -475,7 +488,7 @@ SKIP: {
     $p = eval { QuotaProm::parse($metrics) };
     ok($p, 'stale seed: valid Prometheus text') or diag($@);
     is(QuotaProm::value($p, 'quota_redis_failovers_total'), 1,
-       'stale seed: one failover, seen through MOVED only, two workers');
+       'stale seed: one failover, seen through MOVED only (two slots), two workers');
 
     # 4. the victim's master behind a proxy that holds its connections:
     #    the map (a fake seed's) names the proxy
