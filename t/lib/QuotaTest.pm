@@ -161,7 +161,7 @@ sub free_port {
 my %redis_servers;    # pid => 1, killed at END
 
 # start_redis(port => P, args => [...], bin => 'redis-server', keep => 1,
-#             start_timeout => 5)
+#             start_timeout => 20)
 # returns { port => P, pid => PID, dir => DIR }; $h->cmd(@cmd) talks to it.
 # keep: the directory of an earlier server on this port is not emptied (a
 # restart that loads its dump.rdb, after SHUTDOWN SAVE)
@@ -193,7 +193,7 @@ sub start_redis {
     my $h = bless { port => $port, pid => $pid, dir => $dir,
                     bin => $bin, args => $opts{args},
                     start_timeout => $opts{start_timeout} }, 'QuotaTest::Redis';
-    my $deadline = time + ($opts{start_timeout} || 5);
+    my $deadline = time + ($opts{start_timeout} || 20);
     while (time < $deadline) {
         if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
             delete $redis_servers{$pid};
@@ -236,11 +236,10 @@ sub QuotaTest::Redis::cmd {
 # points there) and the same directory (a SAVE before the kill is loaded
 # back). $h->down('KILL') kills it (default SIGKILL; reaped, the directory
 # kept), $h->up starts it again, stop_redis($h) stops it for good and
-# removes the directory. Starts wait up to 10 s: the machine may be busy
-# (valgrind) and the restart loads the RDB.
+# removes the directory. Starts wait up to 20 s, as every start does.
 sub restartable_redis {
     my (%opts) = @_;
-    return start_redis(start_timeout => 10, %opts);
+    return start_redis(%opts);
 }
 
 sub QuotaTest::Redis::down {
@@ -533,7 +532,10 @@ sub nginx_start {
     $h->{pid} = $pid;
     $nginx_groups{$pid} = 1;
 
-    my $limit = $o{start_timeout} || ($h->{valgrind} ? 60 : 5);
+    # returns as soon as nginx listens (or exits): the limit only bounds a
+    # start that hangs; 5 s was once not enough for a plain nginx to even
+    # write its log on a machine at load 8 (t/116)
+    my $limit = $o{start_timeout} || ($h->{valgrind} ? 60 : 20);
     my $deadline = time + $limit;
     while (1) {
         my $r = waitpid($pid, POSIX::WNOHANG());
