@@ -577,20 +577,10 @@ ngx_http_quota_redis_hold(ngx_http_quota_worker_t *w, ngx_str_t *cmd)
         return NULL;
     }
 
-    op = ngx_http_quota_redis_op_alloc(w);
+    op = ngx_http_quota_redis_op_copy(w, cmd);
     if (op == NULL) {
         return NULL;
     }
-
-    op->cmd.data = ngx_alloc(cmd->len, w->log);
-    if (op->cmd.data == NULL) {
-        ngx_http_quota_redis_op_free(w, op);
-        return NULL;
-    }
-
-    ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
-    op->cmd.len = cmd->len;
-    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
 
     if (w->held_tail) {
         w->held_tail->next = op;
@@ -812,24 +802,20 @@ static ngx_int_t
 ngx_http_quota_redis_reliable_on(ngx_http_quota_redis_conn_t *rc,
     u_char *cmd, size_t len, ngx_uint_t route, time_t since)
 {
+    ngx_str_t                 copy;
     ngx_http_quota_op_t      *op;
     ngx_http_quota_worker_t  *w;
 
     w = rc->worker;
 
-    op = ngx_http_quota_redis_op_alloc(w);
+    copy.data = cmd;
+    copy.len = len;
+
+    op = ngx_http_quota_redis_op_copy(w, &copy);
     if (op == NULL) {
         return NGX_ERROR;
     }
 
-    op->cmd.data = ngx_alloc(len, w->log);
-    if (op->cmd.data == NULL) {
-        ngx_http_quota_redis_op_free(w, op);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(op->cmd.data, cmd, len);
-    op->cmd.len = len;
     op->kind = NGX_HTTP_QUOTA_OP_RELIABLE;
     op->route = route;
     op->since = since;
@@ -1103,6 +1089,31 @@ ngx_http_quota_redis_op_alloc(ngx_http_quota_worker_t *w)
     }
 
     ngx_memzero(op, sizeof(ngx_http_quota_op_t));
+
+    return op;
+}
+
+
+/* an op that keeps its own copy of cmd (held, parked, reliable) */
+ngx_http_quota_op_t *
+ngx_http_quota_redis_op_copy(ngx_http_quota_worker_t *w, ngx_str_t *cmd)
+{
+    ngx_http_quota_op_t  *op;
+
+    op = ngx_http_quota_redis_op_alloc(w);
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->cmd.data = ngx_alloc(cmd->len, w->log);
+    if (op->cmd.data == NULL) {
+        ngx_http_quota_redis_op_free(w, op);
+        return NULL;
+    }
+
+    ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
+    op->cmd.len = cmd->len;
+    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
 
     return op;
 }

@@ -238,6 +238,8 @@ void ngx_http_quota_redis_stats_moved(ngx_http_quota_worker_t *w,
 /* ngx_http_quota_redis.c */
 ngx_http_quota_op_t *ngx_http_quota_redis_op_alloc(
     ngx_http_quota_worker_t *w);
+ngx_http_quota_op_t *ngx_http_quota_redis_op_copy(
+    ngx_http_quota_worker_t *w, ngx_str_t *cmd);
 void ngx_http_quota_redis_op_free(ngx_http_quota_worker_t *w,
     ngx_http_quota_op_t *op);
 void ngx_http_quota_redis_dispatch(ngx_http_quota_redis_conn_t *rc,

@@ -497,20 +497,11 @@ ngx_http_quota_redis_cluster_wait(ngx_http_quota_worker_t *w, ngx_str_t *cmd,
         return NULL;
     }
 
-    op = ngx_http_quota_redis_op_alloc(w);
+    op = ngx_http_quota_redis_op_copy(w, cmd);
     if (op == NULL) {
         return NULL;
     }
 
-    op->cmd.data = ngx_alloc(cmd->len, w->log);
-    if (op->cmd.data == NULL) {
-        ngx_http_quota_redis_op_free(w, op);
-        return NULL;
-    }
-
-    ngx_memcpy(op->cmd.data, cmd->data, cmd->len);
-    op->cmd.len = cmd->len;
-    op->kind = NGX_HTTP_QUOTA_OP_REPLY;
     op->node = (u_char) node;
     op->ask = 0;
 
